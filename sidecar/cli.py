@@ -1,0 +1,162 @@
+"""The `katalog-sidecar` command: only the CLI; the work lives in the modules it calls."""
+
+from __future__ import annotations
+
+import logging
+import os
+import signal
+import sys
+import threading
+import time
+from pathlib import Path
+from types import FrameType
+
+import click
+
+from readiness_gate import state as status_state
+from sidecar import logs
+from sidecar.config import Config, load_config, reference_table, status_file_path
+from sidecar.errors import ConfigError
+
+log = logging.getLogger("katalog")
+
+EXIT_CONFIG_ERROR = 2
+EXIT_STATUS_UNWRITABLE = 3
+
+
+@click.group()
+@click.version_option(package_name="katalog-sidecar")
+def main() -> None:
+    """Registers this pod's services with the node's Consul agent and gates readiness on it."""
+
+
+def _on_terminate(callback: object) -> None:
+    def handler(signum: int, _frame: FrameType | None) -> None:
+        callback(signal.Signals(signum).name)  # type: ignore[operator]
+
+    signal.signal(signal.SIGTERM, handler)
+    signal.signal(signal.SIGINT, handler)
+
+
+def _secrets() -> list[str | None]:
+    secrets: list[str | None] = [os.environ.get("CONSUL_HTTP_TOKEN")]
+    token_file = os.environ.get("CONSUL_HTTP_TOKEN_FILE")
+    if token_file:
+        try:
+            secrets.append(Path(token_file).read_text().strip())
+        except OSError:
+            pass
+    return secrets
+
+
+def _serve_config_error(error: ConfigError) -> int:
+    """Stay up and report: the gate then shows the reason in `kubectl describe pod`.
+
+    Exiting would put the container into CrashLoopBackOff, where no probe runs and the
+    reason is only in the previous container's logs. Nothing is registered.
+    """
+    path = status_file_path(os.environ)
+    for problem in error.problems:
+        log.error("config error: %s", problem)
+    log.error("nothing registered: fix the %d problem(s) above; staying up to report them", len(error.problems))
+    message = "; ".join(error.problems)
+    stop = threading.Event()
+    _on_terminate(lambda _name: stop.set())
+    while not stop.is_set():
+        try:
+            status_state.write_atomically(str(path), {
+                "schema": status_state.SCHEMA, "phase": status_state.CONFIG_ERROR, "message": message,
+                "pid": os.getpid(), "updated_at": time.time(), "stale_after": 15.0, "since": time.time(),
+                "services": [], "ever_confirmed": False,
+            })
+        except OSError as exc:
+            log.error("cannot write the status file %s: %s", path, exc.strerror or exc)
+            return EXIT_STATUS_UNWRITABLE
+        stop.wait(5.0)
+    return EXIT_CONFIG_ERROR
+
+
+def _run(config: Config) -> int:
+    # Imported here so `status`, `check-config` and `--help` stay quick.
+    from sidecar.consul_api import ConsulAgent
+    from sidecar.metrics import Metrics
+    from sidecar.readiness import make_source
+    from sidecar.status import StatusWriter
+    from sidecar.syncer import Syncer
+
+    metrics = Metrics()
+    agent = ConsulAgent(config.consul, on_error=metrics.consul_error)
+    status = StatusWriter(config.status_file, gate_mode=config.gate_mode,
+                          heartbeat_interval=config.heartbeat_interval, agent=agent.address,
+                          pod=f"{config.pod_namespace}/{config.pod_name}")
+    try:
+        status.write(phase=status_state.STARTING, message="starting", since=time.time(),
+                     ever_confirmed=False, services=[])
+    except OSError as exc:
+        log.error("cannot write the status file %s: %s", config.status_file, exc.strerror or exc)
+        return EXIT_STATUS_UNWRITABLE
+    syncer = Syncer(config, agent, status, metrics=metrics)
+    if config.metrics_addr is not None:
+        metrics.serve(config.metrics_addr, syncer)
+    source = make_source(config)
+    stop_sources = threading.Event()
+    source_thread = threading.Thread(target=source.run, args=(stop_sources, syncer), name="readiness", daemon=True)
+    _on_terminate(syncer.request_shutdown)
+    log.info("starting: pod %s/%s, services %s, agent %s, readiness from %s, gate mode %s",
+             config.pod_namespace, config.pod_name, ", ".join(s.name for s in config.services),
+             agent.address, config.readiness.source, config.gate_mode)
+    source_thread.start()
+    code = syncer.run(stop_sources)
+    log.info("exiting with code %d", code)
+    return code
+
+
+@main.command()
+def run() -> None:
+    """Run the sidecar (configured by environment variables; see the README)."""
+    try:
+        config = load_config(os.environ)
+    except ConfigError as error:
+        logs.setup(os.environ.get("KATALOG_LOG_FORMAT", "text").lower() if os.environ.get("KATALOG_LOG_FORMAT", "text").lower() in ("text", "json") else "text")
+        sys.exit(_serve_config_error(error))
+    logs.setup(config.log_format, config.log_level, _secrets)
+    sys.exit(_run(config))
+
+
+@main.command("check-config")
+def check_config() -> None:
+    """Validate the environment as `run` would; exit 2 listing every problem."""
+    try:
+        config = load_config(os.environ)
+    except ConfigError as error:
+        for problem in error.problems:
+            click.echo(f"config error: {problem}", err=True)
+        sys.exit(EXIT_CONFIG_ERROR)
+    click.echo(f"ok: {len(config.services)} service(s): " + ", ".join(s.name for s in config.services))
+
+
+@main.command("config-reference")
+def config_reference() -> None:
+    """Print the configuration table the README embeds."""
+    click.echo(reference_table())
+
+
+@main.command()
+@click.option("--file", "path", type=click.Path(path_type=Path), default=None,
+              help="Status file (default: $KATALOG_STATUS_FILE).")
+def status(path: Path | None) -> None:
+    """Explain in plain words what the sidecar is doing and waiting for."""
+    from sidecar.status_report import render
+
+    path = path or status_file_path(os.environ)
+    try:
+        current = status_state.read(str(path))
+    except FileNotFoundError:
+        click.echo(f"no status file at {path}: the sidecar has not started, or KATALOG_STATUS_FILE differs")
+        sys.exit(1)
+    except (OSError, ValueError) as exc:
+        click.echo(f"status file {path} unreadable: {exc}")
+        sys.exit(1)
+    ok, line = status_state.evaluate(current, time.time())
+    click.echo(render(current, ok, line, time.time()))
+    sys.exit(0 if ok else 1)

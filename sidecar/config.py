@@ -1,0 +1,559 @@
+"""Configuration: every setting, its default and its documentation, in one place.
+
+`load_config(environ)` builds one frozen `Config` and validates it in a single pass that
+collects every problem, each naming the variable and the offending value. The README's
+configuration table is generated from `SETTINGS` (`katalog-sidecar config-reference`) and a
+test keeps the two identical.
+"""
+
+from __future__ import annotations
+
+import ipaddress
+import re
+from collections.abc import Mapping
+from dataclasses import dataclass, field
+from pathlib import Path
+from urllib.parse import urlsplit
+
+from sidecar.durations import parse_duration
+from sidecar.errors import ConfigError
+
+
+@dataclass(frozen=True)
+class Setting:
+    env: str
+    default: str
+    help: str
+
+
+SETTINGS: tuple[Setting, ...] = (
+    # Pod identity: the downward API provides these (see examples/).
+    Setting("POD_NAME", "", "Pod name (downward API `metadata.name`). Required."),
+    Setting("POD_NAMESPACE", "", "Pod namespace (downward API `metadata.namespace`). Required."),
+    Setting("POD_IP", "", "Pod IP, registered as the service address (downward API `status.podIP`). Required."),
+    Setting("HOST_IP", "", "Node IP (downward API `status.hostIP`); the agent is reached at `http://$HOST_IP:8500` unless `CONSUL_HTTP_ADDR` is set."),
+    Setting("POD_UID", "", "Pod UID (downward API `metadata.uid`); added to the service meta when set."),
+    # Consul agent connection: the standard variables of Consul's own tools.
+    Setting("CONSUL_HTTP_ADDR", "", "Agent address: `host:port`, `http://host:port` or `https://host:port`. Empty: `http://$HOST_IP:8500`."),
+    Setting("CONSUL_HTTP_TOKEN", "", "ACL token. Never logged or written anywhere."),
+    Setting("CONSUL_HTTP_TOKEN_FILE", "", "File holding the ACL token; takes precedence over `CONSUL_HTTP_TOKEN` and is re-read so a rotated token is used without a restart."),
+    Setting("CONSUL_HTTP_SSL", "false", "`true` uses HTTPS when `CONSUL_HTTP_ADDR` has no scheme."),
+    Setting("CONSUL_HTTP_SSL_VERIFY", "true", "`false` skips certificate verification (a warning is logged once)."),
+    Setting("CONSUL_CACERT", "", "CA bundle used to verify the agent's certificate."),
+    Setting("CONSUL_CLIENT_CERT", "", "Client certificate for agents that require one; needs `CONSUL_CLIENT_KEY`."),
+    Setting("CONSUL_CLIENT_KEY", "", "Key of `CONSUL_CLIENT_CERT`."),
+    Setting("CONSUL_TLS_SERVER_NAME", "", "Name to verify in the agent's certificate instead of the host in the address."),
+    Setting("KATALOG_CONSUL_TIMEOUT", "5s", "Timeout of one call to the agent. Blocking queries get their wait plus a margin on top."),
+    # What to register.
+    Setting("KATALOG_SERVICES", "", "Services of this pod, comma-separated `name:port`; port is a number or a named container port (`web:8080,admin:http-admin`). Required."),
+    Setting("KATALOG_TAGS", "", "Tags for every service, comma-separated."),
+    Setting("KATALOG_META", "", "Meta for every service, comma-separated `key=value`. The tool's own keys cannot be set."),
+    Setting("KATALOG_SERVICE_<NAME>_TAGS", "", "Tags for one service, replacing `KATALOG_TAGS` (`<NAME>`: the service name upper-cased, `-` and `.` as `_`)."),
+    Setting("KATALOG_SERVICE_<NAME>_META", "", "Meta for one service, merged over `KATALOG_META` key by key."),
+    Setting("KATALOG_CLUSTER_NAME", "", "Cluster name, added to service IDs and meta; set it when several clusters share Consul agents."),
+    Setting("KATALOG_CHECK_TTL", "15s", "TTL of both checks; the sidecar refreshes them every third of it."),
+    Setting("KATALOG_DEREGISTER_CRITICAL_AFTER", "1m", "`DeregisterCriticalServiceAfter` of the liveness check: how long after the sidecar stops the agent reaps the instance (Consul's minimum is 1m)."),
+    # Readiness source.
+    Setting("KATALOG_READINESS_SOURCE", "kubernetes", "Where the app's readiness comes from: `kubernetes` (watch the own pod), `http`, `tcp` or `fixed`."),
+    Setting("KATALOG_CONTAINER_NAME", "katalog-sidecar", "This sidecar's own container name, left out of the readiness of the pod."),
+    Setting("KATALOG_EXCLUDE_CONTAINERS", "", "Other containers to leave out of the readiness of the pod, comma-separated."),
+    Setting("KATALOG_READINESS_HTTP_URL", "", "With source `http`: the app is ready while this URL answers 2xx."),
+    Setting("KATALOG_READINESS_TCP_ADDR", "", "With source `tcp`: the app is ready while `host:port` accepts connections."),
+    Setting("KATALOG_READINESS_FIXED", "ready", "With source `fixed`: `ready` or `not-ready`."),
+    Setting("KATALOG_READINESS_PROBE_INTERVAL", "2s", "With sources `http` and `tcp`: time between probes."),
+    Setting("KATALOG_READINESS_PROBE_TIMEOUT", "1s", "With sources `http` and `tcp`: timeout of one probe."),
+    Setting("KATALOG_KUBE_API_URL", "", "Kubernetes API URL. Empty: in-cluster, from `KUBERNETES_SERVICE_HOST` and `KUBERNETES_SERVICE_PORT`."),
+    Setting("KATALOG_KUBE_TOKEN_FILE", "/var/run/secrets/kubernetes.io/serviceaccount/token", "Service-account token, re-read periodically and after a 401."),
+    Setting("KATALOG_KUBE_CA_FILE", "/var/run/secrets/kubernetes.io/serviceaccount/ca.crt", "CA of the API server (ignored for `http://` URLs)."),
+    Setting("KATALOG_KUBE_TIMEOUT", "10s", "Timeout of one Kubernetes API request; also how long a watch may stay silent before it is restarted (bookmarks keep it busy)."),
+    # Gate and status.
+    Setting("KATALOG_STATUS_FILE", "/run/katalog/status.json", "Status file written by the sidecar and read by `readiness-gate` and `status`. Put it on an emptyDir."),
+    Setting("KATALOG_GATE_MODE", "latch", "`latch`: once confirmed, the gate stays open through Consul outages. `continuous`: the gate closes whenever confirmation is lost."),
+    Setting("KATALOG_HEARTBEAT_INTERVAL", "5s", "How often the status file is refreshed; the gate fails when it is older than three intervals."),
+    Setting("KATALOG_CONFIRM_WAIT", "10s", "Wait of one blocking catalog query while confirming a change."),
+    Setting("KATALOG_RECONFIRM_INTERVAL", "60s", "In `continuous` mode: how often the catalog is read again in steady state."),
+    Setting("KATALOG_DRAIN_TIMEOUT", "20s", "Bound on draining and deregistering at termination when the pod's grace period is unknown. Keep it below `terminationGracePeriodSeconds`."),
+    # Operations.
+    Setting("KATALOG_LOG_FORMAT", "text", "`text` or `json`."),
+    Setting("KATALOG_LOG_LEVEL", "info", "`debug`, `info`, `warning` or `error`."),
+    Setting("KATALOG_METRICS_ADDR", "0.0.0.0:9464", "Listen address of `/metrics` and `/healthz`; `off` disables it."),
+)
+
+SETTING_NAMES = frozenset(s.env for s in SETTINGS)
+_DEFAULTS = {s.env: s.default for s in SETTINGS}
+
+# Keys the sidecar writes into every instance's meta; user meta may not set them.
+TOOL_NAME = "katalog-sidecar"
+RESERVED_META_KEYS = frozenset(
+    {"external-source", "managed-by", "k8s-namespace", "k8s-pod", "k8s-pod-uid", "k8s-cluster"}
+)
+
+GATE_MODES = ("latch", "continuous")
+READINESS_SOURCES = ("kubernetes", "http", "tcp", "fixed")
+LOG_FORMATS = ("text", "json")
+LOG_LEVELS = ("debug", "info", "warning", "error")
+
+_META_KEY = re.compile(r"^[a-zA-Z0-9_-]+$")
+_SERVICE_NAME = re.compile(r"^[a-zA-Z0-9]([a-zA-Z0-9-]*[a-zA-Z0-9])?$")
+_PORT_NAME = re.compile(r"^[a-z0-9]([a-z0-9-]*[a-z0-9])?$")
+_DNS_LABEL = re.compile(r"^[a-z0-9]([a-z0-9-]*[a-z0-9])?$")
+_DNS_SUBDOMAIN = re.compile(r"^[a-z0-9]([a-z0-9.-]*[a-z0-9])?$")
+_MIN_DEREGISTER_AFTER = 60.0  # Consul raises smaller values to 1m; we refuse them instead.
+
+
+@dataclass(frozen=True)
+class ServiceSpec:
+    name: str
+    port: int | None  # None while `port_name` is still to be resolved from the pod spec
+    port_name: str | None
+    tags: tuple[str, ...]
+    meta: tuple[tuple[str, str], ...]
+
+
+@dataclass(frozen=True)
+class ConsulSettings:
+    scheme: str
+    host: str
+    port: int
+    token: str | None = field(repr=False)
+    token_file: Path | None
+    verify: bool
+    ca_cert: Path | None
+    client_cert: Path | None
+    client_key: Path | None
+    tls_server_name: str | None
+    timeout: float
+
+    @property
+    def address(self) -> str:
+        return f"{self.scheme}://{self.host}:{self.port}"
+
+
+@dataclass(frozen=True)
+class ReadinessSettings:
+    source: str
+    container_name: str
+    exclude_containers: tuple[str, ...]
+    http_url: str | None
+    tcp_host: str | None
+    tcp_port: int | None
+    fixed_ready: bool
+    probe_interval: float
+    probe_timeout: float
+
+
+@dataclass(frozen=True)
+class KubernetesSettings:
+    api_url: str | None
+    token_file: Path
+    ca_file: Path
+    timeout: float
+
+
+@dataclass(frozen=True)
+class Config:
+    pod_name: str
+    pod_namespace: str
+    pod_ip: str
+    pod_uid: str | None
+    cluster_name: str | None
+    consul: ConsulSettings
+    services: tuple[ServiceSpec, ...]
+    check_ttl: float
+    deregister_critical_after: float
+    readiness: ReadinessSettings
+    kubernetes: KubernetesSettings
+    status_file: Path
+    gate_mode: str
+    heartbeat_interval: float
+    confirm_wait: float
+    reconfirm_interval: float
+    drain_timeout: float
+    log_format: str
+    log_level: str
+    metrics_addr: tuple[str, int] | None
+
+
+class _Collector:
+    """Reads variables and records every problem instead of stopping at the first."""
+
+    def __init__(self, environ: Mapping[str, str]) -> None:
+        self.environ = environ
+        self.problems: list[str] = []
+
+    def raw(self, name: str) -> str:
+        return self.environ.get(name, _DEFAULTS.get(name, "")).strip()
+
+    def bad(self, name: str, value: str, why: str) -> None:
+        self.problems.append(f"{name}={value!r}: {why}")
+
+    def required(self, name: str) -> str:
+        value = self.raw(name)
+        if not value:
+            self.problems.append(f"{name} is not set: {_help(name)}")
+        return value
+
+    def duration(self, name: str, minimum: float = 0.0) -> float:
+        value = self.raw(name)
+        try:
+            seconds = parse_duration(value)
+        except ValueError as exc:
+            self.bad(name, value, str(exc))
+            return parse_duration(_DEFAULTS[name]) if _DEFAULTS.get(name) else 1.0
+        if seconds <= minimum:
+            self.bad(name, value, "must be greater than " + ("zero" if minimum == 0 else f"{minimum:g}s"))
+        return seconds
+
+    def boolean(self, name: str) -> bool:
+        value = self.raw(name).lower()
+        if value in ("1", "true", "yes", "on"):
+            return True
+        if value in ("0", "false", "no", "off"):
+            return False
+        self.bad(name, self.raw(name), "expected true or false")
+        return _DEFAULTS[name] == "true"
+
+    def choice(self, name: str, choices: tuple[str, ...]) -> str:
+        value = self.raw(name).lower()
+        if value not in choices:
+            self.bad(name, self.raw(name), "expected one of " + ", ".join(choices))
+            return _DEFAULTS[name]
+        return value
+
+    def readable_file(self, name: str) -> Path | None:
+        value = self.raw(name)
+        if not value:
+            return None
+        path = Path(value)
+        try:
+            with path.open("rb"):
+                pass
+        except OSError as exc:
+            self.bad(name, value, f"cannot read the file ({exc.strerror or exc})")
+        return path
+
+
+def _help(name: str) -> str:
+    for setting in SETTINGS:
+        if setting.env == name:
+            return setting.help
+    return ""
+
+
+def _split_list(value: str) -> list[str]:
+    return [item.strip() for item in value.split(",") if item.strip()]
+
+
+def service_env_key(service_name: str) -> str:
+    """`my-api` -> `MY_API`, the <NAME> part of per-service variables."""
+    return re.sub(r"[-.]", "_", service_name).upper()
+
+
+def _parse_port(c: _Collector, name: str, value: str) -> int | None:
+    if not value.isdigit():
+        c.bad(name, value, "port must be a number")
+        return None
+    port = int(value)
+    if not 1 <= port <= 65535:
+        c.bad(name, value, "port must be between 1 and 65535")
+        return None
+    return port
+
+
+def _parse_meta(c: _Collector, name: str, value: str) -> dict[str, str]:
+    meta: dict[str, str] = {}
+    for item in _split_list(value):
+        key, sep, val = item.partition("=")
+        key, val = key.strip(), val.strip()
+        if not sep:
+            c.bad(name, value, f"meta item {item!r} is not key=value")
+        elif not _META_KEY.match(key):
+            c.bad(name, value, f"meta key {key!r} may only contain letters, digits, '_' and '-'")
+        elif len(key) > 128:
+            c.bad(name, value, f"meta key {key[:20]!r}... is longer than 128 characters")
+        elif key.startswith("consul-"):
+            c.bad(name, value, f"meta key {key!r}: the prefix 'consul-' is reserved by Consul")
+        elif key in RESERVED_META_KEYS:
+            c.bad(name, value, f"meta key {key!r} is set by katalog-sidecar itself")
+        elif len(val) > 512:
+            c.bad(name, value, f"meta value of {key!r} is longer than 512 characters")
+        elif key in meta:
+            c.bad(name, value, f"meta key {key!r} is given twice")
+        else:
+            meta[key] = val
+    return meta
+
+
+def _parse_tags(c: _Collector, name: str, value: str) -> tuple[str, ...]:
+    tags = _split_list(value)
+    for tag in tags:
+        if any(ch.isspace() for ch in tag) or "/" in tag:
+            c.bad(name, value, f"tag {tag!r} contains whitespace or '/'")
+    return tuple(dict.fromkeys(tags))
+
+
+def _parse_services(c: _Collector, pod_meta_count: int) -> tuple[ServiceSpec, ...]:
+    name = "KATALOG_SERVICES"
+    value = c.required(name)
+    if not value:
+        return ()
+    pod_tags = _parse_tags(c, "KATALOG_TAGS", c.raw("KATALOG_TAGS"))
+    pod_meta = _parse_meta(c, "KATALOG_META", c.raw("KATALOG_META"))
+    services: list[ServiceSpec] = []
+    seen_names: set[str] = set()
+    seen_keys: dict[str, str] = {}
+    for item in value.split(","):
+        item = item.strip()
+        svc_name, sep, port_text = item.partition(":")
+        svc_name, port_text = svc_name.strip(), port_text.strip()
+        if not item or not svc_name:
+            c.bad(name, value, "empty service name")
+            continue
+        if not sep or not port_text:
+            c.bad(name, value, f"service {svc_name!r} has no port (write {svc_name}:PORT)")
+            continue
+        if not _SERVICE_NAME.match(svc_name) or len(svc_name) > 63:
+            c.bad(
+                name,
+                value,
+                f"service name {svc_name!r} must be a DNS label: letters, digits and '-', "
+                "at most 63 characters",
+            )
+            continue
+        if svc_name in seen_names:
+            c.bad(name, value, f"service {svc_name!r} is listed twice")
+            continue
+        seen_names.add(svc_name)
+        env_key = service_env_key(svc_name)
+        if env_key in seen_keys:
+            c.bad(name, value, f"services {seen_keys[env_key]!r} and {svc_name!r} share the variable prefix KATALOG_SERVICE_{env_key}_")
+        seen_keys[env_key] = svc_name
+        port: int | None = None
+        port_name: str | None = None
+        if port_text.isdigit():
+            port = _parse_port(c, name, port_text)
+        elif _PORT_NAME.match(port_text) and len(port_text) <= 15:
+            port_name = port_text
+        else:
+            c.bad(name, value, f"port {port_text!r} of {svc_name!r} is neither a number nor a container port name")
+        tags_var = f"KATALOG_SERVICE_{env_key}_TAGS"
+        meta_var = f"KATALOG_SERVICE_{env_key}_META"
+        tags = _parse_tags(c, tags_var, c.environ[tags_var]) if tags_var in c.environ else pod_tags
+        meta = dict(pod_meta)
+        meta.update(_parse_meta(c, meta_var, c.environ.get(meta_var, "")))
+        if len(meta) + pod_meta_count > 64:
+            c.bad(meta_var, c.environ.get(meta_var, ""), f"service {svc_name!r} would carry more than 64 meta pairs (Consul's limit, counting the tool's own)")
+        services.append(ServiceSpec(svc_name, port, port_name, tags, tuple(sorted(meta.items()))))
+    # A per-service variable for a service that is not listed is almost always a typo.
+    known = {f"KATALOG_SERVICE_{service_env_key(s.name)}_{kind}" for s in services for kind in ("TAGS", "META")}
+    for var in sorted(c.environ):
+        if var.startswith("KATALOG_SERVICE_") and var not in known and services:
+            c.bad(var, c.environ[var], "names no service listed in KATALOG_SERVICES")
+    return tuple(services)
+
+
+def _parse_consul(c: _Collector, host_ip: str) -> ConsulSettings:
+    ssl = c.boolean("CONSUL_HTTP_SSL")
+    addr = c.raw("CONSUL_HTTP_ADDR")
+    scheme = "https" if ssl else "http"
+    host, port = "127.0.0.1", 8500
+    if not addr:
+        if not host_ip:
+            c.problems.append("CONSUL_HTTP_ADDR and HOST_IP are both unset: set HOST_IP from the downward API (status.hostIP) or CONSUL_HTTP_ADDR")
+        else:
+            host = host_ip
+    else:
+        text = addr if "://" in addr else f"{scheme}://{addr}"
+        parts = urlsplit(text)
+        try:
+            parsed_port = parts.port
+        except ValueError:
+            parsed_port = -1
+        if parts.scheme not in ("http", "https"):
+            c.bad("CONSUL_HTTP_ADDR", addr, "scheme must be http:// or https://")
+        elif not parts.hostname or parsed_port == -1 or (parts.path not in ("", "/")):
+            c.bad("CONSUL_HTTP_ADDR", addr, "expected host:port, http://host:port or https://host:port")
+        else:
+            # http:// does not downgrade CONSUL_HTTP_SSL=true, as in Consul's own client.
+            scheme = "https" if ssl else parts.scheme
+            host = parts.hostname
+            port = parsed_port if parsed_port is not None else (443 if scheme == "https" else 8500)
+    token = c.raw("CONSUL_HTTP_TOKEN") or None
+    token_file = c.readable_file("CONSUL_HTTP_TOKEN_FILE")
+    cert = c.readable_file("CONSUL_CLIENT_CERT")
+    key = c.readable_file("CONSUL_CLIENT_KEY")
+    if (cert is None) != (key is None):
+        missing, present = ("CONSUL_CLIENT_KEY", "CONSUL_CLIENT_CERT") if key is None else ("CONSUL_CLIENT_CERT", "CONSUL_CLIENT_KEY")
+        c.bad(present, c.raw(present), f"needs {missing} as well")
+    return ConsulSettings(
+        scheme=scheme,
+        host=host,
+        port=port,
+        token=token,
+        token_file=token_file,
+        verify=c.boolean("CONSUL_HTTP_SSL_VERIFY"),
+        ca_cert=c.readable_file("CONSUL_CACERT"),
+        client_cert=cert,
+        client_key=key,
+        tls_server_name=c.raw("CONSUL_TLS_SERVER_NAME") or None,
+        timeout=c.duration("KATALOG_CONSUL_TIMEOUT"),
+    )
+
+
+def _parse_host_port(c: _Collector, name: str, value: str) -> tuple[str, int] | None:
+    host, sep, port_text = value.rpartition(":")
+    host = host.strip("[]")
+    if not sep or not host:
+        c.bad(name, value, "expected host:port")
+        return None
+    port = _parse_port(c, name, port_text)
+    return (host, port) if port is not None else None
+
+
+def _parse_readiness(c: _Collector) -> ReadinessSettings:
+    source = c.choice("KATALOG_READINESS_SOURCE", READINESS_SOURCES)
+    http_url = c.raw("KATALOG_READINESS_HTTP_URL") or None
+    tcp = c.raw("KATALOG_READINESS_TCP_ADDR")
+    tcp_host, tcp_port = None, None
+    if source == "http":
+        if not http_url:
+            c.problems.append("KATALOG_READINESS_HTTP_URL is not set, but KATALOG_READINESS_SOURCE is http")
+        else:
+            parts = urlsplit(http_url)
+            if parts.scheme not in ("http", "https") or not parts.hostname:
+                c.bad("KATALOG_READINESS_HTTP_URL", http_url, "expected an http:// or https:// URL")
+    if source == "tcp":
+        if not tcp:
+            c.problems.append("KATALOG_READINESS_TCP_ADDR is not set, but KATALOG_READINESS_SOURCE is tcp")
+        else:
+            parsed = _parse_host_port(c, "KATALOG_READINESS_TCP_ADDR", tcp)
+            if parsed:
+                tcp_host, tcp_port = parsed
+    fixed = c.choice("KATALOG_READINESS_FIXED", ("ready", "not-ready"))
+    return ReadinessSettings(
+        source=source,
+        container_name=c.raw("KATALOG_CONTAINER_NAME") or "katalog-sidecar",
+        exclude_containers=tuple(_split_list(c.raw("KATALOG_EXCLUDE_CONTAINERS"))),
+        http_url=http_url,
+        tcp_host=tcp_host,
+        tcp_port=tcp_port,
+        fixed_ready=fixed == "ready",
+        probe_interval=c.duration("KATALOG_READINESS_PROBE_INTERVAL"),
+        probe_timeout=c.duration("KATALOG_READINESS_PROBE_TIMEOUT"),
+    )
+
+
+def _parse_kubernetes(c: _Collector, source: str) -> KubernetesSettings:
+    api_url = c.raw("KATALOG_KUBE_API_URL") or None
+    if api_url:
+        parts = urlsplit(api_url)
+        if parts.scheme not in ("http", "https") or not parts.hostname:
+            c.bad("KATALOG_KUBE_API_URL", api_url, "expected an http:// or https:// URL")
+    elif source == "kubernetes":
+        host = c.environ.get("KUBERNETES_SERVICE_HOST", "").strip()
+        port = c.environ.get("KUBERNETES_SERVICE_PORT", "443").strip()
+        if not host:
+            c.problems.append(
+                "KATALOG_KUBE_API_URL is not set and KUBERNETES_SERVICE_HOST is empty: not in a cluster? "
+                "Set KATALOG_KUBE_API_URL, or KATALOG_READINESS_SOURCE=http|tcp|fixed"
+            )
+        else:
+            bracketed = f"[{host}]" if ":" in host else host
+            api_url = f"https://{bracketed}:{port}"
+    return KubernetesSettings(
+        api_url=api_url,
+        token_file=Path(c.raw("KATALOG_KUBE_TOKEN_FILE")),
+        ca_file=Path(c.raw("KATALOG_KUBE_CA_FILE")),
+        timeout=c.duration("KATALOG_KUBE_TIMEOUT"),
+    )
+
+
+def load_config(environ: Mapping[str, str]) -> Config:
+    """Build the configuration, or raise ConfigError listing every problem."""
+    c = _Collector(environ)
+    pod_name = c.required("POD_NAME")
+    if pod_name and (not _DNS_SUBDOMAIN.match(pod_name) or len(pod_name) > 253):
+        c.bad("POD_NAME", pod_name, "not a valid pod name")
+    namespace = c.required("POD_NAMESPACE")
+    if namespace and (not _DNS_LABEL.match(namespace) or len(namespace) > 63):
+        c.bad("POD_NAMESPACE", namespace, "not a valid namespace name")
+    pod_ip = c.required("POD_IP")
+    if pod_ip:
+        try:
+            ip = ipaddress.ip_address(pod_ip)
+            if ip.is_unspecified:
+                c.bad("POD_IP", pod_ip, "0.0.0.0 and :: cannot be registered")
+        except ValueError:
+            c.bad("POD_IP", pod_ip, "not an IP address")
+    host_ip = c.raw("HOST_IP")
+    cluster = c.raw("KATALOG_CLUSTER_NAME") or None
+    if cluster and (not _DNS_LABEL.match(cluster) or len(cluster) > 63):
+        c.bad("KATALOG_CLUSTER_NAME", cluster, "must be lower-case letters, digits and '-'")
+    pod_uid = c.raw("POD_UID") or None
+    tool_meta_count = 4 + (pod_uid is not None) + (cluster is not None)
+    consul = _parse_consul(c, host_ip)
+    services = _parse_services(c, tool_meta_count)
+    check_ttl = c.duration("KATALOG_CHECK_TTL")
+    if 0 < check_ttl < 3:
+        c.bad("KATALOG_CHECK_TTL", c.raw("KATALOG_CHECK_TTL"), "must be at least 3s (it is refreshed every third of it)")
+    dereg = c.duration("KATALOG_DEREGISTER_CRITICAL_AFTER")
+    if 0 < dereg < _MIN_DEREGISTER_AFTER:
+        c.bad("KATALOG_DEREGISTER_CRITICAL_AFTER", c.raw("KATALOG_DEREGISTER_CRITICAL_AFTER"), "Consul's minimum is 1m")
+    readiness = _parse_readiness(c)
+    kubernetes = _parse_kubernetes(c, readiness.source)
+    if readiness.source != "kubernetes":
+        for svc in services:
+            if svc.port_name:
+                c.bad("KATALOG_SERVICES", c.raw("KATALOG_SERVICES"), f"named port {svc.port_name!r} needs KATALOG_READINESS_SOURCE=kubernetes (it is resolved from the pod spec)")
+    status_file = c.raw("KATALOG_STATUS_FILE")
+    if not status_file:
+        c.problems.append("KATALOG_STATUS_FILE is empty")
+    heartbeat = c.duration("KATALOG_HEARTBEAT_INTERVAL")
+    metrics_raw = c.raw("KATALOG_METRICS_ADDR")
+    metrics_addr = None
+    if metrics_raw.lower() not in ("off", ""):
+        metrics_addr = _parse_host_port(c, "KATALOG_METRICS_ADDR", metrics_raw)
+    gate_mode = c.choice("KATALOG_GATE_MODE", GATE_MODES)
+    confirm_wait = c.duration("KATALOG_CONFIRM_WAIT")
+    reconfirm_interval = c.duration("KATALOG_RECONFIRM_INTERVAL")
+    drain_timeout = c.duration("KATALOG_DRAIN_TIMEOUT")
+    log_format = c.choice("KATALOG_LOG_FORMAT", LOG_FORMATS)
+    log_level = c.choice("KATALOG_LOG_LEVEL", LOG_LEVELS)
+    if c.problems:
+        raise ConfigError(c.problems)
+    return Config(
+        pod_name=pod_name,
+        pod_namespace=namespace,
+        pod_ip=pod_ip,
+        pod_uid=pod_uid,
+        cluster_name=cluster,
+        consul=consul,
+        services=services,
+        check_ttl=check_ttl,
+        deregister_critical_after=dereg,
+        readiness=readiness,
+        kubernetes=kubernetes,
+        status_file=Path(status_file),
+        gate_mode=gate_mode,
+        heartbeat_interval=heartbeat,
+        confirm_wait=confirm_wait,
+        reconfirm_interval=reconfirm_interval,
+        drain_timeout=drain_timeout,
+        log_format=log_format,
+        log_level=log_level,
+        metrics_addr=metrics_addr,
+    )
+
+
+def status_file_path(environ: Mapping[str, str]) -> Path:
+    """The status file path alone, so even an invalid config can report itself there."""
+    return Path(environ.get("KATALOG_STATUS_FILE", "").strip() or _DEFAULTS["KATALOG_STATUS_FILE"])
+
+
+def reference_table() -> str:
+    """The README's configuration table, generated so it cannot drift from the code."""
+    lines = ["| Variable | Default | Meaning |", "|---|---|---|"]
+    for s in SETTINGS:
+        default = f"`{s.default}`" if s.default else ""
+        lines.append(f"| `{s.env}` | {default} | {s.help} |")
+    return "\n".join(lines)

@@ -1,0 +1,55 @@
+"""Logging for operators: one line per state transition, text or JSON, secrets redacted."""
+
+from __future__ import annotations
+
+import json
+import logging
+import sys
+import time
+from collections.abc import Callable, Iterable
+
+
+class _JsonFormatter(logging.Formatter):
+    def format(self, record: logging.LogRecord) -> str:
+        doc = {
+            "time": time.strftime("%Y-%m-%dT%H:%M:%S", time.gmtime(record.created)) + f".{int(record.msecs):03d}Z",
+            "level": record.levelname.lower(),
+            "logger": record.name,
+            "message": record.getMessage(),
+        }
+        if record.exc_info:
+            doc["exception"] = self.formatException(record.exc_info)
+        return json.dumps(doc, sort_keys=True)
+
+
+class _Redact(logging.Filter):
+    """Defence in depth: no code path logs a token on purpose, this catches accidents."""
+
+    def __init__(self, secrets: Callable[[], Iterable[str | None]]) -> None:
+        super().__init__()
+        self._secrets = secrets
+
+    def filter(self, record: logging.LogRecord) -> bool:
+        message = record.getMessage()
+        redacted = message
+        for secret in self._secrets():
+            if secret and len(secret) >= 4 and secret in redacted:
+                redacted = redacted.replace(secret, "[redacted]")
+        if redacted != message:
+            record.msg, record.args = redacted, None
+        return True
+
+
+def setup(fmt: str = "text", level: str = "info",
+          secrets: Callable[[], Iterable[str | None]] = lambda: ()) -> None:
+    handler = logging.StreamHandler(sys.stderr)
+    if fmt == "json":
+        handler.setFormatter(_JsonFormatter())
+    else:
+        handler.setFormatter(logging.Formatter("%(asctime)s %(levelname)s %(name)s: %(message)s"))
+    handler.addFilter(_Redact(secrets))
+    root = logging.getLogger()
+    root.handlers[:] = [handler]
+    root.setLevel(level.upper())
+    # requests/urllib3 log URLs at debug; keep them quiet unless asked for.
+    logging.getLogger("urllib3").setLevel(logging.WARNING if level != "debug" else logging.DEBUG)

@@ -1,0 +1,95 @@
+"""Prometheus metrics and the liveness endpoint (`/metrics`, `/healthz`)."""
+
+from __future__ import annotations
+
+import logging
+import threading
+import time
+from collections.abc import Callable
+from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
+from typing import Any, Protocol
+
+from prometheus_client import CollectorRegistry, Counter, Gauge, Histogram, generate_latest
+from prometheus_client.exposition import CONTENT_TYPE_LATEST
+
+from sidecar.errors import ConsulError
+
+log = logging.getLogger("katalog.metrics")
+
+PHASES = ("starting", "syncing", "confirmed", "draining", "stopped")
+
+
+class _Loop(Protocol):
+    last_loop: float
+
+
+class Metrics:
+    """Everything takes its registry and clock as arguments, so tests need no patching."""
+
+    def __init__(self, registry: CollectorRegistry | None = None,
+                 clock: Callable[[], float] = time.monotonic) -> None:
+        self.registry = registry or CollectorRegistry()
+        self._clock = clock
+        r = self.registry
+        self.sync_state = Gauge("katalog_sync_state", "1 for the sidecar's current phase.", ["phase"], registry=r)
+        self.confirmation_latency = Histogram(
+            "katalog_confirmation_latency_seconds", "From pushing a change to the agent to seeing it in the catalog.",
+            buckets=(0.005, 0.01, 0.025, 0.05, 0.1, 0.25, 0.5, 1, 2.5, 5, 10, 30, 60), registry=r)
+        self.last_confirmed = Gauge("katalog_last_confirmation_timestamp_seconds",
+                                    "Unix time of the last confirmation by the catalog.", registry=r)
+        self.consul_errors = Counter("katalog_consul_errors_total", "Failed calls to the Consul agent, by kind.",
+                                     ["kind"], registry=r)
+        self.kube_errors = Counter("katalog_kubernetes_errors_total", "Failed Kubernetes API requests, by kind.",
+                                   ["kind"], registry=r)
+        self.watch_restarts = Counter("katalog_watch_restarts_total", "Restarts of the pod watch, by reason.",
+                                      ["reason"], registry=r)
+        self._server: ThreadingHTTPServer | None = None
+
+    def phase(self, phase: str) -> None:
+        for name in PHASES:
+            self.sync_state.labels(name).set(1 if name == phase else 0)
+
+    def consul_error(self, exc: ConsulError) -> None:
+        self.consul_errors.labels(type(exc).__name__.removeprefix("Consul").lower()).inc()
+
+    def confirmed(self, latency: float) -> None:
+        self.confirmation_latency.observe(latency)
+        self.last_confirmed.set(time.time())
+
+    # KubeMetrics protocol of sidecar.kube_source
+    def request_error(self, kind: str) -> None:
+        self.kube_errors.labels(kind).inc()
+
+    def watch_restart(self, reason: str) -> None:
+        self.watch_restarts.labels(reason).inc()
+
+    def serve(self, address: tuple[str, int], loop: _Loop, stuck_after: float = 60.0) -> None:
+        metrics = self
+
+        class Handler(BaseHTTPRequestHandler):
+            def do_GET(self) -> None:  # noqa: N802 - http.server's naming
+                if self.path == "/metrics":
+                    self._reply(200, generate_latest(metrics.registry), CONTENT_TYPE_LATEST)
+                elif self.path == "/healthz":
+                    age = metrics._clock() - loop.last_loop
+                    if age > stuck_after:
+                        self._reply(503, f"sync loop stuck for {age:.0f}s\n".encode(), "text/plain")
+                    else:
+                        self._reply(200, b"ok\n", "text/plain")
+                else:
+                    self._reply(404, b"not found\n", "text/plain")
+
+            def _reply(self, code: int, body: bytes, ctype: str) -> None:
+                self.send_response(code)
+                self.send_header("Content-Type", ctype)
+                self.send_header("Content-Length", str(len(body)))
+                self.end_headers()
+                self.wfile.write(body)
+
+            def log_message(self, *_args: Any) -> None:  # scrapes are not operator news
+                pass
+
+        self._server = ThreadingHTTPServer(address, Handler)
+        self._server.daemon_threads = True
+        threading.Thread(target=self._server.serve_forever, name="metrics", daemon=True).start()
+        log.info("metrics on http://%s:%d/metrics", *self._server.server_address[:2])

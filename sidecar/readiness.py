@@ -1,0 +1,123 @@
+"""Readiness sources: where the app's readiness comes from.
+
+A source runs in its own thread and reports to a `ReadinessSink`: an `Observation` whenever
+what it sees changes, and a problem text (or None when it clears) when it cannot see. The
+sync loop does the rest, so every source plugs into the same place: the Kubernetes watch
+(sidecar.kube_source), an HTTP or TCP probe of the app, or a fixed status.
+"""
+
+from __future__ import annotations
+
+import socket
+import threading
+from collections.abc import Mapping
+from dataclasses import dataclass, field
+from typing import Protocol
+
+import requests
+
+from sidecar.config import Config
+
+
+@dataclass(frozen=True)
+class Observation:
+    """What a source currently sees. `detail` becomes check output: keep it stable text."""
+
+    ready: bool
+    detail: str
+    terminating: bool = False  # deletionTimestamp is set: drain now
+    deleted: bool = False  # the pod object is gone
+    grace_period: float | None = None  # deletionGracePeriodSeconds, when known
+    pod_uid: str | None = None
+    container_ports: Mapping[str, int] | None = field(default=None, compare=False)
+
+
+class ReadinessSink(Protocol):
+    def observe(self, observation: Observation) -> None: ...
+
+    def problem(self, message: str | None) -> None: ...
+
+
+class ReadinessSource(Protocol):
+    def run(self, stop: threading.Event, sink: ReadinessSink) -> None: ...
+
+
+class FixedSource:
+    """A constant status, for pods whose readiness Consul need not follow."""
+
+    def __init__(self, ready: bool) -> None:
+        self._ready = ready
+
+    def run(self, stop: threading.Event, sink: ReadinessSink) -> None:
+        detail = "fixed status: ready" if self._ready else "fixed status: not ready"
+        sink.observe(Observation(ready=self._ready, detail=detail))
+        stop.wait()
+
+
+class _ProbeSource:
+    """Probes the app every `interval`; reports only changes, so a steady app costs nothing."""
+
+    def __init__(self, interval: float, timeout: float) -> None:
+        self._interval = interval
+        self._timeout = timeout
+
+    def probe(self) -> tuple[bool, str]:
+        raise NotImplementedError
+
+    def run(self, stop: threading.Event, sink: ReadinessSink) -> None:
+        last: Observation | None = None
+        while not stop.is_set():
+            ready, detail = self.probe()
+            observation = Observation(ready=ready, detail=detail)
+            if observation != last:
+                sink.observe(observation)
+                last = observation
+            stop.wait(self._interval)
+
+
+class HttpProbeSource(_ProbeSource):
+    def __init__(self, url: str, interval: float, timeout: float) -> None:
+        super().__init__(interval, timeout)
+        self._url = url
+        self._session = requests.Session()
+
+    def probe(self) -> tuple[bool, str]:
+        try:
+            response = self._session.get(self._url, timeout=self._timeout, allow_redirects=False)
+        except requests.Timeout:
+            return False, f"HTTP probe {self._url}: timed out"
+        except requests.RequestException:
+            return False, f"HTTP probe {self._url}: connection failed"
+        if 200 <= response.status_code < 300:
+            return True, f"HTTP probe {self._url}: {response.status_code}"
+        return False, f"HTTP probe {self._url}: {response.status_code}"
+
+
+class TcpProbeSource(_ProbeSource):
+    def __init__(self, host: str, port: int, interval: float, timeout: float) -> None:
+        super().__init__(interval, timeout)
+        self._host = host
+        self._port = port
+
+    def probe(self) -> tuple[bool, str]:
+        target = f"{self._host}:{self._port}"
+        try:
+            with socket.create_connection((self._host, self._port), timeout=self._timeout):
+                return True, f"TCP probe {target}: connected"
+        except OSError:
+            return False, f"TCP probe {target}: connection failed"
+
+
+def make_source(config: Config) -> ReadinessSource:
+    r = config.readiness
+    if r.source == "fixed":
+        return FixedSource(r.fixed_ready)
+    if r.source == "http":
+        assert r.http_url is not None  # guaranteed by load_config
+        return HttpProbeSource(r.http_url, r.probe_interval, r.probe_timeout)
+    if r.source == "tcp":
+        assert r.tcp_host is not None and r.tcp_port is not None
+        return TcpProbeSource(r.tcp_host, r.tcp_port, r.probe_interval, r.probe_timeout)
+    from sidecar.kube_source import KubernetesSource  # imported lazily: only this source needs it
+
+    return KubernetesSource.from_config(config)

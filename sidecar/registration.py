@@ -1,0 +1,175 @@
+"""What to register and what the catalog must show: pure functions, no I/O.
+
+One Consul instance per (pod, service), with two TTL checks:
+- readiness mirrors the app and never reaps (an app may be unready for a long time);
+- liveness is kept passing by the sidecar and carries DeregisterCriticalServiceAfter, so a
+  pod that dies without cleanup is reaped by its agent.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Mapping, Sequence
+from dataclasses import dataclass
+from typing import Any
+
+from sidecar.config import TOOL_NAME, Config, ServiceSpec
+from sidecar.durations import format_duration
+
+PASSING = "passing"
+CRITICAL = "critical"
+
+LIVENESS_RUNNING = "katalog-sidecar is running"
+TERMINATING = "pod is terminating"
+
+
+@dataclass(frozen=True)
+class Instance:
+    """One registered instance: a service of this pod, its port resolved."""
+
+    name: str
+    service_id: str
+    address: str
+    port: int
+    tags: tuple[str, ...]
+    meta: tuple[tuple[str, str], ...]
+
+    @property
+    def readiness_check_id(self) -> str:
+        return f"{self.service_id}:readiness"
+
+    @property
+    def liveness_check_id(self) -> str:
+        return f"{self.service_id}:liveness"
+
+
+@dataclass(frozen=True)
+class CheckState:
+    status: str
+    output: str
+
+
+def service_id(config: Config, service_name: str) -> str:
+    """Stable for the pod's life and unique across namespaces (and clusters, when named).
+
+    ':' cannot occur in namespace, pod or service names, so the parts cannot run together.
+    """
+    parts = [config.pod_namespace, config.pod_name, service_name]
+    if config.cluster_name:
+        parts.insert(0, config.cluster_name)
+    return ":".join(parts)
+
+
+def tool_meta(config: Config, pod_uid: str | None) -> dict[str, str]:
+    meta = {
+        "external-source": "kubernetes",
+        "managed-by": TOOL_NAME,
+        "k8s-namespace": config.pod_namespace,
+        "k8s-pod": config.pod_name,
+    }
+    uid = pod_uid or config.pod_uid
+    if uid:
+        meta["k8s-pod-uid"] = uid
+    if config.cluster_name:
+        meta["k8s-cluster"] = config.cluster_name
+    return meta
+
+
+def resolve_port(spec: ServiceSpec, container_ports: Mapping[str, int] | None) -> int:
+    """The service's port; a named port is looked up in the pod spec. ValueError if unknown."""
+    if spec.port is not None:
+        return spec.port
+    names = dict(container_ports or {})
+    if spec.port_name in names:
+        return names[spec.port_name]
+    known = ", ".join(sorted(names)) or "none"
+    raise ValueError(
+        f"KATALOG_SERVICES: service {spec.name!r} uses container port {spec.port_name!r}, "
+        f"which no container of the pod declares (named ports: {known})"
+    )
+
+
+def build_instances(config: Config, pod_uid: str | None,
+                    container_ports: Mapping[str, int] | None) -> tuple[Instance, ...]:
+    """Raises ValueError (with a message for the operator) when a named port is unknown."""
+    base_meta = tool_meta(config, pod_uid)
+    instances = []
+    for spec in config.services:
+        meta = dict(spec.meta)
+        meta.update(base_meta)  # the tool's keys win; config validation already refused clashes
+        instances.append(
+            Instance(
+                name=spec.name,
+                service_id=service_id(config, spec.name),
+                address=config.pod_ip,
+                port=resolve_port(spec, container_ports),
+                tags=spec.tags,
+                meta=tuple(sorted(meta.items())),
+            )
+        )
+    return tuple(instances)
+
+
+def registration_payload(instance: Instance, config: Config, readiness: CheckState,
+                         liveness: CheckState) -> dict[str, Any]:
+    """The body of PUT /v1/agent/service/register.
+
+    The checks carry the wanted status so a first registration is right from its first sync;
+    on a re-registration the agent keeps the old status, so the caller pushes status and
+    output (the register endpoint takes no Output) right afterwards.
+    """
+    ttl = format_duration(config.check_ttl)
+    return {
+        "ID": instance.service_id,
+        "Name": instance.name,
+        "Tags": list(instance.tags),
+        "Address": instance.address,
+        "Port": instance.port,
+        "Meta": dict(instance.meta),
+        "Checks": [
+            {
+                "CheckID": instance.readiness_check_id,
+                "Name": "Kubernetes readiness",
+                "Notes": "Mirrors the readiness of the pod's app containers, as seen by katalog-sidecar.",
+                "TTL": ttl,
+                "Status": readiness.status,
+            },
+            {
+                "CheckID": instance.liveness_check_id,
+                "Name": "katalog-sidecar liveness",
+                "Notes": "Kept passing while the sidecar runs; the agent reaps the instance "
+                "once it has been critical for DeregisterCriticalServiceAfter.",
+                "TTL": ttl,
+                "Status": liveness.status,
+                "DeregisterCriticalServiceAfter": format_duration(config.deregister_critical_after),
+            },
+        ],
+    }
+
+
+def wanted_checks(instance: Instance, readiness: CheckState, liveness: CheckState) -> dict[str, CheckState]:
+    return {instance.readiness_check_id: readiness, instance.liveness_check_id: liveness}
+
+
+def compare_with_catalog(instance: Instance, entries: Sequence[Mapping[str, Any]],
+                         checks: Mapping[str, str]) -> str | None:
+    """None when the servers' view matches; otherwise what is still different, in plain words.
+
+    `entries` is the answer of /v1/health/service/<name> filtered to this instance's ID;
+    `checks` maps check ID to the status last pushed. Output is not compared: Consul may
+    defer output-only changes by minutes, but never a status change.
+    """
+    if not entries:
+        return f"agent accepted {instance.name} but the catalog does not list {instance.service_id} yet"
+    service = entries[0].get("Service") or {}
+    address, port = service.get("Address"), service.get("Port")
+    if address != instance.address or port != instance.port:
+        return (
+            f"catalog lists {instance.service_id} at {address}:{port}, "
+            f"expected {instance.address}:{instance.port}"
+        )
+    seen = {c.get("CheckID"): c.get("Status") for c in entries[0].get("Checks") or []}
+    for check_id, status in sorted(checks.items()):
+        if seen.get(check_id) != status:
+            shown = seen.get(check_id) or "missing"
+            return f"catalog shows check {check_id} {shown}, pushed {status}"
+    return None

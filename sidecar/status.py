@@ -1,0 +1,33 @@
+"""Writes the status file that readiness-gate and `katalog-sidecar status` read."""
+
+from __future__ import annotations
+
+import os
+import time
+from collections.abc import Callable
+from pathlib import Path
+from typing import Any
+
+from readiness_gate import state
+
+
+class StatusWriter:
+    def __init__(self, path: Path, *, gate_mode: str, heartbeat_interval: float, agent: str,
+                 pod: str, wall: Callable[[], float] = time.time) -> None:
+        self.path = path
+        self._fixed = {
+            "schema": state.SCHEMA,
+            "pid": os.getpid(),
+            "gate_mode": gate_mode,
+            # Three missed heartbeats, and never less than 10s so a busy node does not flap.
+            "stale_after": max(3 * heartbeat_interval, 10.0),
+            "agent": agent,
+            "pod": pod,
+        }
+        self._wall = wall
+
+    def write(self, **fields: Any) -> None:
+        document = dict(self._fixed)
+        document.update(fields)
+        document["updated_at"] = self._wall()
+        state.write_atomically(str(self.path), document)

@@ -1,0 +1,42 @@
+"""`katalog-sidecar status`: the status file in plain words, for `kubectl exec` at 3 a.m."""
+
+from __future__ import annotations
+
+import time
+from collections.abc import Mapping
+from typing import Any
+
+
+def _ago(seconds: float) -> str:
+    seconds = max(0, int(seconds))
+    if seconds < 120:
+        return f"{seconds}s ago"
+    if seconds < 7200:
+        return f"{seconds // 60}m ago"
+    return f"{seconds // 3600}h ago"
+
+
+def render(state: Mapping[str, Any], gate_ok: bool, gate_line: str, now: float) -> str:
+    since = float(state.get("since") or state.get("updated_at") or now)
+    lines = [
+        f"pod:        {state.get('pod', '?')}",
+        f"agent:      {state.get('agent', '?')}",
+        f"phase:      {state.get('phase')} since {time.strftime('%H:%M:%S', time.localtime(since))} ({_ago(now - since)})",
+        f"gate:       {'PASS' if gate_ok else 'FAIL'} ({state.get('gate_mode', '?')} mode): {gate_line}",
+        f"heartbeat:  {_ago(now - float(state.get('updated_at', now)))}",
+    ]
+    if state.get("source_problem"):
+        lines.append(f"readiness:  cannot see the app: {state['source_problem']}")
+    services = state.get("services") or []
+    if services:
+        lines.append("services:")
+    for svc in services:
+        confirmed = "confirmed in the catalog" if svc.get("confirmed") else "NOT confirmed in the catalog"
+        registered = "registered" if svc.get("registered") else "not registered"
+        lines.append(f"  {svc.get('name')} ({svc.get('id')}) at {svc.get('address')}: {registered}, "
+                     f"readiness {svc.get('readiness') or 'not pushed'}, {confirmed}")
+        if svc.get("readiness_output"):
+            lines.append(f"      check output: {svc['readiness_output']}")
+    if state.get("last_error"):
+        lines.append(f"last error: {state['last_error']}")
+    return "\n".join(lines)

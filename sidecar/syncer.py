@@ -1,0 +1,437 @@
+"""The sync loop: the one place that writes to the agent.
+
+Everything else (readiness source, agent watchers, confirmer, signals) posts events into one
+queue; this loop applies them in order, so there are no races between a readiness flip, a
+re-registration and a drain. Between events it only wakes for deadlines (TTL refresh,
+heartbeat, retry), never to poll.
+"""
+
+from __future__ import annotations
+
+import logging
+import queue
+import threading
+import time
+from collections.abc import Callable
+from dataclasses import dataclass, field
+from typing import Any
+
+from readiness_gate import state as status_state
+from sidecar.backoff import Backoff
+from sidecar.config import Config
+from sidecar.consul_api import ConsulAgent
+from sidecar.drain import Drainer
+from sidecar.errors import ConsulError, ConsulForbidden, ConsulNotFound, ConsulRejected, ConsulServerError
+from sidecar.metrics import Metrics
+from sidecar.readiness import Observation
+from sidecar.registration import (
+    CRITICAL,
+    LIVENESS_RUNNING,
+    PASSING,
+    TERMINATING,
+    CheckState,
+    Instance,
+    build_instances,
+    registration_payload,
+    wanted_checks,
+)
+from sidecar.status import StatusWriter
+from sidecar.watchers import AgentWatcher, Confirmer, Expectation
+
+log = logging.getLogger("katalog.sync")
+
+EXIT_OK = 0
+EXIT_DRAIN_INCOMPLETE = 1
+
+
+@dataclass
+class _Problem:
+    """The one thing currently keeping the sidecar from 'confirmed', for the gate and logs."""
+
+    text: str = ""
+
+
+@dataclass
+class SyncState:
+    observation: Observation | None = None
+    source_problem: str | None = None
+    instances: tuple[Instance, ...] = ()
+    registered: set[str] = field(default_factory=set)
+    pushed: dict[str, CheckState] = field(default_factory=dict)
+    agent_problem: str | None = None
+    agent_problem_fatal: bool = False
+    generation: int = 0
+    confirmed_generation: int = -1
+    confirm_message: str = ""
+    ever_confirmed: bool = False
+    draining: bool = False
+    drain_reason: str = ""
+    port_problem: str | None = None
+
+
+class Syncer:
+    def __init__(self, config: Config, agent: ConsulAgent, status: StatusWriter, *,
+                 clock: Callable[[], float] = time.monotonic, metrics: Metrics | None = None) -> None:
+        self.config = config
+        self.agent = agent
+        self.status = status
+        self.clock = clock
+        self.metrics = metrics
+        self.state = SyncState()
+        # SimpleQueue.put is reentrant, so a signal handler may post into it safely.
+        self._events: queue.SimpleQueue[tuple[str, Any]] = queue.SimpleQueue()
+        self._retry_backoff = Backoff(initial=0.2, cap=10.0)
+        self._retry_at: float | None = None
+        self._next_refresh = 0.0
+        self._next_heartbeat = 0.0
+        self._last_logged: str | None = None
+        self._final_message: str | None = None
+        self._pushed_at = 0.0
+        self._last_error: str | None = None
+        self._phase_since = time.time()
+        self._phase = status_state.STARTING
+        self._confirmer = Confirmer(agent, config.confirm_wait, self._post)
+        self._watchers: list[AgentWatcher] = []
+        self.last_loop = clock()  # for the liveness endpoint: a stuck loop stops updating it
+
+    # --- inputs, from other threads -------------------------------------------------------
+    def _post(self, kind: str, payload: Any = None) -> None:
+        self._events.put((kind, payload))
+
+    def observe(self, observation: Observation) -> None:
+        self._post("observe", observation)
+
+    def problem(self, message: str | None) -> None:
+        self._post("source-problem", message)
+
+    def request_shutdown(self, reason: str = "SIGTERM") -> None:
+        self._post("shutdown", reason)
+
+    # --- the loop -----------------------------------------------------------------------
+    def run(self, stop_sources: threading.Event) -> int:
+        """Runs until SIGTERM; returns the process exit code.
+
+        A deletionTimestamp drains and deregisters at once (a native sidecar gets SIGTERM only
+        after the app has exited, too late to drain); the process then idles, keeping the
+        status file fresh and the gate failing, until SIGTERM.
+        """
+        self._confirmer.start()
+        self._write_status()
+        drained: int | None = None
+        try:
+            while True:
+                kind, payload = self._next_event()
+                self.last_loop = self.clock()
+                if kind == "shutdown":
+                    stop_sources.set()
+                    return drained if drained is not None else self._drain_and_deregister(str(payload))
+                if drained is not None:
+                    self._maybe_heartbeat(self.clock())
+                    continue
+                self._apply(kind, payload)
+                if self.state.draining:
+                    drained = self._drain_and_deregister(self.state.drain_reason)
+                    continue
+                self._reconcile()
+        finally:
+            self._confirmer.stop()
+            for watcher in self._watchers:
+                watcher.stop()
+
+    def _next_event(self) -> tuple[str, Any]:
+        now = self.clock()
+        deadlines = [self._next_heartbeat]
+        if self.state.registered:
+            deadlines.append(self._next_refresh)
+        if self._retry_at is not None:
+            deadlines.append(self._retry_at)
+        timeout = max(0.0, min(deadlines) - now)
+        try:
+            return self._events.get(timeout=timeout)
+        except queue.Empty:
+            return "tick", None
+
+    def _apply(self, kind: str, payload: Any) -> None:
+        s = self.state
+        if kind == "observe":
+            previous = s.observation
+            s.observation = payload
+            s.source_problem = None if payload is not None else s.source_problem
+            if previous is None or previous.ready != payload.ready:
+                log.info("app %s: %s", "ready" if payload.ready else "not ready", payload.detail)
+            if payload.terminating and not s.draining:
+                s.draining = True
+                s.drain_reason = "pod deleted" if payload.deleted else "deletionTimestamp set"
+                log.info("pod is terminating (%s): draining", s.drain_reason)
+        elif kind == "source-problem":
+            if payload != s.source_problem:
+                if payload:
+                    log.warning("readiness source: %s (keeping the last known status)", payload)
+                else:
+                    log.info("readiness source recovered")
+            s.source_problem = payload
+        elif kind == "confirmed":
+            if payload == s.generation:
+                s.confirmed_generation = payload
+                s.confirm_message = ""
+                if self.metrics is not None:
+                    self.metrics.confirmed(self.clock() - self._pushed_at)
+        elif kind == "confirm-pending":
+            generation, message = payload
+            if generation == s.generation:
+                s.confirm_message = message
+        elif kind == "agent-lost":
+            if payload in s.registered:
+                log.warning("agent no longer knows %s: registering it again", payload)
+                s.registered.discard(payload)
+        elif kind == "agent-back":
+            # The agent answered again after failing: it may have restarted with or without
+            # its state. Re-register (idempotent, keeps the same ID) and re-push the status.
+            log.info("agent at %s answers again: re-registering and re-pushing status", self.agent.address)
+            s.registered.clear()
+            self._retry_at = None
+            self._retry_backoff.reset()
+
+    # --- reconcile: make the agent match what we want -----------------------------------
+    def wanted(self) -> tuple[CheckState, CheckState]:
+        s = self.state
+        if s.draining:
+            terminating = CheckState(CRITICAL, TERMINATING)
+            return terminating, terminating
+        obs = s.observation
+        assert obs is not None
+        readiness = CheckState(PASSING if obs.ready else CRITICAL, obs.detail)
+        return readiness, CheckState(PASSING, LIVENESS_RUNNING)
+
+    def _reconcile(self) -> None:
+        s = self.state
+        now = self.clock()
+        if s.observation is None:
+            self._maybe_heartbeat(now)
+            return
+        if not s.instances:
+            try:
+                s.instances = build_instances(self.config, s.observation.pod_uid, s.observation.container_ports)
+                s.port_problem = None
+            except ValueError as exc:
+                if s.port_problem != str(exc):
+                    log.error("%s", exc)
+                s.port_problem = str(exc)
+                self._maybe_heartbeat(now, force=True)
+                return
+        if self._retry_at is not None and now < self._retry_at:
+            self._maybe_heartbeat(now)
+            return
+        self._retry_at = None
+        try:
+            changed = self._register_missing()
+            changed |= self._push_changes()
+            if now >= self._next_refresh:
+                self._refresh_ttls()
+        except ConsulError as exc:
+            self._agent_failed(exc)
+        else:
+            if not self._watchers:
+                self._start_watchers()  # only now: before registration they would see a 404
+            if s.agent_problem:
+                log.info("agent at %s accepts our writes again", self.agent.address)
+            s.agent_problem = None
+            s.agent_problem_fatal = False
+            self._retry_backoff.reset()
+            if changed:
+                s.generation += 1
+                self._pushed_at = now
+                self._confirmer.expect(self._expectation())
+        self._maybe_heartbeat(now, force=True)
+
+    def _expectation(self) -> Expectation:
+        s = self.state
+        readiness, liveness = self.wanted()
+        return Expectation(
+            generation=s.generation,
+            instances=s.instances,
+            checks={inst.service_id: {cid: cs.status for cid, cs in wanted_checks(inst, readiness, liveness).items()}
+                    for inst in s.instances},
+            removed=False,
+        )
+
+    def _register_missing(self) -> bool:
+        s = self.state
+        readiness, liveness = self.wanted()
+        changed = False
+        for inst in s.instances:
+            if inst.service_id in s.registered:
+                continue
+            self.agent.register_service(registration_payload(inst, self.config, readiness, liveness))
+            # Re-registration keeps the agent's old check status: push it explicitly.
+            for check_id, check in wanted_checks(inst, readiness, liveness).items():
+                self.agent.update_ttl_check(check_id, check.status, check.output)
+                s.pushed[check_id] = check
+            s.registered.add(inst.service_id)
+            log.info("registered %s (%s:%d) with the agent", inst.service_id, inst.address, inst.port)
+            changed = True
+        self._next_refresh = self.clock() + self.config.check_ttl / 3
+        return changed
+
+    def _push_changes(self) -> bool:
+        s = self.state
+        readiness, liveness = self.wanted()
+        changed = False
+        for inst in s.instances:
+            for check_id, check in wanted_checks(inst, readiness, liveness).items():
+                if s.pushed.get(check_id) == check:
+                    continue
+                self._update_check(inst, check_id, check)
+                if s.pushed.get(check_id, check).status != check.status:
+                    log.info("%s: check %s -> %s (%s)", inst.service_id, check_id, check.status, check.output)
+                s.pushed[check_id] = check
+                changed = True
+        return changed
+
+    def _refresh_ttls(self) -> None:
+        # Same status and output as last time: the agent only resets its TTL timer, no Raft write.
+        for inst in self.state.instances:
+            for check_id in (inst.readiness_check_id, inst.liveness_check_id):
+                check = self.state.pushed.get(check_id)
+                if check is not None:
+                    self._update_check(inst, check_id, check)
+        self._next_refresh = self.clock() + self.config.check_ttl / 3
+
+    def _update_check(self, inst: Instance, check_id: str, check: CheckState) -> None:
+        try:
+            self.agent.update_ttl_check(check_id, check.status, check.output)
+        except (ConsulNotFound, ConsulServerError) as exc:
+            # "CheckID ... does not have associated TTL" (500) or 404: the agent lost the
+            # instance, e.g. it restarted without its data dir. Register it again.
+            if "does not have associated TTL" in str(exc) or isinstance(exc, ConsulNotFound):
+                log.warning("agent lost check %s: registering %s again", check_id, inst.service_id)
+                self.state.registered.discard(inst.service_id)
+                self._register_missing()
+                return
+            raise
+
+    def _agent_failed(self, exc: ConsulError) -> None:
+        s = self.state
+        if isinstance(exc, (ConsulRejected, ConsulForbidden)):
+            fix = "CONSUL_HTTP_TOKEN / CONSUL_HTTP_TOKEN_FILE (ACL policy)" if isinstance(exc, ConsulForbidden) else "KATALOG_SERVICES, KATALOG_TAGS, KATALOG_META"
+            text = f"Consul refused {', '.join(i.name for i in s.instances)}: {exc} (fix {fix})"
+            delay = 60.0  # a permission or validation error does not fix itself: no retry storm
+            s.agent_problem_fatal = True
+        else:
+            text = f"waiting for the agent at {self.agent.address}: {exc}"
+            delay = self._retry_backoff.next_delay()
+        self._last_error = text
+        if text != s.agent_problem:
+            log.error("%s; retrying in %.1fs", text, delay)
+        s.agent_problem = text
+        self._retry_at = self.clock() + delay
+
+    # --- status ---------------------------------------------------------------------------
+    def gate_line(self) -> tuple[str, str]:
+        """(phase, one line saying what the sidecar waits for). Ordered by what to fix first."""
+        s = self.state
+        if s.draining:
+            return status_state.DRAINING, f"{s.drain_reason}: instances critical, deregistering"
+        if s.port_problem:
+            return status_state.SYNCING, s.port_problem
+        if s.observation is None:
+            if s.source_problem:
+                return status_state.SYNCING, f"waiting for the first readiness observation: {s.source_problem}"
+            return status_state.SYNCING, f"waiting for the first readiness observation ({self.config.readiness.source})"
+        if s.agent_problem:
+            return status_state.SYNCING, s.agent_problem
+        if not s.observation.ready:
+            return status_state.SYNCING, f"check critical because the app is not ready: {s.observation.detail}"
+        if s.confirmed_generation != s.generation:
+            return status_state.SYNCING, s.confirm_message or "waiting for the catalog to confirm the registration"
+        names = ", ".join(i.name for i in s.instances)
+        return status_state.CONFIRMED, f"{names} passing in the catalog"
+
+    def _maybe_heartbeat(self, now: float, force: bool = False) -> None:
+        if not (force or now >= self._next_heartbeat):
+            return
+        if self._final_message is not None:
+            self._final_status(self._final_message)
+            self._next_heartbeat = now + self.config.heartbeat_interval
+        else:
+            self._write_status()
+
+    def _write_status(self) -> None:
+        s = self.state
+        phase, message = self.gate_line()
+        if phase == status_state.CONFIRMED and not s.ever_confirmed:
+            s.ever_confirmed = True
+            log.info("confirmed: %s", message)
+        if (phase, message) != (self._phase, self._last_logged):
+            self._phase_since = time.time()
+            if phase != status_state.CONFIRMED:
+                log.info("waiting: %s", message)
+        self._phase, self._last_logged = phase, message
+        self.status.write(
+            phase=phase,
+            message=message,
+            since=self._phase_since,
+            ever_confirmed=s.ever_confirmed,
+            services=[self._service_status(inst) for inst in s.instances],
+            source_problem=s.source_problem,
+            last_error=self._last_error,
+        )
+        if self.metrics is not None:
+            self.metrics.phase(phase)
+        self._next_heartbeat = self.clock() + self.config.heartbeat_interval
+
+    def _service_status(self, inst: Instance) -> dict[str, Any]:
+        s = self.state
+        readiness = s.pushed.get(inst.readiness_check_id)
+        return {
+            "name": inst.name,
+            "id": inst.service_id,
+            "address": f"{inst.address}:{inst.port}",
+            "registered": inst.service_id in s.registered,
+            "readiness": readiness.status if readiness else None,
+            "readiness_output": readiness.output if readiness else None,
+            "confirmed": s.confirmed_generation == s.generation and inst.service_id in s.registered,
+        }
+
+    def _start_watchers(self) -> None:
+        for inst in self.state.instances:
+            watcher = AgentWatcher(self.agent, inst.service_id, self._post)
+            watcher.start()
+            self._watchers.append(watcher)
+
+    # --- termination --------------------------------------------------------------------
+    def _drain_and_deregister(self, reason: str) -> int:
+        """Checks critical, confirmed in the catalog; deregister, removal confirmed; bounded."""
+        s = self.state
+        obs = s.observation
+        budget = self.config.drain_timeout
+        if obs is not None and obs.grace_period:
+            budget = min(budget, max(1.0, obs.grace_period - 2.0))
+        deadline = self.clock() + budget
+        if not s.draining:
+            s.draining, s.drain_reason = True, reason
+            log.info("%s: draining %d instance(s) within %.0fs", reason, len(s.instances), budget)
+        self._confirmer.stop()
+        for watcher in self._watchers:
+            watcher.stop()
+        self._write_status()
+        if not s.instances:
+            log.info("nothing was registered: exiting")
+            self._final_status("stopped: nothing was registered")
+            return EXIT_OK
+        complete = Drainer(self.agent, self.clock, deadline).run(s.instances)
+        if complete:
+            self._final_status("drained and deregistered")
+            return EXIT_OK
+        log.error(
+            "drain incomplete before the deadline: the liveness check goes critical within %s "
+            "and the agent reaps the instance %s after that",
+            f"{self.config.check_ttl:g}s", f"{self.config.deregister_critical_after:g}s",
+        )
+        self._final_status("drain incomplete: left to the TTL and the agent's reaper")
+        return EXIT_DRAIN_INCOMPLETE
+
+    def _final_status(self, message: str) -> None:
+        self._final_message = message
+        self.status.write(phase=status_state.STOPPED, message=message, since=time.time(),
+                          ever_confirmed=self.state.ever_confirmed, services=[], source_problem=None)

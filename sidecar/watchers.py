@@ -1,0 +1,158 @@
+"""Background threads that watch Consul and post what they see to the sync loop.
+
+- AgentWatcher: one hash-blocking query on the *local agent's* view of an instance. It is the
+  only long-poll a steady sidecar keeps open, costs the servers nothing, and notices within
+  about a second that the agent lost the instance or came back after a restart.
+- Confirmer: blocking queries on the servers' view (health endpoint), held only while a change
+  waits for confirmation; idle (no open query) once the catalog matches.
+"""
+
+from __future__ import annotations
+
+import logging
+import threading
+from collections.abc import Callable, Mapping
+from dataclasses import dataclass
+from typing import Any
+
+from sidecar.backoff import Backoff
+from sidecar.consul_api import ConsulAgent
+from sidecar.errors import ConsulError
+from sidecar.registration import Instance, compare_with_catalog
+
+log = logging.getLogger("katalog.watch")
+
+Post = Callable[[str, Any], None]
+
+AGENT_WATCH_WAIT = 300.0  # seconds; the agent answers early on any change to the instance
+
+
+class AgentWatcher(threading.Thread):
+    def __init__(self, agent: ConsulAgent, service_id: str, post: Post,
+                 wait: float = AGENT_WATCH_WAIT) -> None:
+        super().__init__(name=f"agent-watch:{service_id}", daemon=True)
+        self._agent = agent
+        self._service_id = service_id
+        self._post = post
+        self._wait = wait
+        self._stop_event = threading.Event()
+        # Capped at 1s: while the agent is down we retry a cheap local connection, so its
+        # return is noticed within about a second.
+        self._backoff = Backoff(initial=0.1, cap=1.0)
+
+    def stop(self) -> None:
+        self._stop_event.set()
+
+    def run(self) -> None:
+        content_hash = ""
+        failing = False
+        while not self._stop_event.is_set():
+            try:
+                new_hash, service = self._agent.agent_service(self._service_id, content_hash, self._wait)
+            except ConsulError:
+                failing = True
+                content_hash = ""
+                self._stop_event.wait(self._backoff.next_delay())
+                continue
+            self._backoff.reset()
+            if failing:
+                failing = False
+                self._post("agent-back", self._service_id)
+            if service is None:
+                self._post("agent-lost", self._service_id)
+                # Wait for the sync loop to register it again instead of spinning on 404s.
+                self._stop_event.wait(self._backoff.next_delay())
+                content_hash = ""
+                continue
+            content_hash = new_hash
+
+
+@dataclass(frozen=True)
+class Expectation:
+    """What the servers must show for one generation of pushed state."""
+
+    generation: int
+    instances: tuple[Instance, ...]
+    checks: Mapping[str, Mapping[str, str]]  # service ID -> check ID -> status
+    removed: bool = False
+
+
+class Confirmer(threading.Thread):
+    def __init__(self, agent: ConsulAgent, wait: float, post: Post) -> None:
+        super().__init__(name="confirmer", daemon=True)
+        self._agent = agent
+        self._wait = wait
+        self._post = post
+        self._cond = threading.Condition()
+        self._target: Expectation | None = None
+        self._stopped = False
+        self._backoff = Backoff(initial=0.2, cap=5.0)
+
+    def expect(self, expectation: Expectation) -> None:
+        with self._cond:
+            self._target = expectation
+            self._cond.notify()
+
+    def stop(self) -> None:
+        with self._cond:
+            self._stopped = True
+            self._cond.notify()
+
+    def _current(self) -> Expectation | None:
+        with self._cond:
+            while self._target is None and not self._stopped:
+                self._cond.wait()
+            return None if self._stopped else self._target
+
+    def _is_current(self, expectation: Expectation) -> bool:
+        with self._cond:
+            return self._target is expectation and not self._stopped
+
+    def run(self) -> None:
+        while True:
+            target = self._current()
+            if target is None:
+                return
+            if self._confirm(target):
+                self._post("confirmed", target.generation)
+                with self._cond:
+                    if self._target is target:
+                        self._target = None
+
+    def _confirm(self, target: Expectation) -> bool:
+        """Blocks until the servers match `target`, or `target` is replaced (then False)."""
+        last_message = ""
+        for inst in target.instances:
+            index = 0
+            while self._is_current(target):
+                try:
+                    index, entries = self._agent.health_of_instance(inst.name, inst.service_id, index, self._wait)
+                except ConsulError as exc:
+                    message = f"agent accepted {inst.name} but the catalog cannot be read: {exc}"
+                    if message != last_message:
+                        self._post("confirm-pending", (target.generation, message))
+                        last_message = message
+                    index = 0
+                    self._sleep_unless_replaced(target, self._backoff.next_delay())
+                    continue
+                self._backoff.reset()
+                mismatch = _mismatch(inst, entries, target)
+                if mismatch is None:
+                    break
+                if mismatch != last_message:
+                    self._post("confirm-pending", (target.generation, mismatch))
+                    last_message = mismatch
+            else:
+                return False
+        return self._is_current(target)
+
+    def _sleep_unless_replaced(self, target: Expectation, delay: float) -> None:
+        with self._cond:
+            if self._target is target and not self._stopped:
+                self._cond.wait(delay)
+
+
+def _mismatch(inst: Instance, entries: list[dict[str, Any]], target: Expectation) -> str | None:
+    if target.removed:
+        return None if not entries else f"catalog still lists {inst.service_id}"
+    return compare_with_catalog(inst, entries, target.checks[inst.service_id])

@@ -1,0 +1,180 @@
+"""Real Consul agents for tests: a dev agent, or a server plus a client on loopback addresses.
+
+Every agent is started on free ports (DNS and gRPC off), logs to a file shown when it fails
+to start, and is stopped by the fixture that made it, also when the test fails.
+"""
+
+from __future__ import annotations
+
+import json
+import os
+import random
+import shutil
+import signal
+import socket
+import subprocess
+import time
+from collections.abc import Sequence
+from pathlib import Path
+from typing import Any
+
+import requests
+
+REPO = Path(__file__).resolve().parent.parent
+
+
+def find_consul() -> str | None:
+    """$CONSUL_BIN, `consul` on PATH, or the cached build of scripts/provide-consul.sh."""
+    candidates = [os.environ.get("CONSUL_BIN"), shutil.which("consul")]
+    cache = Path(os.environ.get("KATALOG_CACHE_DIR", Path.home() / ".cache" / "katalog-sidecar"))
+    candidates += [str(p) for p in sorted(cache.glob("consul-*/consul"))]
+    for candidate in candidates:
+        if candidate and os.access(candidate, os.X_OK):
+            return candidate
+    return None
+
+
+def free_port(host: str) -> int:
+    with socket.socket() as sock:
+        sock.bind((host, 0))
+        return int(sock.getsockname()[1])
+
+
+def random_loopback() -> str:
+    return f"127.{random.randint(1, 254)}.{random.randint(1, 254)}.{random.randint(2, 254)}"
+
+
+class ConsulAgent:
+    """One `consul agent` process. `http` is its base URL."""
+
+    def __init__(self, binary: str, workdir: Path, name: str, host: str, extra: Sequence[str],
+                 dev: bool = False) -> None:
+        self.binary = binary
+        self.name = name
+        self.host = host
+        self.dev = dev
+        self.workdir = workdir
+        self.data_dir = workdir / f"{name}-data"
+        self.log_path = workdir / f"{name}.log"
+        self.http_port = free_port(host)
+        self.serf_lan_port = free_port(host)
+        self.server_port = free_port(host)
+        self.extra = list(extra)
+        self.proc: subprocess.Popen[bytes] | None = None
+
+    @property
+    def http(self) -> str:
+        return f"http://{self.host}:{self.http_port}"
+
+    @property
+    def addr(self) -> str:
+        return f"{self.host}:{self.http_port}"
+
+    def args(self) -> list[str]:
+        ports = (f'ports {{ http = {self.http_port}, dns = -1, grpc = -1, grpc_tls = -1, '
+                 f'serf_lan = {self.serf_lan_port}, serf_wan = -1, server = {self.server_port} }}')
+        args = [self.binary, "agent", f"-node={self.name}", f"-bind={self.host}", f"-client={self.host}",
+                "-hcl", ports, "-hcl", "performance { raft_multiplier = 1 }", "-log-level=debug",
+                "-hcl", "disable_update_check = true"]
+        if self.dev:
+            args.append("-dev")
+        else:
+            self.data_dir.mkdir(parents=True, exist_ok=True)
+            args.append(f"-data-dir={self.data_dir}")
+        return args + self.extra
+
+    def start(self, wait_for_leader: bool = True, timeout: float = 60.0) -> ConsulAgent:
+        log = self.log_path.open("ab")
+        self.proc = subprocess.Popen(self.args(), stdout=log, stderr=subprocess.STDOUT,
+                                     start_new_session=True)
+        log.close()
+        self.wait_ready(wait_for_leader, timeout)
+        return self
+
+    def wait_ready(self, wait_for_leader: bool, timeout: float) -> None:
+        deadline = time.monotonic() + timeout
+        while time.monotonic() < deadline:
+            if self.proc is not None and self.proc.poll() is not None:
+                raise RuntimeError(f"consul agent {self.name} exited {self.proc.returncode}:\n{self.tail()}")
+            try:
+                if not wait_for_leader:
+                    requests.get(f"{self.http}/v1/agent/self", timeout=1).raise_for_status()
+                    return
+                leader = requests.get(f"{self.http}/v1/status/leader", timeout=1)
+                if leader.ok and leader.json():
+                    # A leader is elected; the catalog answers once this node is synced too.
+                    nodes = requests.get(f"{self.http}/v1/catalog/nodes", timeout=1)
+                    if nodes.ok and any(n["Node"] == self.name for n in nodes.json()):
+                        return
+            except requests.RequestException:
+                pass
+            time.sleep(0.1)
+        raise RuntimeError(f"consul agent {self.name} not ready after {timeout}s:\n{self.tail()}")
+
+    def tail(self, lines: int = 40) -> str:
+        try:
+            return "\n".join(self.log_path.read_text(errors="replace").splitlines()[-lines:])
+        except OSError:
+            return "(no log)"
+
+    def stop(self, sig: int = signal.SIGTERM, timeout: float = 15.0) -> None:
+        if self.proc is None or self.proc.poll() is not None:
+            return
+        try:
+            os.killpg(self.proc.pid, sig)
+            self.proc.wait(timeout=timeout)
+        except subprocess.TimeoutExpired:
+            os.killpg(self.proc.pid, signal.SIGKILL)
+            self.proc.wait(timeout=10)
+        except ProcessLookupError:
+            pass
+
+    def kill(self) -> None:
+        self.stop(signal.SIGKILL)
+
+    def restart(self, wait_for_leader: bool = True) -> None:
+        self.stop()
+        self.start(wait_for_leader=wait_for_leader)
+
+    # --- test helpers: read what users would look at -------------------------------------
+    def get(self, path: str, **params: Any) -> Any:
+        response = requests.get(f"{self.http}{path}", params=params, timeout=10)
+        response.raise_for_status()
+        return response.json()
+
+    def health(self, service: str) -> list[dict[str, Any]]:
+        return list(self.get(f"/v1/health/service/{service}"))
+
+    def agent_services(self) -> dict[str, Any]:
+        return dict(self.get("/v1/agent/services"))
+
+    def passing_ids(self, service: str) -> set[str]:
+        return {e["Service"]["ID"] for e in self.health(service)
+                if all(c["Status"] == "passing" for c in e["Checks"])}
+
+    def catalog_index(self, service: str) -> int:
+        response = requests.get(f"{self.http}/v1/catalog/service/{service}", timeout=10)
+        return int(response.headers["X-Consul-Index"])
+
+    def register_raw(self, body: dict[str, Any]) -> None:
+        requests.put(f"{self.http}/v1/agent/service/register", data=json.dumps(body), timeout=10).raise_for_status()
+
+
+class ServerAndClient:
+    """A server agent and a client agent joined to it, on two loopback addresses."""
+
+    def __init__(self, binary: str, workdir: Path) -> None:
+        suffix = random.randint(1000, 9999)
+        self.server = ConsulAgent(binary, workdir, f"server-{suffix}", random_loopback(),
+                                  ["-server", "-bootstrap-expect=1"])
+        self.client = ConsulAgent(binary, workdir, f"client-{suffix}", random_loopback(), [])
+
+    def start(self) -> ServerAndClient:
+        self.server.start()
+        self.client.extra = [f"-retry-join={self.server.host}:{self.server.serf_lan_port}", "-retry-interval=1s"]
+        self.client.start()
+        return self
+
+    def stop(self) -> None:
+        self.client.stop()
+        self.server.stop()
