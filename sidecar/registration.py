@@ -109,13 +109,13 @@ def build_instances(config: Config, pod_uid: str | None,
     return tuple(instances)
 
 
-def registration_payload(instance: Instance, config: Config, readiness: CheckState,
-                         liveness: CheckState) -> dict[str, Any]:
+def registration_payload(instance: Instance, config: Config) -> dict[str, Any]:
     """The body of PUT /v1/agent/service/register.
 
-    The checks carry the wanted status so a first registration is right from its first sync;
-    on a re-registration the agent keeps the old status, so the caller pushes status and
-    output (the register endpoint takes no Output) right afterwards.
+    Checks start critical: a new instance is never served before its status is pushed, and
+    the push that follows is then a status change, which Consul syncs with its output at
+    once (an output-only change may wait minutes). On a re-registration the agent keeps the
+    status it had, so adopting an instance does not flap it; the caller pushes right after.
     """
     ttl = format_duration(config.check_ttl)
     return {
@@ -131,7 +131,7 @@ def registration_payload(instance: Instance, config: Config, readiness: CheckSta
                 "Name": "Kubernetes readiness",
                 "Notes": "Mirrors the readiness of the pod's app containers, as seen by katalog-sidecar.",
                 "TTL": ttl,
-                "Status": readiness.status,
+                "Status": CRITICAL,
             },
             {
                 "CheckID": instance.liveness_check_id,
@@ -139,7 +139,7 @@ def registration_payload(instance: Instance, config: Config, readiness: CheckSta
                 "Notes": "Kept passing while the sidecar runs; the agent reaps the instance "
                 "once it has been critical for DeregisterCriticalServiceAfter.",
                 "TTL": ttl,
-                "Status": liveness.status,
+                "Status": CRITICAL,
                 "DeregisterCriticalServiceAfter": format_duration(config.deregister_critical_after),
             },
         ],

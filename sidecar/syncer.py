@@ -262,7 +262,7 @@ class Syncer:
         for inst in s.instances:
             if inst.service_id in s.registered:
                 continue
-            self.agent.register_service(registration_payload(inst, self.config, readiness, liveness))
+            self.agent.register_service(registration_payload(inst, self.config))
             # Re-registration keeps the agent's old check status: push it explicitly.
             for check_id, check in wanted_checks(inst, readiness, liveness).items():
                 self.agent.update_ttl_check(check_id, check.status, check.output)

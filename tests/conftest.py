@@ -1,0 +1,59 @@
+"""Shared fixtures: real Consul agents and the sidecar as a user runs it."""
+
+from __future__ import annotations
+
+import os
+import sys
+from collections.abc import Callable, Iterator
+from pathlib import Path
+
+import pytest
+
+sys.path.insert(0, str(Path(__file__).resolve().parent))
+
+from consul_agents import ConsulAgent, ServerAndClient, find_consul  # noqa: E402
+from sidecar_process import Sidecar  # noqa: E402
+
+
+@pytest.fixture(scope="session")
+def consul_bin() -> str:
+    binary = find_consul()
+    if binary is None:
+        message = "no consul binary: run scripts/provide-consul.sh or set CONSUL_BIN"
+        if os.environ.get("CI"):
+            pytest.fail(message + " (integration tests may not be skipped in CI)")
+        pytest.skip(message)
+    return binary
+
+
+@pytest.fixture
+def dev_agent(consul_bin: str, tmp_path: Path) -> Iterator[ConsulAgent]:
+    agent = ConsulAgent(consul_bin, tmp_path, "dev", "127.0.0.1", [], dev=True).start()
+    try:
+        yield agent
+    finally:
+        agent.stop()
+
+
+@pytest.fixture
+def server_client(consul_bin: str, tmp_path: Path) -> Iterator[ServerAndClient]:
+    pair = ServerAndClient(consul_bin, tmp_path)
+    try:
+        yield pair.start()
+    finally:
+        pair.stop()
+
+
+@pytest.fixture
+def run_sidecar(tmp_path: Path) -> Iterator[Callable[..., Sidecar]]:
+    """Starts `katalog-sidecar run` with an environment; kills any left running after the test."""
+    started: list[Sidecar] = []
+
+    def start(env: dict[str, str], name: str = "sidecar") -> Sidecar:
+        sidecar = Sidecar(env, tmp_path / f"{name}.log").start()
+        started.append(sidecar)
+        return sidecar
+
+    yield start
+    for sidecar in started:
+        sidecar.stop()
