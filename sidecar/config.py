@@ -217,7 +217,8 @@ class _Collector:
         value = self.raw(name).lower()
         if value not in choices:
             self.bad(name, self.raw(name), "expected one of " + ", ".join(choices))
-            return _DEFAULTS[name]
+        # An invalid value never reaches a Config; returning it keeps the checks that depend
+        # on it (e.g. "kubernetes needs an API URL") from adding a second, misleading problem.
         return value
 
     def readable_file(self, name: str) -> Path | None:
@@ -249,11 +250,12 @@ def service_env_key(service_name: str) -> str:
     return re.sub(r"[-.]", "_", service_name).upper()
 
 
-def _parse_port(c: _Collector, name: str, value: str) -> int | None:
-    if not value.isdigit():
+def _parse_port(c: _Collector, name: str, value: str, text: str) -> int | None:
+    """`text` is the port part of the variable's `value`; problems name the whole value."""
+    if not text.isdigit():
         c.bad(name, value, "port must be a number")
         return None
-    port = int(value)
+    port = int(text)
     if not 1 <= port <= 65535:
         c.bad(name, value, "port must be between 1 and 65535")
         return None
@@ -331,7 +333,7 @@ def _parse_services(c: _Collector, pod_meta_count: int) -> tuple[ServiceSpec, ..
         port: int | None = None
         port_name: str | None = None
         if port_text.isdigit():
-            port = _parse_port(c, name, port_text)
+            port = _parse_port(c, name, value, port_text)
         elif _PORT_NAME.match(port_text) and len(port_text) <= 15:
             port_name = port_text
         else:
@@ -406,7 +408,7 @@ def _parse_host_port(c: _Collector, name: str, value: str) -> tuple[str, int] | 
     if not sep or not host:
         c.bad(name, value, "expected host:port")
         return None
-    port = _parse_port(c, name, port_text)
+    port = _parse_port(c, name, value, port_text)
     return (host, port) if port is not None else None
 
 
