@@ -13,7 +13,7 @@ import queue
 import threading
 import time
 from collections.abc import Callable
-from dataclasses import dataclass, field
+from dataclasses import dataclass, field, replace
 from typing import Any
 
 from readiness_gate import state as status_state
@@ -42,13 +42,6 @@ log = logging.getLogger("katalog.sync")
 
 EXIT_OK = 0
 EXIT_DRAIN_INCOMPLETE = 1
-
-
-@dataclass
-class _Problem:
-    """The one thing currently keeping the sidecar from 'confirmed', for the gate and logs."""
-
-    text: str = ""
 
 
 @dataclass
@@ -87,6 +80,7 @@ class Syncer:
         self._last_logged: str | None = None
         self._final_message: str | None = None
         self._pushed_at = 0.0
+        self._next_reconfirm = 0.0
         self._last_error: str | None = None
         self._phase_since = time.time()
         self._phase = status_state.STARTING
@@ -145,6 +139,8 @@ class Syncer:
             deadlines.append(self._next_refresh)
         if self._retry_at is not None:
             deadlines.append(self._retry_at)
+        if self._reconfirms():
+            deadlines.append(self._next_reconfirm)
         timeout = max(0.0, min(deadlines) - now)
         try:
             return self._events.get(timeout=timeout)
@@ -172,13 +168,19 @@ class Syncer:
             s.source_problem = payload
         elif kind == "confirmed":
             if payload == s.generation:
+                self._next_reconfirm = self.clock() + self.config.reconfirm_interval
+                if s.confirmed_generation != payload and self.metrics is not None:
+                    self.metrics.confirmed(self.clock() - self._pushed_at)
+                if s.confirmed_generation != payload and s.confirm_message:
+                    log.info("catalog confirms the registration again")
                 s.confirmed_generation = payload
                 s.confirm_message = ""
-                if self.metrics is not None:
-                    self.metrics.confirmed(self.clock() - self._pushed_at)
-        elif kind == "confirm-pending":
+        elif kind in ("confirm-pending", "confirm-lost"):
             generation, message = payload
             if generation == s.generation:
+                if kind == "confirm-lost" and s.confirmed_generation == generation:
+                    log.warning("lost confirmation: %s", message)
+                    s.confirmed_generation = -1
                 s.confirm_message = message
         elif kind == "agent-lost":
             if payload in s.registered:
@@ -242,7 +244,15 @@ class Syncer:
                 s.generation += 1
                 self._pushed_at = now
                 self._confirmer.expect(self._expectation())
+        if self._reconfirms() and now >= self._next_reconfirm:
+            self._confirmer.expect(replace(self._expectation(), recheck=True))
+            self._next_reconfirm = now + self.config.reconfirm_interval
         self._maybe_heartbeat(now, force=True)
+
+    def _reconfirms(self) -> bool:
+        """Continuous mode re-reads the catalog now and then; latch mode never does when idle."""
+        s = self.state
+        return self.config.gate_mode == "continuous" and s.confirmed_generation == s.generation
 
     def _expectation(self) -> Expectation:
         s = self.state

@@ -75,6 +75,9 @@ class Expectation:
     instances: tuple[Instance, ...]
     checks: Mapping[str, Mapping[str, str]]  # service ID -> check ID -> status
     removed: bool = False
+    # A periodic re-check of a confirmed state (continuous gate mode): the first mismatch is
+    # reported as a loss of confirmation, then confirming goes on as usual.
+    recheck: bool = False
 
 
 class Confirmer(threading.Thread):
@@ -130,7 +133,7 @@ class Confirmer(threading.Thread):
                 except ConsulError as exc:
                     message = f"agent accepted {inst.name} but the catalog cannot be read: {exc}"
                     if message != last_message:
-                        self._post("confirm-pending", (target.generation, message))
+                        self._post(self._pending_kind(target, last_message), (target.generation, message))
                         last_message = message
                     index = 0
                     self._sleep_unless_replaced(target, self._backoff.next_delay())
@@ -140,11 +143,15 @@ class Confirmer(threading.Thread):
                 if mismatch is None:
                     break
                 if mismatch != last_message:
-                    self._post("confirm-pending", (target.generation, mismatch))
+                    self._post(self._pending_kind(target, last_message), (target.generation, mismatch))
                     last_message = mismatch
             else:
                 return False
         return self._is_current(target)
+
+    @staticmethod
+    def _pending_kind(target: Expectation, last_message: str) -> str:
+        return "confirm-lost" if target.recheck and not last_message else "confirm-pending"
 
     def _sleep_unless_replaced(self, target: Expectation, delay: float) -> None:
         with self._cond:
