@@ -1,0 +1,302 @@
+"""The default readiness source: watch the sidecar's own pod through the Kubernetes API.
+
+Three layers, as in kopf: `run` reconnects forever with capped, jittered backoff; `_list`
+and `_watch` keep one list-then-watch going (relist only on 410); `_handle` deals with one
+event. While the API cannot be reached the sink gets a problem text but no not-ready
+observation: the sync loop keeps the last known status, so an API outage never pulls
+healthy pods out of Consul.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import logging
+import random
+import threading
+from collections.abc import Callable, Collection
+from typing import Any, Protocol
+
+from sidecar.backoff import Backoff
+from sidecar.config import Config
+from sidecar.errors import ConfigError, KubernetesError
+from sidecar.kube_client import KubeClient, StreamBrokenError, WatchInactiveError
+from sidecar.pod_readiness import container_ports, observe_pod
+from sidecar.readiness import Observation, ReadinessSink
+
+log = logging.getLogger("katalog.kube")
+
+WATCH_TIMEOUT = 300.0  # server-side watch length; client-go picks 5-10 min the same way
+BACKOFF_INITIAL = 0.5
+BACKOFF_MAX = 30.0
+
+
+class KubeMetrics(Protocol):
+    def request_error(self, kind: str) -> None: ...
+
+    def watch_restart(self, reason: str) -> None: ...
+
+
+class NoMetrics:
+    """The default when nobody collects metrics."""
+
+    def request_error(self, kind: str) -> None:
+        pass
+
+    def watch_restart(self, reason: str) -> None:
+        pass
+
+
+def wait_or_stop(stop: threading.Event, seconds: float) -> None:
+    """The default backoff sleep: returns at once when `stop` is set."""
+    stop.wait(seconds)
+
+
+class _ExpiredError(Exception):
+    """The resourceVersion is too old (410): list again."""
+
+
+class _PodGoneError(Exception):
+    """The pod is deleted (or replaced by a new one of the same name): stop watching."""
+
+
+class KubernetesSource:
+    """Lists then watches one pod and reports its app readiness to a sink. `run` once per instance."""
+
+    def __init__(
+        self,
+        client: KubeClient,
+        namespace: str,
+        pod_name: str,
+        own_container: str,
+        excluded: Collection[str],
+        inactivity_timeout: float,
+        *,
+        expected_uid: str | None = None,
+        watch_timeout: float = WATCH_TIMEOUT,
+        backoff_initial: float = BACKOFF_INITIAL,
+        backoff_max: float = BACKOFF_MAX,
+        sleep: Callable[[threading.Event, float], None] = wait_or_stop,
+        rng: Callable[[], float] = random.random,
+        metrics: KubeMetrics | None = None,
+    ) -> None:
+        self._client = client
+        self._namespace = namespace
+        self._name = pod_name
+        self._own = own_container
+        self._excluded = tuple(excluded)
+        # The client applies the timeout; kept here to describe it in logs.
+        self._inactivity = inactivity_timeout
+        self._watch_timeout = watch_timeout
+        self._backoff_max = backoff_max
+        self._failure_backoff = Backoff(backoff_initial, backoff_max, rng)
+        self._restart_backoff = Backoff(backoff_initial, backoff_max, rng)
+        self._sleep = sleep
+        self._rng = rng
+        self._metrics: KubeMetrics = metrics or NoMetrics()
+        self._uid = expected_uid
+        self._rv: str | None = None
+        self._last: Observation | None = None
+        self._problem: str | None = None
+        self._fruitless = 0  # watch restarts (cut off, 410) in a row without an event between
+        self._state = "starting"  # "connected" or "failing:<kind>": logs only on changes
+        self._said: set[str] = set()  # one-time log lines (unknown event types)
+
+    @classmethod
+    def from_config(cls, config: Config, metrics: KubeMetrics | None = None) -> KubernetesSource:
+        k = config.kubernetes
+        if not k.api_url:
+            raise ConfigError(["KATALOG_KUBE_API_URL is not set and not running in a cluster"])
+        client = KubeClient(k.api_url, k.token_file, k.ca_file, k.timeout)
+        return cls(
+            client,
+            config.pod_namespace,
+            config.pod_name,
+            config.readiness.container_name,
+            config.readiness.exclude_containers,
+            k.watch_inactivity,
+            expected_uid=config.pod_uid,
+            metrics=metrics,
+        )
+
+    @property
+    def pod(self) -> str:
+        return f"{self._namespace}/{self._name}"
+
+    def run(self, stop: threading.Event, sink: ReadinessSink) -> None:
+        """Report until `stop` is set or the pod is deleted."""
+        # A blocked read ignores `stop`; closing the client from another thread ends it at once.
+        threading.Thread(target=self._close_on, args=(stop,), name="kube-watch-stop", daemon=True).start()
+        while not stop.is_set():
+            try:
+                rv = self._rv if self._rv is not None else self._list(sink)
+                self._watch(stop, sink, rv)
+            except _PodGoneError:
+                return
+            except _ExpiredError:
+                self._relist(stop)
+            except KubernetesError as exc:
+                if stop.is_set():
+                    return
+                if exc.status == 410:  # HTTP 410 on a watch: same as an ERROR event with 410
+                    self._relist(stop)
+                else:
+                    self._sleep(stop, self._on_failure(exc, sink))
+
+    # -- list and watch ---------------------------------------------------------------
+
+    def _list(self, sink: ReadinessSink) -> str:
+        pod, rv = self._client.list_pod(self._namespace, self._name)
+        self._connected(sink)
+        if pod is None:
+            log.warning("pod %s not found: deleted, or POD_NAME/POD_NAMESPACE are wrong", self.pod)
+            sink.observe(Observation(ready=False, detail="pod not found", terminating=True, deleted=True, pod_uid=self._uid))
+            raise _PodGoneError()
+        self._pod_changed(pod, sink)
+        self._rv = rv
+        return rv
+
+    def _relist(self, stop: threading.Event) -> None:
+        log.info("resourceVersion %s of pod %s expired; listing the pod again", self._rv, self.pod)
+        self._metrics.watch_restart("expired")
+        self._rv = None
+        self._fruitless_restart(stop)
+
+    def _fruitless_restart(self, stop: threading.Event) -> None:
+        # Restarting again before a single event (a server that keeps cutting streams or
+        # answering 410): back off so it cannot become a hot loop.
+        if self._fruitless:
+            self._sleep(stop, self._restart_backoff.next_delay())
+        self._fruitless += 1
+
+    def _watch(self, stop: threading.Event, sink: ReadinessSink, rv: str) -> None:
+        """One watch stream from `rv`. Returns when it ends normally, goes silent or breaks."""
+        timeout = max(1, round(self._watch_timeout * (0.9 + 0.2 * self._rng())))  # jitter: no herd
+        events = self._client.watch_pod(self._namespace, self._name, rv, timeout)
+        self._connected(sink)
+        try:
+            with contextlib.closing(events):
+                for event in events:
+                    self._handle(event, sink)
+        except WatchInactiveError:
+            # Silence is not an outage (the API sends bookmarks only every minute or so):
+            # resume from the same resourceVersion at once; a failing reconnect reports.
+            log.debug("watch of pod %s silent for %gs; restarting it", self.pod, self._inactivity)
+            self._metrics.watch_restart("inactivity")
+            return
+        except StreamBrokenError:
+            self._metrics.watch_restart("broken")
+            if stop.is_set():
+                return
+            log.debug("watch of pod %s was cut off; restarting it", self.pod)
+            self._fruitless_restart(stop)
+            return
+        self._metrics.watch_restart("timeout")
+
+    def _handle(self, event: dict[str, Any], sink: ReadinessSink) -> None:
+        kind = event.get("type")
+        obj = event.get("object")
+        obj = obj if isinstance(obj, dict) else {}
+        if kind in ("ADDED", "MODIFIED", "BOOKMARK"):
+            if kind != "BOOKMARK":
+                self._pod_changed(obj, sink)
+            self._rv = _resource_version(obj) or self._rv
+            self._fruitless = 0  # the stream works: the next restart need not wait
+            self._restart_backoff.reset()
+        elif kind == "DELETED":
+            self._deleted(obj, sink)
+        elif kind == "ERROR":
+            code = obj.get("code")
+            if code == 410:
+                raise _ExpiredError()
+            message = str(obj.get("message") or "no message")[:300]
+            raise KubernetesError(f"the pod watch failed: {message}", status=code if isinstance(code, int) else 500, reason=str(obj.get("reason") or ""))
+        elif f"type:{kind}" not in self._said:
+            self._said.add(f"type:{kind}")
+            log.warning("skipping watch events of unknown type %.40r", kind)
+
+    def _pod_changed(self, pod: dict[str, Any], sink: ReadinessSink) -> None:
+        uid = (pod.get("metadata") or {}).get("uid")
+        if self._uid and uid and uid != self._uid:
+            # Same name, new pod (e.g. a StatefulSet): ours is gone, and we missed its DELETED.
+            self._deleted(pod, sink)
+        self._uid = self._uid or uid
+        self._send(observe_pod(pod, self._own, self._excluded), sink)
+
+    def _deleted(self, pod: dict[str, Any], sink: ReadinessSink) -> None:
+        grace = (pod.get("metadata") or {}).get("deletionGracePeriodSeconds")
+        log.info("pod %s deleted; stopping the watch", self.pod)
+        self._send(
+            Observation(
+                ready=False,
+                detail="pod deleted",
+                terminating=True,
+                deleted=True,
+                grace_period=float(grace) if isinstance(grace, (int, float)) else None,
+                pod_uid=self._uid,
+                container_ports=container_ports(pod),
+            ),
+            sink,
+        )
+        raise _PodGoneError()
+
+    def _send(self, observation: Observation, sink: ReadinessSink) -> None:
+        # Only changes go out: a steady pod costs the sync loop (and Consul) nothing.
+        if observation != self._last:
+            self._last = observation
+            sink.observe(observation)
+
+    # -- failures -----------------------------------------------------------------
+
+    def _connected(self, sink: ReadinessSink) -> None:
+        self._failure_backoff.reset()
+        if self._state != "connected":
+            if self._state == "starting":
+                log.info("watching pod %s through the Kubernetes API", self.pod)
+            else:
+                log.info("Kubernetes API reachable again; watching pod %s", self.pod)
+            self._state = "connected"
+        if self._problem is not None:
+            self._problem = None
+            sink.problem(None)
+
+    def _on_failure(self, exc: KubernetesError, sink: ReadinessSink) -> float:
+        """Report the failure (logging only changes) and return how long to back off."""
+        kind, problem, permanent = _classify(exc)
+        self._metrics.request_error(kind)
+        state = f"failing:{kind}:{problem}" if permanent else f"failing:{kind}"
+        if state != self._state:
+            if permanent:
+                log.error("%s; retrying every %gs", problem, self._backoff_max)
+            else:
+                log.warning("%s; keeping the last known readiness and retrying with backoff", problem)
+            self._state = state
+        if problem != self._problem:
+            self._problem = problem
+            sink.problem(problem)
+        if permanent:
+            # Permissions or a bad request: only a change of configuration helps; do not storm.
+            return self._backoff_max * (0.8 + 0.2 * self._rng())
+        return self._failure_backoff.next_delay()
+
+    def _close_on(self, stop: threading.Event) -> None:
+        stop.wait()
+        self._client.close()
+
+
+def _classify(exc: KubernetesError) -> tuple[str, str, bool]:
+    """(metrics kind, problem text for the sink, whether only a config change can fix it)."""
+    status = exc.status
+    if status is None:
+        return "unreachable", f"Kubernetes API unreachable: {exc}", False
+    if status == 401:
+        return "unauthorized", str(exc), False  # the token may be rotated any moment: keep trying
+    if status == 403:
+        return "forbidden", str(exc), True
+    if status == 429 or status >= 500:
+        return "server_error", f"Kubernetes API unreachable: {exc}", False
+    return "client_error", f"Kubernetes API rejected the request: {exc}", True
+
+
+def _resource_version(obj: dict[str, Any]) -> str | None:
+    rv = (obj.get("metadata") or {}).get("resourceVersion")
+    return str(rv) if rv else None

@@ -1,0 +1,88 @@
+"""Is the app ready? Pure logic over the pod object as the API returns it: no I/O.
+
+The app is ready when every container that belongs to it reports `ready`: the regular
+containers and the native sidecars (`initContainers` with `restartPolicy: Always`), minus
+this sidecar and any excluded container. A pod being deleted is never ready.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Collection, Mapping
+from typing import Any
+
+from sidecar.readiness import Observation
+
+
+def observe_pod(pod: Mapping[str, Any], own_container: str, excluded: Collection[str]) -> Observation:
+    """What the pod says about the app's readiness. `detail` is stable text (it becomes check output)."""
+    metadata = _mapping(pod.get("metadata"))
+    spec = _mapping(pod.get("spec"))
+    status = _mapping(pod.get("status"))
+    uid = metadata.get("uid") if isinstance(metadata.get("uid"), str) else None
+    ports = container_ports(pod)
+    if metadata.get("deletionTimestamp"):
+        grace = metadata.get("deletionGracePeriodSeconds")
+        return Observation(
+            ready=False,
+            detail="pod is terminating",
+            terminating=True,
+            grace_period=float(grace) if isinstance(grace, (int, float)) else None,
+            pod_uid=uid,
+            container_ports=ports,
+        )
+    skipped = {own_container, *excluded}
+    checked = sorted({name for name in _app_container_names(spec) if name not in skipped})
+    # A container without a status entry has not started yet: not ready.
+    ready_names = {
+        s.get("name")
+        for s in _dicts(status.get("containerStatuses")) + _dicts(status.get("initContainerStatuses"))
+        if s.get("ready") is True
+    }
+    not_ready = [name for name in checked if name not in ready_names]
+    if not checked:
+        ready, detail = True, "no app containers to check"
+    elif not_ready:
+        ready, detail = False, "not ready: " + ", ".join(not_ready)
+    else:
+        ready = True
+        detail = "1 container ready" if len(checked) == 1 else f"all {len(checked)} containers ready"
+    return Observation(ready=ready, detail=detail, pod_uid=uid, container_ports=ports)
+
+
+def container_ports(pod: Mapping[str, Any]) -> dict[str, int]:
+    """Named ports of every container and init container, for `name:port-name` services."""
+    spec = _mapping(pod.get("spec"))
+    ports: dict[str, int] = {}
+    for container in _dicts(spec.get("containers")) + _dicts(spec.get("initContainers")):
+        for port in _dicts(container.get("ports")):
+            name, number = port.get("name"), port.get("containerPort")
+            if isinstance(name, str) and name and isinstance(number, int):
+                ports.setdefault(name, number)
+    return ports
+
+
+def resolve_named_port(name: str, container_ports: Mapping[str, int] | None) -> int:
+    """The number of a named container port, or a ValueError naming the ports that exist."""
+    known = container_ports or {}
+    if name in known:
+        return known[name]
+    available = ", ".join(sorted(known)) if known else "none"
+    raise ValueError(f"no container port named {name!r} in the pod spec (named ports: {available})")
+
+
+def _app_container_names(spec: Mapping[str, Any]) -> list[str]:
+    names = [c.get("name") for c in _dicts(spec.get("containers"))]
+    # Classic init containers have finished before the app starts; only native sidecars count.
+    names += [c.get("name") for c in _dicts(spec.get("initContainers")) if c.get("restartPolicy") == "Always"]
+    return [n for n in names if isinstance(n, str)]
+
+
+def _mapping(value: object) -> Mapping[str, Any]:
+    return value if isinstance(value, Mapping) else {}
+
+
+def _dicts(value: object) -> list[Mapping[str, Any]]:
+    # The API omits empty lists; tolerate nulls and junk rather than crash the watch.
+    if not isinstance(value, list):
+        return []
+    return [item for item in value if isinstance(item, Mapping)]
