@@ -98,7 +98,7 @@ def _run(config: Config) -> int:
     syncer = Syncer(config, agent, status, metrics=metrics)
     if config.metrics_addr is not None:
         metrics.serve(config.metrics_addr, syncer)
-    source = make_source(config)
+    source = make_source(config, metrics)
     stop_sources = threading.Event()
     source_thread = threading.Thread(target=source.run, args=(stop_sources, syncer), name="readiness", daemon=True)
     _on_terminate(syncer.request_shutdown)

@@ -65,7 +65,8 @@ SETTINGS: tuple[Setting, ...] = (
     Setting("KATALOG_KUBE_API_URL", "", "Kubernetes API URL. Empty: in-cluster, from `KUBERNETES_SERVICE_HOST` and `KUBERNETES_SERVICE_PORT`."),
     Setting("KATALOG_KUBE_TOKEN_FILE", "/var/run/secrets/kubernetes.io/serviceaccount/token", "Service-account token, re-read periodically and after a 401."),
     Setting("KATALOG_KUBE_CA_FILE", "/var/run/secrets/kubernetes.io/serviceaccount/ca.crt", "CA of the API server (ignored for `http://` URLs)."),
-    Setting("KATALOG_KUBE_TIMEOUT", "10s", "Timeout of one Kubernetes API request; also how long a watch may stay silent before it is restarted (bookmarks keep it busy)."),
+    Setting("KATALOG_KUBE_TIMEOUT", "10s", "Timeout of one Kubernetes API request (connect, list)."),
+    Setting("KATALOG_KUBE_WATCH_INACTIVITY", "90s", "A watch that sends nothing for this long is restarted. The API server sends a bookmark about once a minute, so keep it above 60s."),
     # Gate and status.
     Setting("KATALOG_STATUS_FILE", "/run/katalog/status.json", "Status file written by the sidecar and read by `readiness-gate` and `status`. Put it on an emptyDir."),
     Setting("KATALOG_GATE_MODE", "latch", "`latch`: once confirmed, the gate stays open through Consul outages. `continuous`: the gate closes whenever confirmation is lost."),
@@ -148,6 +149,7 @@ class KubernetesSettings:
     token_file: Path
     ca_file: Path
     timeout: float
+    watch_inactivity: float
 
 
 @dataclass(frozen=True)
@@ -467,6 +469,7 @@ def _parse_kubernetes(c: _Collector, source: str) -> KubernetesSettings:
         token_file=Path(c.raw("KATALOG_KUBE_TOKEN_FILE")),
         ca_file=Path(c.raw("KATALOG_KUBE_CA_FILE")),
         timeout=c.duration("KATALOG_KUBE_TIMEOUT"),
+        watch_inactivity=c.duration("KATALOG_KUBE_WATCH_INACTIVITY"),
     )
 
 

@@ -12,11 +12,14 @@ import socket
 import threading
 from collections.abc import Mapping
 from dataclasses import dataclass, field
-from typing import Protocol
+from typing import TYPE_CHECKING, Protocol
 
 import requests
 
 from sidecar.config import Config
+
+if TYPE_CHECKING:
+    from sidecar.kube_source import KubeMetrics
 
 
 @dataclass(frozen=True)
@@ -108,7 +111,7 @@ class TcpProbeSource(_ProbeSource):
             return False, f"TCP probe {target}: connection failed"
 
 
-def make_source(config: Config) -> ReadinessSource:
+def make_source(config: Config, metrics: KubeMetrics | None = None) -> ReadinessSource:
     r = config.readiness
     if r.source == "fixed":
         return FixedSource(r.fixed_ready)
@@ -120,4 +123,4 @@ def make_source(config: Config) -> ReadinessSource:
         return TcpProbeSource(r.tcp_host, r.tcp_port, r.probe_interval, r.probe_timeout)
     from sidecar.kube_source import KubernetesSource  # imported lazily: only this source needs it
 
-    return KubernetesSource.from_config(config)
+    return KubernetesSource.from_config(config, metrics)

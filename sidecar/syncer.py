@@ -375,7 +375,7 @@ class Syncer:
         if (phase, message) != (self._phase, self._last_logged):
             self._phase_since = time.time()
             if phase != status_state.CONFIRMED:
-                log.info("waiting: %s", message)
+                log.info("%s: %s", phase, message)
         self._phase, self._last_logged = phase, message
         self.status.write(
             phase=phase,
