@@ -85,7 +85,7 @@ def _run(config: Config) -> int:
     from sidecar.syncer import Syncer
 
     metrics = Metrics()
-    agent = ConsulAgent(config.consul, on_error=metrics.consul_error)
+    agent = ConsulAgent(config.consul, on_error=metrics.consul_error, on_request=metrics.consul_request)
     status = StatusWriter(config.status_file, gate_mode=config.gate_mode,
                           heartbeat_interval=config.heartbeat_interval, agent=agent.address,
                           pod=f"{config.pod_namespace}/{config.pod_name}")

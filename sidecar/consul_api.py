@@ -177,10 +177,13 @@ class AgentInfo:
 class ConsulAgent:
     """The calls the sidecar makes. Only health/catalog reads reach the servers."""
 
-    def __init__(self, settings: ConsulSettings, on_error: Callable[[ConsulError], None] | None = None) -> None:
+    def __init__(self, settings: ConsulSettings, on_error: Callable[[ConsulError], None] | None = None,
+                 on_request: Callable[[str, int], None] | None = None) -> None:
+        """`on_request(target, +1/-1)` brackets every call: target is "agent" or "servers"."""
         self._settings = settings
         self._transport = _Transport(settings, TokenProvider(settings.token, settings.token_file))
         self._on_error = on_error
+        self._on_request = on_request
         if settings.scheme == "https" and not settings.verify:
             log.warning("CONSUL_HTTP_SSL_VERIFY=false: the agent's certificate is not verified")
 
@@ -190,12 +193,19 @@ class ConsulAgent:
 
     def _call(self, method: str, path: str, params: list[tuple[str, str]] | None = None,
               body: Any = None, timeout: float | None = None) -> Reply:
+        # Only /v1/health and /v1/catalog reach the servers; /v1/agent stays on the node.
+        target = "agent" if path.startswith("/v1/agent/") else "servers"
+        if self._on_request is not None:
+            self._on_request(target, +1)
         try:
             return self._transport.call(method, path, params, body, timeout)
         except ConsulError as exc:
             if self._on_error is not None:
                 self._on_error(exc)
             raise
+        finally:
+            if self._on_request is not None:
+                self._on_request(target, -1)
 
     def self_info(self) -> AgentInfo:
         data = self._call("GET", "/v1/agent/self").json()

@@ -43,6 +43,12 @@ class Metrics:
                                    ["kind"], registry=r)
         self.watch_restarts = Counter("katalog_watch_restarts_total", "Restarts of the pod watch, by reason.",
                                       ["reason"], registry=r)
+        self.consul_requests = Counter("katalog_consul_requests_total",
+                                       "Calls to the Consul agent, by target: agent (stays on the node) or "
+                                       "servers (health/catalog reads the agent forwards).", ["target"], registry=r)
+        self.consul_in_flight = Gauge("katalog_consul_requests_in_flight",
+                                      "Calls to the agent open right now (blocking queries included), by target.",
+                                      ["target"], registry=r)
         self._server: ThreadingHTTPServer | None = None
 
     def phase(self, phase: str) -> None:
@@ -51,6 +57,11 @@ class Metrics:
 
     def consul_error(self, exc: ConsulError) -> None:
         self.consul_errors.labels(type(exc).__name__.removeprefix("Consul").lower()).inc()
+
+    def consul_request(self, target: str, delta: int) -> None:
+        if delta > 0:
+            self.consul_requests.labels(target).inc()
+        self.consul_in_flight.labels(target).inc(delta)
 
     def confirmed(self, latency: float) -> None:
         self.confirmation_latency.observe(latency)
