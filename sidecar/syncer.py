@@ -280,7 +280,8 @@ class Syncer:
             s.registered.add(inst.service_id)
             log.info("registered %s (%s:%d) with the agent", inst.service_id, inst.address, inst.port)
             changed = True
-        self._next_refresh = self.clock() + self.config.check_ttl / 3
+        if changed:
+            self._next_refresh = self.clock() + self.config.check_ttl / 3
         return changed
 
     def _push_changes(self) -> bool:
