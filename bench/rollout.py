@@ -1,0 +1,156 @@
+"""A Deployment-style rolling update, driven through the fake Kubernetes API against a real
+Consul server + client pair, sampling the catalog's healthy instances throughout.
+
+Like the Deployment controller with maxSurge 1 / maxUnavailable 0: create a new pod, wait
+until it is *available* (its app is ready and the real `readiness-gate` exits 0), then
+delete one old pod (deletionTimestamp, then SIGTERM as kubelet sends it), and repeat.
+"""
+
+from __future__ import annotations
+
+import json
+import threading
+import time
+from dataclasses import asdict, dataclass, field
+from pathlib import Path
+from typing import Any
+
+import requests
+
+from bench.harness import FakeKube, PodSidecar, instance_status
+from consul_agents import ServerAndClient
+
+SERVICE = "web"
+
+
+@dataclass
+class Sample:
+    t: float
+    healthy: int | None  # passing instances in the catalog; None while it cannot be read
+    agent_healthy: int  # passing instances in the client agent's own view
+    created: int
+    deleted: int
+    servers_up: bool
+
+
+@dataclass
+class RolloutResult:
+    samples: list[Sample] = field(default_factory=list)
+    events: list[tuple[float, str]] = field(default_factory=list)
+    completed: bool = False
+    duration: float = 0.0
+    final_ids: set[str] = field(default_factory=set)
+    new_ids: set[str] = field(default_factory=set)
+
+    @property
+    def min_healthy(self) -> int:
+        return min(s.healthy for s in self.samples if s.healthy is not None)
+
+    def to_json(self) -> dict[str, Any]:
+        return {"samples": [asdict(s) for s in self.samples], "events": self.events, "completed": self.completed,
+                "duration": self.duration, "min_healthy": self.min_healthy, "final_ids": sorted(self.final_ids)}
+
+
+class _Sampler(threading.Thread):
+    def __init__(self, pair: ServerAndClient, result: RolloutResult, started: float, state: dict[str, Any]) -> None:
+        super().__init__(daemon=True)
+        self.pair, self.result, self.started, self.state = pair, result, started, state
+        self.stop_event = threading.Event()
+        self.session = requests.Session()
+
+    def _passing(self, url: str) -> int | None:
+        try:
+            entries = self.session.get(f"{url}/v1/health/service/{SERVICE}", timeout=0.5).json()
+        except (requests.RequestException, ValueError):
+            return None
+        if not isinstance(entries, list):
+            return None
+        return sum(1 for e in entries if all(c["Status"] == "passing" for c in e["Checks"]))
+
+    def _agent_passing(self) -> int:
+        try:
+            checks = self.session.get(f"{self.pair.client.http}/v1/agent/checks", timeout=0.5).json()
+        except (requests.RequestException, ValueError):
+            return 0
+        by_service: dict[str, bool] = {}
+        for check in checks.values():
+            sid = check.get("ServiceID")
+            if sid:
+                by_service[sid] = by_service.get(sid, True) and check["Status"] == "passing"
+        return sum(by_service.values())
+
+    def run(self) -> None:
+        while not self.stop_event.is_set():
+            up = self.state["servers_up"]
+            self.result.samples.append(Sample(
+                t=round(time.monotonic() - self.started, 3),
+                healthy=self._passing(self.pair.server.http) if up else None,
+                agent_healthy=self._agent_passing(),
+                created=self.state["created"], deleted=self.state["deleted"], servers_up=up))
+            self.stop_event.wait(0.05)
+
+
+def run_rollout(pair: ServerAndClient, kube: FakeKube, workdir: Path, replicas: int = 3,
+                servers_down_for: float | None = None, available_timeout: float = 60.0) -> RolloutResult:
+    """Runs the rollout; with `servers_down_for`, the Consul server is stopped before it starts
+    and brought back that many seconds later."""
+    result = RolloutResult()
+    started = time.monotonic()
+    state: dict[str, Any] = {"servers_up": True, "created": 0, "deleted": 0}
+    pods: list[PodSidecar] = []
+
+    def event(text: str) -> None:
+        result.events.append((round(time.monotonic() - started, 3), text))
+
+    def new_pod(name: str, ip: str) -> PodSidecar:
+        pod = PodSidecar(workdir, pair.client, kube, name, namespace="prod", service=SERVICE, pod_ip=ip,
+                         KATALOG_HEARTBEAT_INTERVAL="1s", KATALOG_CONFIRM_WAIT="2s")
+        pod.create_pod(ready=True)
+        pod.start()
+        pods.append(pod)
+        state["created"] += 1
+        event(f"created {name}")
+        return pod
+
+    sampler = _Sampler(pair, result, started, state)
+    try:
+        old = [new_pod(f"web-old-{i}", f"10.1.0.{10 + i}") for i in range(replicas)]
+        for pod in old:
+            pod.wait_gate(passing=True, timeout=30)
+        event("old replicas available")
+        sampler.start()
+        if servers_down_for is not None:
+            pair.server.stop()
+            state["servers_up"] = False
+            event("Consul server stopped")
+            timer = threading.Timer(servers_down_for, lambda: (pair.server.start(), state.update(servers_up=True),
+                                                               event("Consul server back")))
+            timer.start()
+        rollout_started = time.monotonic()
+        for i in range(replicas):
+            pod = new_pod(f"web-new-{i}", f"10.2.0.{10 + i}")
+            result.new_ids.add(pod.service_id)
+            pod.wait_gate(passing=True, timeout=available_timeout)  # available: app ready and gate open
+            event(f"web-new-{i} available")
+            victim = old[i]
+            kube.set_deletion_timestamp("prod", victim.name, grace_seconds=30)
+            code = victim.terminate(timeout=30)  # kubelet: SIGTERM to every container
+            kube.delete_pod("prod", victim.name)
+            state["deleted"] += 1
+            event(f"deleted {victim.name} (sidecar exit {code})")
+        result.duration = time.monotonic() - rollout_started
+        result.completed = True
+        time.sleep(0.3)
+    finally:
+        sampler.stop_event.set()
+        sampler.join(timeout=5)
+        for pod in pods:
+            pod.kill()
+    entries = requests.get(f"{pair.server.http}/v1/health/service/{SERVICE}", timeout=5).json()
+    result.final_ids = {e["Service"]["ID"] for e in entries if instance_status(entries, e["Service"]["ID"]) == "passing"}
+    return result
+
+
+def save(result: RolloutResult, path: Path) -> None:
+    path.parent.mkdir(parents=True, exist_ok=True)
+    path.write_text(json.dumps(result.to_json(), indent=1))
