@@ -16,9 +16,9 @@ from pathlib import Path
 from typing import Any
 
 import requests
+from consul_agents import ServerAndClient
 
 from bench.harness import FakeKube, PodSidecar, instance_status
-from consul_agents import ServerAndClient
 
 SERVICE = "web"
 
