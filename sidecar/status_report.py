@@ -21,7 +21,7 @@ def render(state: Mapping[str, Any], gate_ok: bool, gate_line: str, now: float) 
     lines = [
         f"pod:        {state.get('pod', '?')}",
         f"agent:      {state.get('agent', '?')}",
-        f"phase:      {state.get('phase')} since {time.strftime('%H:%M:%S', time.localtime(since))} ({_ago(now - since)})",
+        f"phase:      {state.get('phase')} since {time.strftime('%Y-%m-%dT%H:%M:%SZ', time.gmtime(since))} ({_ago(now - since)})",
         f"gate:       {'PASS' if gate_ok else 'FAIL'} ({state.get('gate_mode', '?')} mode): {gate_line}",
         f"heartbeat:  {_ago(now - float(state.get('updated_at', now)))}",
     ]

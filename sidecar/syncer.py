@@ -427,7 +427,7 @@ class Syncer:
             watcher.stop()
         self._write_status()
         if not s.instances:
-            log.info("nothing was registered: exiting")
+            log.info("nothing was registered: nothing to drain")
             self._final_status("stopped: nothing was registered")
             return EXIT_OK
         complete = Drainer(self.agent, self.clock, deadline).run(s.instances)
