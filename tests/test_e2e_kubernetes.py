@@ -172,3 +172,19 @@ def test_unknown_named_port_is_reported(dev_agent, kube, run_sidecar, tmp_path) 
     assert line == ("KATALOG_SERVICES: service 'web' uses container port 'grpc', which no container of the pod "
                     "declares (named ports: http)")
     assert dev_agent.agent_services() == {}
+
+
+def test_drain_with_agent_gone_stops_inside_the_grace_period(dev_agent, kube, run_sidecar, tmp_path) -> None:
+    create(kube, app=True, worker=True)
+    sidecar = run_sidecar(kube_env(tmp_path, dev_agent, kube, KATALOG_DRAIN_TIMEOUT="20s"))
+    sidecar.wait_gate(passing=True)
+    dev_agent.stop()
+    deleted_at = time.monotonic()
+    kube.set_deletion_timestamp(NS, POD, grace_seconds=5)  # shorter than KATALOG_DRAIN_TIMEOUT: it wins
+    wait_until(lambda: "drain incomplete before the deadline" in sidecar.logs(), timeout=10, what="drain gave up")
+    # The budget is the grace period less 2s for SIGTERM handling and exit.
+    assert time.monotonic() - deleted_at < 5.0
+    assert "the liveness check goes critical within 15s and the agent reaps the instance 60s after that" \
+        in sidecar.logs()
+    sidecar.signal(signal.SIGTERM)
+    assert sidecar.proc.wait(timeout=10) == 1
