@@ -121,7 +121,7 @@ def test_readme_configuration_table_matches_the_code() -> None:
     readme = (Path(__file__).resolve().parent.parent / "README.md").read_text()
     block = re.search(r"<!-- config-table:start -->\n(.*?)\n<!-- config-table:end -->", readme, re.S)
     assert block, "README.md lacks the generated configuration table markers"
-    assert block.group(1) == reference_table(), "regenerate with: katalog-sidecar config-reference"
+    assert block.group(1) == reference_table(), "regenerate with: python scripts/update_readme.py"
     assert len(SETTINGS) == reference_table().count("\n") - 1
 
 
