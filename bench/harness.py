@@ -20,13 +20,13 @@ import requests
 REPO = Path(__file__).resolve().parent.parent
 sys.path.insert(0, str(REPO / "tests"))
 
-from consul_agents import ConsulAgent, find_consul  # noqa: E402
+from consul_agents import ConsulAgent, ServerAndClient, find_consul  # noqa: E402
 from fakekube import FakeKube, make_pod  # noqa: E402
 
 SIDECAR = shutil.which("katalog-sidecar") or "katalog-sidecar"
 GATE = shutil.which("readiness-gate") or "readiness-gate"
 
-__all__ = ["ConsulAgent", "FakeKube", "PodSidecar", "find_consul", "make_pod", "wait_catalog", "provide_consul"]
+__all__ = ["ConsulAgent", "ServerAndClient", "FakeKube", "PodSidecar", "find_consul", "make_pod", "wait_catalog", "provide_consul"]
 
 
 def provide_consul() -> str:

@@ -16,9 +16,8 @@ from pathlib import Path
 from typing import Any
 
 import requests
-from consul_agents import ServerAndClient
 
-from bench.harness import FakeKube, PodSidecar, instance_status
+from bench.harness import FakeKube, PodSidecar, ServerAndClient, instance_status
 
 SERVICE = "web"
 
@@ -154,3 +153,65 @@ def run_rollout(pair: ServerAndClient, kube: FakeKube, workdir: Path, replicas: 
 def save(result: RolloutResult, path: Path) -> None:
     path.parent.mkdir(parents=True, exist_ok=True)
     path.write_text(json.dumps(result.to_json(), indent=1))
+
+
+def render(results: dict[str, RolloutResult], path: Path) -> None:
+    """The rollout timeline chart the README embeds (matplotlib: a bench-only dependency)."""
+    import matplotlib
+
+    matplotlib.use("Agg")
+    import matplotlib.pyplot as plt
+
+    fig, axes = plt.subplots(len(results), 1, figsize=(9, 3.2 * len(results)), squeeze=False)
+    for ax, (title, result) in zip(axes[:, 0], results.items(), strict=True):
+        t0 = result.samples[0].t  # the rollout starts when the old replicas are available
+        t = [s.t - t0 for s in result.samples]
+        ax.step(t, [s.healthy if s.healthy is not None else float("nan") for s in result.samples], where="post",
+                label="passing in the catalog (servers)", color="tab:green", linewidth=2)
+        ax.step(t, [s.agent_healthy for s in result.samples], where="post", linestyle="--", color="tab:olive",
+                label="passing in the client agent's view")
+        ax.step(t, [s.created - s.deleted for s in result.samples], where="post", color="tab:blue", alpha=0.6,
+                label="pods existing")
+        down = [s.t for s in result.samples if not s.servers_up]
+        if down:
+            ax.axvspan(min(down) - t0, max(down) - t0, color="tab:red", alpha=0.12, label="Consul server down")
+        ax.set_ylim(0, 5.5)
+        ax.set_xlim(left=0)
+        ax.set_ylabel("instances / pods")
+        ax.set_title(f"{title}: min passing {result.min_healthy}, rollout took {result.duration:.1f} s")
+        ax.grid(alpha=0.3)
+        ax.legend(loc="lower right", fontsize=8)
+    axes[-1, 0].set_xlabel("seconds since the rollout started")
+    fig.tight_layout()
+    path.parent.mkdir(parents=True, exist_ok=True)
+    fig.savefig(path, dpi=110)
+    plt.close(fig)
+
+
+def main() -> int:
+    """Runs both rollout scenarios against real Consul agents and renders docs/img/rollout.png."""
+    import tempfile
+
+    from bench.harness import REPO, provide_consul
+
+    binary = provide_consul()
+    results: dict[str, RolloutResult] = {}
+    for title, down_for in (("Consul healthy", None), ("Consul server down for the first 8 s", 8.0)):
+        with tempfile.TemporaryDirectory(prefix="katalog-rollout-") as tmp:
+            pair = ServerAndClient(binary, Path(tmp)).start()
+            try:
+                with FakeKube(Path(tmp) / "token") as kube:
+                    results[title] = run_rollout(pair, kube, Path(tmp), servers_down_for=down_for)
+            finally:
+                pair.stop()
+        r = results[title]
+        print(f"{title}: completed={r.completed} min passing={r.min_healthy} duration={r.duration:.2f}s "
+              f"final={sorted(r.final_ids) == sorted(r.new_ids)}")
+        save(r, REPO / "bench" / "out" / f"rollout-{'healthy' if down_for is None else 'servers-down'}.json")
+    render(results, REPO / "docs" / "img" / "rollout.png")
+    print("chart: docs/img/rollout.png")
+    return 0
+
+
+if __name__ == "__main__":
+    raise SystemExit(main())
