@@ -1,0 +1,37 @@
+# syntax=docker/dockerfile:1
+# katalog-sidecar image: the daemon (`katalog-sidecar`, the entrypoint) and its exec
+# readinessProbe (`readiness-gate`), both console scripts on PATH.
+#
+#   docker build -t <registry>/katalog-sidecar:0.1.0 .
+#
+# Runs as uid 65532 with a read-only root filesystem: the only path it writes is the status
+# file, /run/katalog/status.json, which the examples mount as an emptyDir.
+# tests/test_image_install.py runs this file's pip commands outside a container engine.
+
+# -- build: wheels of the package and of every dependency ------------------------------------
+FROM python:3.12-slim AS build
+WORKDIR /src
+COPY pyproject.toml setup.cfg README.md LICENSE ./
+COPY sidecar ./sidecar
+COPY readiness_gate ./readiness_gate
+RUN python -m pip wheel --no-cache-dir --no-deps -w /wheels . \
+ && python -m pip wheel --no-cache-dir -w /wheels /wheels/katalog_sidecar-*.whl
+
+# -- runtime --------------------------------------------------------------------------------
+FROM python:3.12-slim
+ENV PYTHONDONTWRITEBYTECODE=1 \
+    PYTHONUNBUFFERED=1 \
+    PIP_DISABLE_PIP_VERSION_CHECK=1
+# Installed from the build stage's wheels only (no index). pip compiles the bytecode now, so
+# readiness-gate never compiles at probe time (and could not write it: the root is read-only).
+RUN --mount=type=bind,from=build,source=/wheels,target=/wheels \
+    python -m pip install --no-cache-dir --no-index --find-links=/wheels katalog-sidecar
+RUN groupadd --system --gid 65532 katalog \
+ && useradd --system --uid 65532 --gid 65532 --no-create-home --home-dir /nonexistent --shell /usr/sbin/nologin katalog \
+ && mkdir -p /run/katalog \
+ && chown 65532:65532 /run/katalog
+# Numeric, so `runAsNonRoot: true` can verify it without reading /etc/passwd.
+USER 65532:65532
+EXPOSE 9464
+ENTRYPOINT ["katalog-sidecar"]
+CMD ["run"]
