@@ -15,7 +15,7 @@ import click
 
 from readiness_gate import state as status_state
 from sidecar import logs
-from sidecar.config import Config, load_config, reference_table, status_file_path
+from sidecar.config import LOG_FORMATS, Config, load_config, reference_table, status_file_path
 from sidecar.errors import ConfigError
 
 log = logging.getLogger("katalog")
@@ -117,7 +117,9 @@ def run() -> None:
     try:
         config = load_config(os.environ)
     except ConfigError as error:
-        logs.setup(os.environ.get("KATALOG_LOG_FORMAT", "text").lower() if os.environ.get("KATALOG_LOG_FORMAT", "text").lower() in ("text", "json") else "text")
+        # The log format may itself be the invalid setting: fall back to text then.
+        fmt = os.environ.get("KATALOG_LOG_FORMAT", "text").strip().lower()
+        logs.setup(fmt if fmt in LOG_FORMATS else "text", secrets=_secrets)
         sys.exit(_serve_config_error(error))
     logs.setup(config.log_format, config.log_level, _secrets)
     sys.exit(_run(config))
