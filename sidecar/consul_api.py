@@ -11,6 +11,7 @@ from __future__ import annotations
 import json
 import logging
 import os
+import ssl
 from collections.abc import Callable, Mapping
 from dataclasses import dataclass
 from pathlib import Path
@@ -18,6 +19,7 @@ from typing import Any
 
 import consul.std
 import requests
+import urllib3
 from requests.adapters import HTTPAdapter
 
 from sidecar.config import ConsulSettings
@@ -35,6 +37,11 @@ from sidecar.errors import (
 log = logging.getLogger("katalog.consul")
 
 _MAX_MESSAGE = 300  # agent messages are echoed into logs and the gate; keep them short
+_REDACTED = "[redacted]"
+# Set by the agent on reads it answered with fewer results than exist because the token may
+# not see them; only sent to requests that carry a token. An ACL-filtered read is empty, not 403.
+_FILTERED_HEADER = "X-Consul-Results-Filtered-By-ACLs"
+_NOT_REFUSED = object()
 
 
 class TokenProvider:
@@ -43,21 +50,31 @@ class TokenProvider:
     def __init__(self, token: str | None, token_file: Path | None) -> None:
         self._token = token
         self._file = token_file
-        self._file_stamp: tuple[float, int] | None = None
+        self._file_stamp: tuple[int, int, int, int] | None = None
         self._file_token: str | None = None
+        self._file_problem: str | None = None
 
     def get(self) -> str | None:
         if self._file is None:
             return self._token
         try:
+            # os.stat follows symlinks: a Secret volume swaps its `..data` link on update, so
+            # the inode changes even when the new token has the same size and mtime second.
             stat = os.stat(self._file)
-            stamp = (stat.st_mtime, stat.st_size)
+            stamp = (stat.st_mtime_ns, stat.st_size, stat.st_ino, stat.st_dev)
             if stamp != self._file_stamp:
                 self._file_token = self._file.read_text().strip() or None
                 self._file_stamp = stamp
+            if self._file_problem is not None:
+                log.info("CONSUL_HTTP_TOKEN_FILE %s is readable again", self._file)
+                self._file_problem = None
         except OSError as exc:
-            # Keep the last token we had: a rotation in progress must not drop auth.
-            log.warning("cannot read CONSUL_HTTP_TOKEN_FILE %s: %s", self._file, exc.strerror or exc)
+            # Keep the last token we had: a rotation in progress must not drop auth. Said once
+            # per problem: this runs before every call.
+            problem = str(exc.strerror or exc)
+            if problem != self._file_problem:
+                log.warning("cannot read CONSUL_HTTP_TOKEN_FILE %s: %s (keeping the last token read)", self._file, problem)
+                self._file_problem = problem
         return self._file_token
 
 
@@ -69,8 +86,10 @@ class _ServerNameAdapter(HTTPAdapter):
         super().__init__()
 
     def init_poolmanager(self, *args: Any, **kwargs: Any) -> None:
+        # server_hostname alone: the ssl module then checks the certificate against it (and
+        # sends it as SNI). assert_hostname would make urllib3 check it instead, and log the
+        # whole peer certificate at WARNING on every failed attempt.
         kwargs["server_hostname"] = self._server_name
-        kwargs["assert_hostname"] = self._server_name
         super().init_poolmanager(*args, **kwargs)
 
 
@@ -81,7 +100,12 @@ class Reply:
     body: str
 
     def json(self) -> Any:
-        return json.loads(self.body) if self.body else None
+        try:
+            return json.loads(self.body) if self.body else None
+        except (ValueError, RecursionError) as exc:
+            # Not the agent, or not a healthy one: a typed error the callers retry, not a crash.
+            raise ConsulError(f"the answer is not JSON (HTTP {self.status}, {len(self.body)} bytes)",
+                              status=self.status) from exc
 
     @property
     def index(self) -> int:
@@ -104,49 +128,128 @@ class _Transport(consul.std.HTTPClient):  # type: ignore[misc]
         super().__init__(settings.host, settings.port, settings.scheme, verify, cert, settings.timeout)
         if settings.tls_server_name and settings.scheme == "https":
             self.session.mount("https://", _ServerNameAdapter(settings.tls_server_name))
+        self._settings = settings
         self._tokens = tokens
         self._address = settings.address
 
     def call(self, method: str, path: str, params: list[tuple[str, str]] | None = None,
-             body: Any = None, timeout: float | None = None) -> Reply:
+             body: Any = None, timeout: float | None = None, token: str | None = None) -> Reply:
         headers = {}
-        token = self._tokens.get()
         if token:
             headers["X-Consul-Token"] = token
         data = "" if body is None else json.dumps(body)
         uri = self.uri(path, params)
         try:
+            # No redirects: the agent API never redirects, and requests would carry the
+            # X-Consul-Token header along to whatever host a redirect names.
             response = self.session.request(
                 method, uri, data=data, headers=headers, verify=self.verify, cert=self.cert,
-                timeout=timeout if timeout is not None else self.timeout,
+                timeout=timeout if timeout is not None else self.timeout, allow_redirects=False,
             )
         except requests.exceptions.SSLError as exc:
-            raise ConsulTLSError(f"TLS with the agent at {self._address} failed: {_tls_reason(exc)}") from exc
+            raise ConsulTLSError(f"TLS with the agent at {self._address} failed: {_tls_reason(exc, self._settings)}") from exc
         except requests.exceptions.Timeout as exc:
             raise ConsulTimeout(f"the agent at {self._address} did not answer in time") from exc
-        except requests.exceptions.ConnectionError as exc:
-            raise ConsulUnavailable(f"cannot connect to the agent at {self._address}") from exc
+        except (requests.exceptions.ConnectionError, requests.exceptions.ChunkedEncodingError) as exc:
+            if not _caused_by(exc, ConnectionResetError):
+                raise ConsulUnavailable(f"cannot connect to the agent at {self._address}") from exc
+            # A reset before the answer: what an HTTPS port does to a plain HTTP request with a
+            # body (it answers 400 and closes without reading the rest), and what a dying agent does.
+            hint = " (if this port serves HTTPS, use https:// in CONSUL_HTTP_ADDR)" if self._settings.scheme == "http" else ""
+            raise ConsulUnavailable(f"the agent at {self._address} reset the connection{hint}") from exc
+        except requests.exceptions.RequestException as exc:
+            # Anything else requests can raise (a malformed answer, ...): still a typed error.
+            raise ConsulError(f"the agent at {self._address} sent an answer that cannot be read "
+                              f"({type(exc).__name__})") from exc
+        except OSError as exc:
+            # requests checks the CA and client certificate paths before connecting (a file
+            # removed or half-rotated since start-up): a TLS setting to fix, not an outage.
+            raise ConsulTLSError(f"TLS with the agent at {self._address} failed: {exc}") from exc
         reply = Reply(response.status_code, response.headers, response.text)
-        _raise_for_status(reply, method, path)
+        _raise_for_status(reply, method, path, token, self._address)
         return reply
 
 
-def _tls_reason(exc: Exception) -> str:
-    text = str(exc)
-    if "CERTIFICATE_VERIFY_FAILED" in text or "certificate verify failed" in text:
-        return "certificate verification failed (check CONSUL_CACERT and CONSUL_TLS_SERVER_NAME)"
-    if "alert" in text.lower() and "certificate" in text.lower():
+def _chain(exc: BaseException) -> list[BaseException]:
+    """The exception and everything it wraps (args, urllib3's `reason`, causes, contexts)."""
+    seen: set[int] = set()
+    todo: list[BaseException] = [exc]
+    found: list[BaseException] = []
+    while todo:
+        current = todo.pop(0)
+        if id(current) in seen:
+            continue
+        seen.add(id(current))
+        found.append(current)
+        todo += [a for a in current.args if isinstance(a, BaseException)]
+        for linked in (getattr(current, "reason", None), current.__cause__, current.__context__):
+            if isinstance(linked, BaseException):
+                todo.append(linked)
+    return found
+
+
+def _caused_by(exc: BaseException, kind: type[BaseException]) -> bool:
+    return any(isinstance(e, kind) for e in _chain(exc))
+
+
+def _ssl_detail(exc: BaseException) -> str:
+    """The innermost TLS error text, without urllib3's pool and retry wrapping."""
+    found = str(exc)
+    for current in _chain(exc):
+        if isinstance(current, (ssl.SSLError, ssl.CertificateError)) or type(current).__name__ == "CertificateError":
+            found = str(current)
+    return found.split(" (_ssl.c:")[0]
+
+
+def _tls_reason(exc: BaseException, settings: ConsulSettings) -> str:
+    """What failed in the handshake, in words that name the setting to fix."""
+    detail = _ssl_detail(exc)
+    low = detail.lower()
+    name = settings.tls_server_name or settings.host
+    ca = "the CA in CONSUL_CACERT" if settings.ca_cert else "a CA of the system bundle (CONSUL_CACERT is not set)"
+    has_client_cert = settings.client_cert is not None
+    if "key values mismatch" in low or "[pem" in low or "[x509" in low or "pem lib" in low:
+        return f"cannot use CONSUL_CLIENT_CERT and CONSUL_CLIENT_KEY: {detail}"
+    if "hostname mismatch" in low or "ip address mismatch" in low or "doesn't match" in low:
+        return (f"the agent's certificate is not valid for {name!r} (set CONSUL_TLS_SERVER_NAME to a name "
+                "the certificate carries, e.g. server.<datacenter>.consul)")
+    if "certificate_verify_failed" in low or "certificate verify failed" in low:
+        if "expired" in low:
+            return "certificate verification failed: the agent's certificate has expired"
+        return f"certificate verification failed: the agent's certificate is not signed by {ca}"
+    if "wrong version number" in low or "record layer failure" in low or "packet length too long" in low:
+        return "the agent does not speak TLS on this port (use http:// in CONSUL_HTTP_ADDR, or the agent's HTTPS port)"
+    # With TLS 1.3 the client finishes its handshake before the agent has checked the client
+    # certificate: the verdict comes with the first read, as an alert, or (when the agent closes
+    # with a request body still unread, as for every PUT) as a bare EOF. Same cause, same words,
+    # so the gate line does not flip between two texts from one attempt to the next.
+    eof = "eof occurred in violation of protocol" in low or "unexpected eof" in low
+    if ("alert" in low or eof) and ("certificate required" in low or not has_client_cert):
         return "the agent requires a client certificate (set CONSUL_CLIENT_CERT and CONSUL_CLIENT_KEY)"
-    if "hostname" in text.lower() or "match" in text.lower():
-        return "the certificate does not match the agent's name (set CONSUL_TLS_SERVER_NAME)"
-    return text[:_MAX_MESSAGE]
+    if eof or ("alert" in low and ("unknown ca" in low or "certificate" in low)):
+        return ("the agent rejected the client certificate in CONSUL_CLIENT_CERT "
+                "(it must be signed by a CA in the agent's tls ca_file)")
+    return detail[:_MAX_MESSAGE]
 
 
-def _raise_for_status(reply: Reply, method: str, path: str) -> None:
-    if reply.status < 400:
+def _raise_for_status(reply: Reply, method: str, path: str, token: str | None = None, address: str = "") -> None:
+    if reply.status < 300:
         return
-    message = " ".join(reply.body.split())[:_MAX_MESSAGE] or f"HTTP {reply.status}"
+    if reply.status < 400:
+        # Redirects are not followed (see call); the agent API has none, so one here means
+        # something else answers at CONSUL_HTTP_ADDR. Never count it as success.
+        raise ConsulError(f"{method} {path}: unexpected redirect (HTTP {reply.status}) from {address}; "
+                          "not followed (check CONSUL_HTTP_ADDR)", status=reply.status)
+    message = " ".join(reply.body.split())
+    if token:
+        # Consul never echoes a token, but a proxy or a misbehaving agent might; this text
+        # reaches logs, the status file and the gate.
+        message = message.replace(token, _REDACTED)
+    message = message[:_MAX_MESSAGE] or f"HTTP {reply.status}"
     what = f"{method} {path}: {message}"
+    if reply.status == 400 and "HTTP request to an HTTPS server" in message:
+        raise ConsulTLSError(f"the agent at {address} serves HTTPS on this port: use https:// in CONSUL_HTTP_ADDR "
+                             "or set CONSUL_HTTP_SSL=true", status=400)
     if reply.status == 400:
         raise ConsulRejected(what, status=400)
     if reply.status in (401, 403):
@@ -181,11 +284,15 @@ class ConsulAgent:
                  on_request: Callable[[str, int], None] | None = None) -> None:
         """`on_request(target, +1/-1)` brackets every call: target is "agent" or "servers"."""
         self._settings = settings
-        self._transport = _Transport(settings, TokenProvider(settings.token, settings.token_file))
+        self._tokens = TokenProvider(settings.token, settings.token_file)
+        self._transport = _Transport(settings, self._tokens)
         self._on_error = on_error
         self._on_request = on_request
+        self._refused_token: object = _NOT_REFUSED
         if settings.scheme == "https" and not settings.verify:
             log.warning("CONSUL_HTTP_SSL_VERIFY=false: the agent's certificate is not verified")
+            # Said once, here, in the log format; urllib3 would repeat it outside of it.
+            urllib3.disable_warnings(urllib3.exceptions.InsecureRequestWarning)
 
     @property
     def address(self) -> str:
@@ -197,15 +304,33 @@ class ConsulAgent:
         target = "agent" if path.startswith("/v1/agent/") else "servers"
         if self._on_request is not None:
             self._on_request(target, +1)
+        token = self._tokens.get()
         try:
-            return self._transport.call(method, path, params, body, timeout)
+            return self._transport.call(method, path, params, body, timeout, token)
         except ConsulError as exc:
-            if self._on_error is not None:
-                self._on_error(exc)
+            if isinstance(exc, ConsulForbidden):
+                self._refused_token = token
+            self._failed(exc)
             raise
         finally:
             if self._on_request is not None:
                 self._on_request(target, -1)
+
+    def _failed(self, exc: ConsulError) -> None:
+        if self._on_error is not None:
+            self._on_error(exc)
+
+    def token_rotated(self) -> bool:
+        """True, once, when the token differs from the one the agent last refused (401/403).
+
+        The caller waits long after a refusal (retrying cannot help), but a rewritten
+        CONSUL_HTTP_TOKEN_FILE can: this lets it retry at once. Costs a stat of the file.
+        """
+        refused = self._refused_token
+        if refused is _NOT_REFUSED or self._tokens.get() == refused:
+            return False
+        self._refused_token = _NOT_REFUSED
+        return True
 
     def self_info(self) -> AgentInfo:
         data = self._call("GET", "/v1/agent/self").json()
@@ -250,4 +375,17 @@ class ConsulAgent:
         if stale:
             params.append(("stale", ""))
         reply = self._call("GET", f"/v1/health/service/{service_name}", params, timeout=timeout)
-        return reply.index, list(reply.json() or [])
+        data = reply.json() or []
+        if not isinstance(data, list) or not all(isinstance(e, dict) for e in data):
+            raise ConsulError(f"GET /v1/health/service/{service_name}: the answer is not a list of instances")
+        entries = list(data)
+        if not entries and reply.headers.get(_FILTERED_HEADER, "").lower() == "true":
+            # Empty because of the token, not because the catalog lacks the instance: waiting
+            # cannot help, so say what the token needs instead of "not listed yet".
+            exc = ConsulForbidden(
+                f"the catalog hides {service_name} from this token ({_FILTERED_HEADER}): it needs "
+                f'service:read on "{service_name}" and node:read on this agent\'s node '
+                "(see examples/consul-acl-policy.hcl)")
+            self._failed(exc)
+            raise exc
+        return reply.index, entries

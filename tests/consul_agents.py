@@ -48,8 +48,10 @@ class ConsulAgent:
     """One `consul agent` process. `http` is its base URL."""
 
     def __init__(self, binary: str, workdir: Path, name: str, host: str, extra: Sequence[str],
-                 dev: bool = False) -> None:
+                 dev: bool = False, token: str | None = None) -> None:
         self.binary = binary
+        # Sent by the test helpers below (never by the sidecar): None keeps them anonymous.
+        self.token = token
         self.name = name
         self.host = host
         self.dev = dev
@@ -69,6 +71,10 @@ class ConsulAgent:
     @property
     def addr(self) -> str:
         return f"{self.host}:{self.http_port}"
+
+    def request_kwargs(self) -> dict[str, Any]:
+        """What the test helpers pass to `requests`: the token header, and TLS settings in subclasses."""
+        return {"headers": {"X-Consul-Token": self.token}} if self.token else {}
 
     def args(self) -> list[str]:
         ports = (f'ports {{ http = {self.http_port}, dns = -1, grpc = -1, grpc_tls = -1, '
@@ -98,12 +104,12 @@ class ConsulAgent:
                 raise RuntimeError(f"consul agent {self.name} exited {self.proc.returncode}:\n{self.tail()}")
             try:
                 if not wait_for_leader:
-                    requests.get(f"{self.http}/v1/agent/self", timeout=1).raise_for_status()
+                    requests.get(f"{self.http}/v1/agent/self", timeout=1, **self.request_kwargs()).raise_for_status()
                     return
-                leader = requests.get(f"{self.http}/v1/status/leader", timeout=1)
+                leader = requests.get(f"{self.http}/v1/status/leader", timeout=1, **self.request_kwargs())
                 if leader.ok and leader.json():
                     # A leader is elected; the catalog answers once this node is synced too.
-                    nodes = requests.get(f"{self.http}/v1/catalog/nodes", timeout=1)
+                    nodes = requests.get(f"{self.http}/v1/catalog/nodes", timeout=1, **self.request_kwargs())
                     if nodes.ok and any(n["Node"] == self.name for n in nodes.json()):
                         return
             except requests.RequestException:
@@ -138,7 +144,7 @@ class ConsulAgent:
 
     # --- test helpers: read what users would look at -------------------------------------
     def get(self, path: str, **params: Any) -> Any:
-        response = requests.get(f"{self.http}{path}", params=params, timeout=10)
+        response = requests.get(f"{self.http}{path}", params=params, timeout=10, **self.request_kwargs())
         response.raise_for_status()
         return response.json()
 
@@ -153,11 +159,12 @@ class ConsulAgent:
                 if all(c["Status"] == "passing" for c in e["Checks"])}
 
     def catalog_index(self, service: str) -> int:
-        response = requests.get(f"{self.http}/v1/catalog/service/{service}", timeout=10)
+        response = requests.get(f"{self.http}/v1/catalog/service/{service}", timeout=10, **self.request_kwargs())
         return int(response.headers["X-Consul-Index"])
 
     def register_raw(self, body: dict[str, Any]) -> None:
-        requests.put(f"{self.http}/v1/agent/service/register", data=json.dumps(body), timeout=10).raise_for_status()
+        requests.put(f"{self.http}/v1/agent/service/register", data=json.dumps(body), timeout=10,
+                     **self.request_kwargs()).raise_for_status()
 
 
 class ServerAndClient:
@@ -178,3 +185,97 @@ class ServerAndClient:
     def stop(self) -> None:
         self.client.stop()
         self.server.stop()
+
+
+# --- security variants: ACL default-deny, HTTPS only --------------------------------------
+
+
+class AclDevAgent(ConsulAgent):
+    """A dev agent with ACLs on and `default_policy = "deny"`, bootstrapped at start.
+
+    `initial_management` makes the given token the management token without a separate
+    `consul acl bootstrap` step (checked on 1.16.1). The same token is the agent's own token,
+    so the agent can sync its node and coordinates. The test helpers use it; the sidecar only
+    ever gets the tokens a test creates with `create_token`.
+    """
+
+    def __init__(self, binary: str, workdir: Path, name: str = "acl", host: str = "127.0.0.1",
+                 management_token: str = "") -> None:
+        token = management_token or f"mgmt-{random.getrandbits(64):016x}"
+        acl = ('acl { enabled = true, default_policy = "deny", enable_token_persistence = false, '
+               f'tokens {{ initial_management = "{token}", agent = "{token}" }} }}')
+        super().__init__(binary, workdir, name, host, ["-hcl", acl], dev=True, token=token)
+        self.management_token = token
+
+    def create_token(self, rules: str, name: str, secret: str | None = None) -> str:
+        """A policy with `rules` and a token carrying only it; returns the token's SecretID."""
+        policy = requests.put(f"{self.http}/v1/acl/policy", data=json.dumps({"Name": name, "Rules": rules}),
+                              timeout=10, **self.request_kwargs())
+        policy.raise_for_status()
+        body: dict[str, Any] = {"Description": f"test token {name}", "Policies": [{"Name": name}]}
+        if secret is not None:
+            body["SecretID"] = secret  # must be a UUID
+        token = requests.put(f"{self.http}/v1/acl/token", data=json.dumps(body), timeout=10, **self.request_kwargs())
+        token.raise_for_status()
+        return str(token.json()["SecretID"])
+
+
+class TlsMaterial:
+    """A CA with a server certificate and a CLI (client) certificate, made by `consul tls`.
+
+    `consul tls cert create -server` covers `server.<dc>.consul`, `localhost` and 127.0.0.1;
+    `-cli` covers `cli.<dc>.consul` and `localhost`, and is signed by the same CA.
+    """
+
+    def __init__(self, binary: str, directory: Path, datacenter: str = "dc1") -> None:
+        directory.mkdir(parents=True, exist_ok=True)
+        self.directory = directory
+        for args in (["ca", "create"], ["cert", "create", "-server", f"-dc={datacenter}"],
+                     ["cert", "create", "-cli", f"-dc={datacenter}"]):
+            subprocess.run([binary, "tls", *args], cwd=directory, check=True, capture_output=True, timeout=60)
+        self.ca = directory / "consul-agent-ca.pem"
+        self.server_cert = directory / f"{datacenter}-server-consul-0.pem"
+        self.server_key = directory / f"{datacenter}-server-consul-0-key.pem"
+        self.client_cert = directory / f"{datacenter}-cli-consul-0.pem"
+        self.client_key = directory / f"{datacenter}-cli-consul-0-key.pem"
+        self.server_name = f"server.{datacenter}.consul"
+
+
+class TlsDevAgent(ConsulAgent):
+    """A dev agent that serves its HTTP API over HTTPS only (`ports { http = -1, https = N }`).
+
+    `verify_incoming` applies to the HTTPS listener only (`tls { https { ... } }`): set on
+    `tls.defaults` it would also demand client certificates on the dev agent's own RPC.
+    `also_listen` adds loopback addresses the API is served on, e.g. one that the server
+    certificate does not name.
+    """
+
+    def __init__(self, binary: str, workdir: Path, material: TlsMaterial, name: str = "tls",
+                 host: str = "127.0.0.1", verify_incoming: bool = False,
+                 also_listen: Sequence[str] = ()) -> None:
+        super().__init__(binary, workdir, name, host, [], dev=True)
+        self.material = material
+        self.verify_incoming = verify_incoming
+        self.listen = [host, *also_listen]
+        # The https port is the one free_port picked for http; plain HTTP is off.
+        self.https_port = self.http_port
+
+    @property
+    def http(self) -> str:
+        return f"https://{self.host}:{self.https_port}"
+
+    def url_on(self, host: str) -> str:
+        return f"https://{host}:{self.https_port}"
+
+    def request_kwargs(self) -> dict[str, Any]:
+        kwargs = super().request_kwargs()
+        kwargs["verify"] = str(self.material.ca)
+        kwargs["cert"] = (str(self.material.client_cert), str(self.material.client_key))
+        return kwargs
+
+    def args(self) -> list[str]:
+        m = self.material
+        tls = (f'tls {{ defaults {{ ca_file = "{m.ca}", cert_file = "{m.server_cert}", key_file = "{m.server_key}" }}, '
+               f'https {{ verify_incoming = {str(self.verify_incoming).lower()} }} }}')
+        return super().args() + ["-hcl", f"ports {{ http = -1, https = {self.https_port} }}",
+                                 "-hcl", tls, f"-client={' '.join(self.listen)}"]
