@@ -9,11 +9,12 @@ test keeps the two identical.
 from __future__ import annotations
 
 import ipaddress
+import math
 import re
 from collections.abc import Mapping
 from dataclasses import dataclass, field
 from pathlib import Path
-from urllib.parse import urlsplit
+from urllib.parse import SplitResult, urlsplit
 
 from sidecar.durations import parse_duration
 from sidecar.errors import ConfigError
@@ -51,7 +52,7 @@ SETTINGS: tuple[Setting, ...] = (
     Setting("KATALOG_SERVICE_<NAME>_TAGS", "", "Tags for one service, replacing `KATALOG_TAGS` (`<NAME>`: the service name upper-cased, `-` and `.` as `_`)."),
     Setting("KATALOG_SERVICE_<NAME>_META", "", "Meta for one service, merged over `KATALOG_META` key by key."),
     Setting("KATALOG_CLUSTER_NAME", "", "Cluster name, added to service IDs and meta; set it when several clusters share Consul agents."),
-    Setting("KATALOG_CHECK_TTL", "15s", "TTL of both checks; the sidecar refreshes them every third of it."),
+    Setting("KATALOG_CHECK_TTL", "15s", "TTL of the liveness check: a dead or hung sidecar's instance turns critical this long after its last refresh. The readiness check gets ten times it. Each is refreshed every third of its TTL."),
     Setting("KATALOG_DEREGISTER_CRITICAL_AFTER", "1m", "`DeregisterCriticalServiceAfter` of the liveness check: how long after the sidecar stops the agent reaps the instance (Consul's minimum is 1m)."),
     # Readiness source.
     Setting("KATALOG_READINESS_SOURCE", "kubernetes", "Where the app's readiness comes from: `kubernetes` (watch the own pod), `http`, `tcp` or `fixed`."),
@@ -100,6 +101,12 @@ _PORT_NAME = re.compile(r"^[a-z0-9]([a-z0-9-]*[a-z0-9])?$")
 _DNS_LABEL = re.compile(r"^[a-z0-9]([a-z0-9-]*[a-z0-9])?$")
 _DNS_SUBDOMAIN = re.compile(r"^[a-z0-9]([a-z0-9.-]*[a-z0-9])?$")
 _MIN_DEREGISTER_AFTER = 60.0  # Consul raises smaller values to 1m; we refuse them instead.
+_MAX_DURATION = 9223372036.0  # Go's time.Duration limit (~292 years): Consul rejects anything longer
+_MAX_META_VALUE_BYTES = 512  # Consul counts bytes (Go's len), not characters
+# Registration derives longer TTLs from KATALOG_CHECK_TTL (the readiness check's is a multiple
+# of it); a day keeps every derived TTL far inside Consul's limit, and is already far longer
+# than anyone should wait for a dead pod's instance to turn critical.
+_MAX_CHECK_TTL = 86400.0
 
 
 @dataclass(frozen=True)
@@ -187,7 +194,9 @@ class _Collector:
         return self.environ.get(name, _DEFAULTS.get(name, "")).strip()
 
     def bad(self, name: str, value: str, why: str) -> None:
-        self.problems.append(f"{name}={value!r}: {why}")
+        # Variable names are the user's too (KATALOG_SERVICE_*): one line, whatever they hold.
+        shown = name if name.isprintable() else repr(name)
+        self.problems.append(f"{shown}={value!r}: {why}")
 
     def required(self, name: str) -> str:
         value = self.raw(name)
@@ -201,6 +210,9 @@ class _Collector:
             seconds = parse_duration(value)
         except ValueError as exc:
             self.bad(name, value, str(exc))
+            return parse_duration(_DEFAULTS[name]) if _DEFAULTS.get(name) else 1.0
+        if not math.isfinite(seconds) or seconds > _MAX_DURATION:
+            self.bad(name, value, "too long (at most 2562047h)")
             return parse_duration(_DEFAULTS[name]) if _DEFAULTS.get(name) else 1.0
         if seconds <= minimum:
             self.bad(name, value, "must be greater than " + ("zero" if minimum == 0 else f"{minimum:g}s"))
@@ -233,6 +245,8 @@ class _Collector:
                 pass
         except OSError as exc:
             self.bad(name, value, f"cannot read the file ({exc.strerror or exc})")
+        except ValueError:  # a NUL in the path
+            self.bad(name, value, "not a file path")
         return path
 
 
@@ -241,6 +255,14 @@ def _help(name: str) -> str:
         if setting.env == name:
             return setting.help
     return ""
+
+
+def _split_url(text: str) -> SplitResult | None:
+    """urlsplit, or None where it raises (an unbalanced '[' is an "Invalid IPv6 URL")."""
+    try:
+        return urlsplit(text)
+    except ValueError:
+        return None
 
 
 def _split_list(value: str) -> list[str]:
@@ -279,8 +301,10 @@ def _parse_meta(c: _Collector, name: str, value: str) -> dict[str, str]:
             c.bad(name, value, f"meta key {key!r}: the prefix 'consul-' is reserved by Consul")
         elif key in RESERVED_META_KEYS:
             c.bad(name, value, f"meta key {key!r} is set by katalog-sidecar itself")
-        elif len(val) > 512:
+        elif len(val) > _MAX_META_VALUE_BYTES:
             c.bad(name, value, f"meta value of {key!r} is longer than 512 characters")
+        elif len(val.encode("utf-8", "surrogatepass")) > _MAX_META_VALUE_BYTES:
+            c.bad(name, value, f"meta value of {key!r} is longer than 512 bytes in UTF-8")
         elif key in meta:
             c.bad(name, value, f"meta key {key!r} is given twice")
         else:
@@ -314,7 +338,7 @@ def _parse_services(c: _Collector, pod_meta_count: int) -> tuple[ServiceSpec, ..
             c.bad(name, value, "empty service name")
             continue
         if not sep or not port_text:
-            c.bad(name, value, f"service {svc_name!r} has no port (write {svc_name}:PORT)")
+            c.bad(name, value, f"service {svc_name!r} has no port (write {svc_name if svc_name.isprintable() else 'NAME'}:PORT)")
             continue
         if not _SERVICE_NAME.match(svc_name) or len(svc_name) > 63:
             c.bad(
@@ -368,12 +392,14 @@ def _parse_consul(c: _Collector, host_ip: str) -> ConsulSettings:
             host = host_ip
     else:
         text = addr if "://" in addr else f"{scheme}://{addr}"
-        parts = urlsplit(text)
+        parts = _split_url(text)
         try:
-            parsed_port = parts.port
+            parsed_port = parts.port if parts is not None else -1
         except ValueError:
             parsed_port = -1
-        if parts.scheme not in ("http", "https"):
+        if parts is None:
+            c.bad("CONSUL_HTTP_ADDR", addr, "expected host:port, http://host:port or https://host:port")
+        elif parts.scheme not in ("http", "https"):
             c.bad("CONSUL_HTTP_ADDR", addr, "scheme must be http:// or https://")
         elif not parts.hostname or parsed_port == -1 or (parts.path not in ("", "/")):
             c.bad("CONSUL_HTTP_ADDR", addr, "expected host:port, http://host:port or https://host:port")
@@ -423,8 +449,8 @@ def _parse_readiness(c: _Collector) -> ReadinessSettings:
         if not http_url:
             c.problems.append("KATALOG_READINESS_HTTP_URL is not set, but KATALOG_READINESS_SOURCE is http")
         else:
-            parts = urlsplit(http_url)
-            if parts.scheme not in ("http", "https") or not parts.hostname:
+            parts = _split_url(http_url)
+            if parts is None or parts.scheme not in ("http", "https") or not parts.hostname:
                 c.bad("KATALOG_READINESS_HTTP_URL", http_url, "expected an http:// or https:// URL")
     if source == "tcp":
         if not tcp:
@@ -450,8 +476,8 @@ def _parse_readiness(c: _Collector) -> ReadinessSettings:
 def _parse_kubernetes(c: _Collector, source: str) -> KubernetesSettings:
     api_url = c.raw("KATALOG_KUBE_API_URL") or None
     if api_url:
-        parts = urlsplit(api_url)
-        if parts.scheme not in ("http", "https") or not parts.hostname:
+        parts = _split_url(api_url)
+        if parts is None or parts.scheme not in ("http", "https") or not parts.hostname:
             c.bad("KATALOG_KUBE_API_URL", api_url, "expected an http:// or https:// URL")
     elif source == "kubernetes":
         host = c.environ.get("KUBERNETES_SERVICE_HOST", "").strip()
@@ -495,12 +521,16 @@ def load_config(environ: Mapping[str, str]) -> Config:
     if cluster and (not _DNS_LABEL.match(cluster) or len(cluster) > 63):
         c.bad("KATALOG_CLUSTER_NAME", cluster, "must be lower-case letters, digits and '-'")
     pod_uid = c.raw("POD_UID") or None
+    if pod_uid and len(pod_uid.encode("utf-8", "surrogatepass")) > _MAX_META_VALUE_BYTES:
+        c.bad("POD_UID", pod_uid, "not a pod UID (downward API `metadata.uid`): longer than a meta value may be")
     tool_meta_count = 4 + (pod_uid is not None) + (cluster is not None)
     consul = _parse_consul(c, host_ip)
     services = _parse_services(c, tool_meta_count)
     check_ttl = c.duration("KATALOG_CHECK_TTL")
     if 0 < check_ttl < 3:
         c.bad("KATALOG_CHECK_TTL", c.raw("KATALOG_CHECK_TTL"), "must be at least 3s (it is refreshed every third of it)")
+    elif check_ttl > _MAX_CHECK_TTL:
+        c.bad("KATALOG_CHECK_TTL", c.raw("KATALOG_CHECK_TTL"), "at most 24h (a dead pod's instance stays passing this long)")
     dereg = c.duration("KATALOG_DEREGISTER_CRITICAL_AFTER")
     if 0 < dereg < _MIN_DEREGISTER_AFTER:
         c.bad("KATALOG_DEREGISTER_CRITICAL_AFTER", c.raw("KATALOG_DEREGISTER_CRITICAL_AFTER"), "Consul's minimum is 1m")

@@ -53,12 +53,16 @@ class KubeClient:
         ca_file: Path,
         timeout: float,
         *,
+        watch_inactivity: float | None = None,
         clock: Callable[[], float] = time.monotonic,
         session: requests.Session | None = None,
     ) -> None:
         self._base = api_url.rstrip("/")
         self._token_file = token_file
         self._timeout = timeout
+        # A watch may legitimately stay silent for about a minute between bookmarks, so its
+        # read timeout is its own, longer than the request timeout.
+        self._watch_inactivity = watch_inactivity if watch_inactivity is not None else timeout
         self._clock = clock
         self._session = session or requests.Session()
         self._token: str | None = None
@@ -160,7 +164,7 @@ class KubeClient:
                 headers=headers,
                 verify=self._verify,
                 stream=stream,
-                timeout=(self._timeout, self._timeout),
+                timeout=(self._timeout, self._watch_inactivity if stream else self._timeout),
                 allow_redirects=False,
             )
         except requests.RequestException as exc:
@@ -202,7 +206,7 @@ class KubeClient:
             raise StreamBrokenError() from exc
         except requests.ConnectionError as exc:
             # requests raises a plain ConnectionError for a read timeout inside a stream.
-            raise WatchInactiveError(self._timeout) from exc
+            raise WatchInactiveError(self._watch_inactivity) from exc
         finally:
             with self._lock:
                 self._open.discard(response)
@@ -215,7 +219,7 @@ class KubeClient:
             return None
         try:
             event = json.loads(line)
-        except ValueError:
+        except (ValueError, RecursionError):  # RecursionError: nesting deeper than the decoder's stack
             event = None
         if isinstance(event, dict) and isinstance(event.get("type"), str):
             return event

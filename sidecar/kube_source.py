@@ -106,7 +106,7 @@ class KubernetesSource:
         k = config.kubernetes
         if not k.api_url:
             raise ConfigError(["KATALOG_KUBE_API_URL is not set and not running in a cluster"])
-        client = KubeClient(k.api_url, k.token_file, k.ca_file, k.timeout)
+        client = KubeClient(k.api_url, k.token_file, k.ca_file, k.timeout, watch_inactivity=k.watch_inactivity)
         return cls(
             client,
             config.pod_namespace,
@@ -151,7 +151,8 @@ class KubernetesSource:
             log.warning("pod %s not found: deleted, or POD_NAME/POD_NAMESPACE are wrong", self.pod)
             sink.observe(Observation(ready=False, detail="pod not found", terminating=True, deleted=True, pod_uid=self._uid))
             raise _PodGoneError()
-        self._pod_changed(pod, sink)
+        if self._is_our_pod(pod):
+            self._pod_changed(pod, sink)
         self._rv = rv
         return rv
 
@@ -196,6 +197,8 @@ class KubernetesSource:
         kind = event.get("type")
         obj = event.get("object")
         obj = obj if isinstance(obj, dict) else {}
+        if kind in ("ADDED", "MODIFIED", "DELETED") and not self._is_our_pod(obj):
+            return
         if kind in ("ADDED", "MODIFIED", "BOOKMARK"):
             if kind != "BOOKMARK":
                 self._pod_changed(obj, sink)
@@ -213,6 +216,21 @@ class KubernetesSource:
         elif f"type:{kind}" not in self._said:
             self._said.add(f"type:{kind}")
             log.warning("skipping watch events of unknown type %.40r", kind)
+
+    def _is_our_pod(self, obj: dict[str, Any]) -> bool:
+        """Skips junk (logged once per kind): read as a pod, an object without containers would
+        make the app look ready, and one naming another pod would drain this one."""
+        meta, spec = obj.get("metadata"), obj.get("spec")
+        if not isinstance(meta, dict) or meta.get("name") != self._name or meta.get("namespace", self._namespace) != self._namespace:
+            problem = f"is not pod {self.pod}"
+        elif not isinstance(spec, dict) or not isinstance(spec.get("containers"), list) or not spec["containers"]:
+            problem = "has no spec.containers"
+        else:
+            return True
+        if f"junk:{problem}" not in self._said:
+            self._said.add(f"junk:{problem}")
+            log.warning("skipping an object from the Kubernetes API that %s", problem)
+        return False
 
     def _pod_changed(self, pod: dict[str, Any], sink: ReadinessSink) -> None:
         uid = (pod.get("metadata") or {}).get("uid")

@@ -19,6 +19,11 @@ PASSING = "passing"
 CRITICAL = "critical"
 
 LIVENESS_RUNNING = "katalog-sidecar is running"
+
+# The readiness check needs a TTL only because Consul's TTL checks require one: a dead or hung
+# sidecar is caught by the liveness check's TTL, which makes the instance unhealthy on its own.
+# A longer readiness TTL halves the refresh requests a steady sidecar makes.
+READINESS_TTL_FACTOR = 10
 TERMINATING = "pod is terminating"
 
 
@@ -118,6 +123,7 @@ def registration_payload(instance: Instance, config: Config) -> dict[str, Any]:
     status it had, so adopting an instance does not flap it; the caller pushes right after.
     """
     ttl = format_duration(config.check_ttl)
+    readiness_ttl = format_duration(config.check_ttl * READINESS_TTL_FACTOR)
     return {
         "ID": instance.service_id,
         "Name": instance.name,
@@ -130,7 +136,7 @@ def registration_payload(instance: Instance, config: Config) -> dict[str, Any]:
                 "CheckID": instance.readiness_check_id,
                 "Name": "Kubernetes readiness",
                 "Notes": "Mirrors the readiness of the pod's app containers, as seen by katalog-sidecar.",
-                "TTL": ttl,
+                "TTL": readiness_ttl,
                 "Status": CRITICAL,
             },
             {

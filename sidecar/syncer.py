@@ -28,6 +28,7 @@ from sidecar.registration import (
     CRITICAL,
     LIVENESS_RUNNING,
     PASSING,
+    READINESS_TTL_FACTOR,
     TERMINATING,
     CheckState,
     Instance,
@@ -75,7 +76,8 @@ class Syncer:
         self._events: queue.SimpleQueue[tuple[str, Any]] = queue.SimpleQueue()
         self._retry_backoff = Backoff(initial=0.2, cap=10.0)
         self._retry_at: float | None = None
-        self._next_refresh = 0.0
+        self._next_refresh = 0.0  # liveness TTLs
+        self._next_readiness_refresh = 0.0
         self._next_heartbeat = 0.0
         self._last_logged: str | None = None
         self._final_message: str | None = None
@@ -221,7 +223,8 @@ class Syncer:
                 s.port_problem = str(exc)
                 self._maybe_heartbeat(now, force=True)
                 return
-        if self._retry_at is not None and now < self._retry_at:
+        # A refused token is retried after a long wait, or at once when its file was rewritten.
+        if self._retry_at is not None and now < self._retry_at and not self.agent.token_rotated():
             self._maybe_heartbeat(now)
             return
         self._retry_at = None
@@ -282,6 +285,7 @@ class Syncer:
             changed = True
         if changed:
             self._next_refresh = self.clock() + self.config.check_ttl / 3
+            self._next_readiness_refresh = self.clock() + self.config.check_ttl * READINESS_TTL_FACTOR / 3
         return changed
 
     def _push_changes(self) -> bool:
@@ -301,12 +305,17 @@ class Syncer:
 
     def _refresh_ttls(self) -> None:
         # Same status and output as last time: the agent only resets its TTL timer, no Raft write.
+        now = self.clock()
+        with_readiness = now >= self._next_readiness_refresh
         for inst in self.state.instances:
-            for check_id in (inst.readiness_check_id, inst.liveness_check_id):
+            check_ids = (inst.readiness_check_id, inst.liveness_check_id) if with_readiness else (inst.liveness_check_id,)
+            for check_id in check_ids:
                 check = self.state.pushed.get(check_id)
                 if check is not None:
                     self._update_check(inst, check_id, check)
-        self._next_refresh = self.clock() + self.config.check_ttl / 3
+        self._next_refresh = now + self.config.check_ttl / 3
+        if with_readiness:
+            self._next_readiness_refresh = now + self.config.check_ttl * READINESS_TTL_FACTOR / 3
 
     def _update_check(self, inst: Instance, check_id: str, check: CheckState) -> None:
         try:
