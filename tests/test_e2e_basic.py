@@ -21,6 +21,9 @@ def test_register_confirm_gate_and_deregister_on_sigterm(dev_agent, run_sidecar,
 
     line = sidecar.wait_gate(passing=True, timeout=15)
     assert line == "ok (latched): web, admin passing in the catalog"
+    # No charset guesser loaded (4 MB per pod), and no warning about its absence either.
+    assert "charset_normalizer" not in Path(f"/proc/{sidecar.proc.pid}/maps").read_text()
+    assert "Warning" not in sidecar.logs()
 
     [web] = dev_agent.health("web")
     assert web["Service"]["ID"] == SERVICE_ID
