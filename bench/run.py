@@ -1,0 +1,1049 @@
+"""The benchmark: latency, steady-state cost and scaling of katalog-sidecar against real Consul.
+
+    python bench/run.py [--quick] [--out bench/out] [--charts docs/img]
+
+Starts its own Consul dev agent and fake Kubernetes API (loopback only), runs real
+`katalog-sidecar run` processes and the real `readiness-gate`, prints a markdown table, and
+writes to --out `results.json` (every figure as n / p10 / p50 / p90 / p99 / min / max, plus the
+raw samples) and `table.md`; charts go to --charts (matplotlib, optional). Every process it
+starts is stopped before it returns, also on errors and Ctrl-C.
+
+Latencies are measured from the moment the fake API hands the watch event to the sidecar's
+connection (deletionTimestamp, readiness flips) or the moment SIGTERM is sent, to the arrival
+of the Consul blocking query (on /v1/health/service/<name>, as bench.harness.wait_catalog)
+whose answer first shows the new state.
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import math
+import os
+import platform
+import random
+import shutil
+import signal
+import subprocess
+import sys
+import sysconfig
+import tempfile
+import threading
+import time
+from collections.abc import Callable, Iterable, Sequence
+from dataclasses import asdict, dataclass
+from pathlib import Path
+from typing import Any
+
+import requests
+
+REPO = Path(__file__).resolve().parent.parent
+sys.path.insert(0, str(REPO))
+
+from bench import harness  # noqa: E402
+from bench.harness import ConsulAgent, FakeKube, PodSidecar, instance_status, provide_consul  # noqa: E402
+
+NS = "bench"
+SERVICE = "web"
+MS = 1000.0
+
+# --- targets (ARCHITECTURE.md, "Performance targets") ----------------------------------------
+TARGET_FLIP_P50_MS = 50.0
+TARGET_FLIP_P99_MS = 250.0
+TARGET_CRITICAL_P50_MS = 50.0
+TARGET_RESTART_S = 2.0
+TARGET_RSS_MB = 35.0
+TARGET_IDLE_CPU_PCT = 0.1
+TARGET_GATE_RATIO = 1.2
+
+
+@dataclass(frozen=True)
+class Params:
+    """How much to measure. `full` is the default; `quick` and `smoke` shrink every figure."""
+
+    flips_single: int = 200  # fig 1: transitions on one pod (half ready->passing, half the reverse)
+    scale_sizes: tuple[int, ...] = (1, 10, 50)  # fig 7
+    scale_min_flips: int = 100  # fig 7: at least this many transitions per fleet size ...
+    scale_min_flips_per_pod: int = 5  # ... and at least this many per pod
+    flip_pause: tuple[float, float] = (0.02, 0.06)  # random pause between transitions (s)
+    idle_pods: int = 20  # fig 4/5
+    idle_seconds: float = 60.0
+    scale_idle_seconds: float = 30.0  # fig 7: the idle window of each fleet size
+    termination_pods: int = 20  # fig 2: pods deleted, and pods sent SIGTERM
+    restarts: int = 5  # fig 3
+    restart_down_s: float = 3.0  # fig 3: how long the agent stays down (a DaemonSet pod replaced takes seconds)
+    gate_samples: int = 200  # fig 6: runs of each of gate and bare interpreter
+    settle_seconds: float = 3.0  # after a fleet is confirmed, before an idle window
+
+    def flips_per_pod(self, n: int) -> int:
+        if n == 1:
+            return self.flips_single
+        return max(self.scale_min_flips_per_pod, math.ceil(self.scale_min_flips / n))
+
+
+PRESETS: dict[str, Params] = {
+    "full": Params(),
+    "quick": Params(flips_single=100, scale_min_flips=50, scale_min_flips_per_pod=2, idle_seconds=30.0,
+                    scale_idle_seconds=10.0, termination_pods=10, restarts=3, gate_samples=100,
+                    settle_seconds=2.0),
+    # For tests/test_bench_smoke.py: every figure present, seconds instead of minutes.
+    "smoke": Params(flips_single=6, scale_sizes=(1, 2), scale_min_flips=4, scale_min_flips_per_pod=2,
+                    flip_pause=(0.01, 0.02), idle_pods=2, idle_seconds=3.0, scale_idle_seconds=2.0,
+                    termination_pods=2, restarts=1, restart_down_s=0.5, gate_samples=10, settle_seconds=0.5),
+}
+
+
+# --- statistics ----------------------------------------------------------------------------
+
+def percentile(sorted_values: Sequence[float], q: float) -> float:
+    """Linear interpolation between closest ranks (numpy's default), q in [0, 100]."""
+    if not sorted_values:
+        return math.nan
+    pos = (len(sorted_values) - 1) * q / 100.0
+    lo, hi = math.floor(pos), math.ceil(pos)
+    return sorted_values[lo] + (sorted_values[hi] - sorted_values[lo]) * (pos - lo)
+
+
+def summarize(values: Iterable[float]) -> dict[str, float]:
+    v = sorted(values)
+    if not v:
+        return {"n": 0}
+    return {"n": len(v), "min": v[0], "p10": percentile(v, 10), "p50": percentile(v, 50),
+            "p90": percentile(v, 90), "p99": percentile(v, 99), "max": v[-1], "mean": sum(v) / len(v)}
+
+
+# --- processes and /proc -------------------------------------------------------------------
+
+def console_script(name: str) -> str:
+    """The installed script itself, not a version-manager shim (a pyenv shim costs a bash start)."""
+    candidates = [Path(sysconfig.get_path("scripts")) / name, Path(sys.executable).parent / name]
+    which = shutil.which(name)
+    if which:
+        candidates.append(Path(which))
+    for path in candidates:
+        if path.is_file() and os.access(path, os.X_OK) and "python" in shebang(path)[0]:
+            return str(path)
+    return which or name
+
+
+def shebang(path: Path) -> list[str]:
+    with path.open("rb") as handle:
+        first = handle.readline().decode(errors="replace").strip()
+    return first[2:].split() if first.startswith("#!") else [""]
+
+
+def cpu_seconds(pid: int) -> float:
+    """utime + stime of every thread of the process, from /proc/<pid>/stat."""
+    fields = Path(f"/proc/{pid}/stat").read_text().rsplit(")", 1)[1].split()
+    return (int(fields[11]) + int(fields[12])) / os.sysconf("SC_CLK_TCK")
+
+
+def cpu_seconds_precise(pid: int) -> float:
+    """Time on CPU summed over the process's threads, in ns from /proc/<pid>/task/*/schedstat."""
+    total = 0
+    for task in Path(f"/proc/{pid}/task").iterdir():
+        try:
+            total += int((task / "schedstat").read_text().split()[0])
+        except (OSError, ValueError, IndexError):
+            pass  # a thread that just ended
+    return total / 1e9
+
+
+def rss_mb(pid: int) -> float:
+    for line in Path(f"/proc/{pid}/status").read_text().splitlines():
+        if line.startswith("VmRSS:"):
+            return int(line.split()[1]) / 1024.0
+    return math.nan
+
+
+def scrape(port: int) -> dict[str, float]:
+    """The sidecar's /metrics as {'name{labels}': value} (only what the bench reads)."""
+    text = requests.get(f"http://127.0.0.1:{port}/metrics", timeout=5).text
+    out: dict[str, float] = {}
+    for line in text.splitlines():
+        if line.startswith(("katalog_consul_requests", "katalog_watch_restarts_total")):
+            key, _, value = line.rpartition(" ")
+            out[key] = float(value)
+    return out
+
+
+def _restarts(metrics: dict[str, float]) -> float:
+    return sum(v for k, v in metrics.items() if k.startswith("katalog_watch_restarts_total"))
+
+
+def _counter(metrics: dict[str, float], name: str, target: str) -> float:
+    return metrics.get(f'{name}{{target="{target}"}}', 0.0)
+
+
+# --- the world: Consul, fake API, sidecars -------------------------------------------------
+
+class TimedKube(FakeKube):
+    """The fake API, noting when a watch event for a pod leaves for the sidecar's connection.
+
+    Only the newest watch of each pod counts: a watch the client gave up on stays registered
+    in the fake until its timeoutSeconds, and its handler would note a later time."""
+
+    def __init__(self, token_file: Path) -> None:
+        super().__init__(token_file)
+        self.emitted: dict[str, float] = {}
+        self._newest: dict[str, Any] = {}
+
+    def _open_watch(self, namespace: str, selector: dict[str, str], query: dict[str, str]) -> Any:
+        watch, lines, code = super()._open_watch(namespace, selector, query)
+        if watch is not None:
+            self._newest[selector.get("metadata.name", "")] = watch
+        return watch, lines, code
+
+    def _next_lines(self, watch: Any, deadline: float) -> tuple[list[bytes], str | None]:
+        lines, how = super()._next_lines(watch, deadline)
+        name = watch.selector.get("metadata.name", "")
+        if lines and self._newest.get(name) is watch:  # written to the socket right after this returns
+            self.emitted[name] = time.monotonic()
+        return lines, how
+
+
+class CatalogWatch:
+    """Consul blocking queries on /v1/health/service/<name>, as harness.wait_catalog, but the
+    index is kept between waits: `sync()` before an action, then `wait()` catches the first
+    answer after it, timed at its arrival."""
+
+    def __init__(self, agent: ConsulAgent, service: str) -> None:
+        self.agent, self.service = agent, service
+        self.session = requests.Session()
+        self.index = 0
+        self.entries: list[dict[str, Any]] = []
+        self.arrived = 0.0
+
+    def _get(self, params: dict[str, str], timeout: float) -> None:
+        response = self.session.get(f"{self.agent.http}/v1/health/service/{self.service}", params=params,
+                                    timeout=timeout)
+        arrived = time.monotonic()
+        response.raise_for_status()
+        new_index = int(response.headers.get("X-Consul-Index", "0"))
+        # Consul's rule: an index that went backwards means a reset (e.g. the agent restarted).
+        self.index = new_index if new_index >= self.index else 0
+        self.entries, self.arrived = response.json(), arrived
+
+    def sync(self) -> None:
+        self._get({}, timeout=10)
+
+    def wait(self, predicate: Callable[[list[dict[str, Any]]], bool], timeout: float = 15.0,
+             tolerate_errors: bool = False) -> float:
+        """Monotonic arrival time of the first answer satisfying `predicate` (maybe the cached one)."""
+        deadline = time.monotonic() + timeout
+        if self.arrived and predicate(self.entries):
+            return self.arrived
+        while True:
+            remaining = deadline - time.monotonic()
+            if remaining <= 0:
+                raise TimeoutError(f"catalog condition on {self.service!r} not met within {timeout}s")
+            params = {"index": str(self.index), "wait": f"{max(1, int(remaining * 1000))}ms"} if self.index else {}
+            try:
+                self._get(params, timeout=remaining + 5)
+            except (requests.RequestException, ValueError):
+                if not tolerate_errors:
+                    raise
+                self.index, self.arrived = 0, 0.0
+                time.sleep(0.005)
+                continue
+            if predicate(self.entries):
+                return self.arrived
+
+
+def index_of(agent: ConsulAgent, path: str) -> int:
+    return int(requests.get(f"{agent.http}{path}", timeout=10).headers["X-Consul-Index"])
+
+
+class IndexCounter(threading.Thread):
+    """Counts changes of X-Consul-Index on `path` with blocking queries until `deadline`."""
+
+    def __init__(self, agent: ConsulAgent, path: str, deadline: float) -> None:
+        super().__init__(name=f"index:{path}", daemon=True)
+        self.url, self.deadline = f"{agent.http}{path}", deadline
+        self.start_index = self.end_index = index_of(agent, path)
+        self.changes = 0
+        self.error: str | None = None
+
+    def run(self) -> None:
+        session = requests.Session()
+        index = self.start_index
+        for _ in range(100_000):  # bounded; a window sees a handful of answers at most
+            remaining = self.deadline - time.monotonic()
+            if remaining <= 0.05:
+                break
+            try:
+                response = session.get(self.url, params={"index": str(index), "wait": f"{int(remaining * 1000)}ms"},
+                                       timeout=remaining + 5)
+                new = int(response.headers["X-Consul-Index"])
+            except (requests.RequestException, KeyError, ValueError) as exc:
+                self.error = str(exc)
+                break
+            if new != index:
+                self.changes += 1
+                index = new
+        self.end_index = index
+
+
+@dataclass
+class Fleet:
+    pods: list[PodSidecar]
+    metrics_ports: dict[str, int]
+
+    @property
+    def pids(self) -> dict[str, int]:
+        return {p.name: p.proc.pid for p in self.pods if p.proc is not None}
+
+
+class World:
+    def __init__(self, work: Path) -> None:
+        self.work = work
+        self.agent = ConsulAgent(provide_consul(), work, "bench-node", "127.0.0.1", [], dev=True)
+        self.kube = TimedKube(work / "kube-token")
+        self.started: list[PodSidecar] = []  # every sidecar ever started, for the final cleanup
+        self.seq = 0
+
+    def start(self) -> World:
+        self.agent.start()
+        self.kube.start()
+        return self
+
+    def stop(self) -> None:
+        for pod in self.started:
+            try:
+                pod.kill()
+            except Exception as exc:  # noqa: BLE001 - cleanup goes on whatever happens
+                print(f"warning: could not kill {pod.name}: {exc}", file=sys.stderr)
+        self.kube.stop()
+        self.agent.stop()
+
+    def consul_version(self) -> str:
+        return str(self.agent.get("/v1/agent/self")["Config"]["Version"])
+
+    def fleet(self, n: int, label: str, timeout: float | None = None) -> Fleet:
+        """n pods (app ready) and their sidecars, returned once all are passing and confirmed."""
+        from consul_agents import free_port  # tests/ is on sys.path through bench.harness
+
+        pods: list[PodSidecar] = []
+        ports: dict[str, int] = {}
+        for _ in range(n):
+            self.seq += 1
+            name = f"{label}-{self.seq:04d}"
+            ports[name] = free_port("127.0.0.1")
+            pod = PodSidecar(self.work, self.agent, self.kube, name, namespace=NS, service=SERVICE,
+                             pod_ip=f"10.42.{self.seq // 250}.{self.seq % 250 + 1}",
+                             KATALOG_METRICS_ADDR=f"127.0.0.1:{ports[name]}",
+                             KATALOG_HEARTBEAT_INTERVAL="5s")  # the product default, not the demo's 2s
+            pod.create_pod(ready=True)
+            self.started.append(pod)
+            pod.start()
+            pods.append(pod)
+        timeout = timeout or 60.0 + 2.0 * n
+        deadline = time.monotonic() + timeout
+        watch = CatalogWatch(self.agent, SERVICE)
+        restarts = 0
+        while True:
+            for pod in pods:
+                if pod.proc is None or pod.proc.poll() is None:
+                    continue
+                # Other processes on the machine may take the free port we picked for /metrics
+                # before the sidecar binds it: start it again on another port, a few times.
+                if "Address already in use" not in tail(pod, 40) or restarts >= 5:
+                    raise RuntimeError(f"sidecar {pod.name} exited {pod.proc.returncode}: {tail(pod)}")
+                restarts += 1
+                ports[pod.name] = free_port("127.0.0.1")
+                pod.env["KATALOG_METRICS_ADDR"] = f"127.0.0.1:{ports[pod.name]}"
+                print(f"warning: {pod.name}: metrics port taken; restarting on {ports[pod.name]}", file=sys.stderr)
+                pod.start()
+            try:
+                watch.wait(lambda e: all(instance_status(e, p.service_id) == "passing" for p in pods),
+                           timeout=min(2.0, max(0.1, deadline - time.monotonic())))
+                break
+            except TimeoutError:
+                if time.monotonic() > deadline:
+                    missing = [p for p in pods if instance_status(watch.entries, p.service_id) != "passing"]
+                    raise TimeoutError(
+                        f"{len(missing)} of {n} instances not passing in the catalog after {timeout:g}s: "
+                        + ", ".join(f"{p.name} ({instance_status(watch.entries, p.service_id)}, {phase(p)})"
+                                    for p in missing[:5]) + (f"\n{tail(missing[0])}" if missing else "")) from None
+        for pod in pods:
+            while phase(pod) != "confirmed":
+                if pod.proc is not None and pod.proc.poll() is not None:
+                    raise RuntimeError(f"sidecar {pod.name} exited {pod.proc.returncode}: {tail(pod)}")
+                if time.monotonic() > deadline:
+                    raise TimeoutError(f"sidecar {pod.name} not confirmed: {phase(pod)}: {tail(pod)}")
+                time.sleep(0.1)
+        return Fleet(pods, ports)
+
+    def dismiss(self, fleet: Fleet) -> None:
+        """SIGTERM every sidecar at once (they drain and deregister), then forget the pods."""
+        for pod in fleet.pods:
+            if pod.proc is not None and pod.proc.poll() is None:
+                pod.proc.terminate()
+        for pod in fleet.pods:
+            try:
+                pod.terminate(timeout=40)
+            except subprocess.TimeoutExpired:
+                print(f"warning: {pod.name} ignored SIGTERM for 40s; killed", file=sys.stderr)
+                pod.kill()
+            try:
+                self.kube.delete_pod(NS, pod.name)
+            except KeyError:
+                pass
+        leftovers = [sid for sid in self.agent.agent_services() if sid.startswith(f"{NS}:")]
+        for sid in leftovers:  # a drain that did not finish must not skew the next figure
+            requests.put(f"{self.agent.http}/v1/agent/service/deregister/{sid}", timeout=10)
+
+
+def phase(pod: PodSidecar) -> str:
+    try:
+        return str(json.loads((pod.workdir / "status.json").read_text()).get("phase"))
+    except (OSError, ValueError):
+        return "none"
+
+
+def tail(pod: PodSidecar, lines: int = 15) -> str:
+    try:
+        return "\n".join(pod.log_path.read_text(errors="replace").splitlines()[-lines:])
+    except OSError:
+        return "(no log)"
+
+
+# --- figures ------------------------------------------------------------------------------
+
+def measure_flips(world: World, fleet: Fleet, per_pod: int, params: Params, rng: random.Random) -> dict[str, list[float]]:
+    """Fig 1/7: flip the app container of each pod, round-robin; ms from emit to catalog."""
+    watch = CatalogWatch(world.agent, SERVICE)
+    out: dict[str, list[float]] = {"ready_to_passing_ms": [], "not_ready_to_critical_ms": []}
+    ready = {p.name: True for p in fleet.pods}
+
+    def flip(pod: PodSidecar, measured: bool) -> None:
+        want_ready = not ready[pod.name]
+        want = "passing" if want_ready else "critical"
+        watch.sync()
+        world.kube.emitted.pop(pod.name, None)
+        committed = time.monotonic()
+        pod.set_app_ready(want_ready)
+        arrived = watch.wait(lambda e, sid=pod.service_id, want=want: instance_status(e, sid) == want)
+        emitted = world.kube.emitted.get(pod.name, committed)
+        ready[pod.name] = want_ready
+        if measured:
+            out["ready_to_passing_ms" if want_ready else "not_ready_to_critical_ms"].append((arrived - emitted) * MS)
+        time.sleep(rng.uniform(*params.flip_pause))
+
+    for _ in range(per_pod):
+        for pod in fleet.pods:
+            flip(pod, measured=True)
+    for pod in fleet.pods:  # leave every app ready, as found
+        if not ready[pod.name]:
+            flip(pod, measured=False)
+    for pod in fleet.pods:
+        wait_phase(pod, "confirmed", 30)
+    return out
+
+
+def wait_phase(pod: PodSidecar, wanted: str, timeout: float) -> None:
+    deadline = time.monotonic() + timeout
+    while phase(pod) != wanted:
+        if time.monotonic() > deadline:
+            raise TimeoutError(f"{pod.name} not {wanted} within {timeout}s: {phase(pod)}: {tail(pod)}")
+        time.sleep(0.05)
+
+
+def measure_idle(world: World, fleet: Fleet, seconds: float, settle: float) -> dict[str, Any]:
+    """Fig 4/5: catalog index changes, requests to agent and API, open server queries, RSS, CPU."""
+    time.sleep(settle)
+    deadline = time.monotonic() + 30
+    while any(_counter(scrape(port), "katalog_consul_requests_in_flight", "servers") > 0
+              for port in fleet.metrics_ports.values()):
+        if time.monotonic() > deadline:
+            break  # measured and reported as open server-bound queries
+        time.sleep(0.5)
+    pids = fleet.pids
+    start = time.monotonic()
+    counters = [IndexCounter(world.agent, "/v1/catalog/services", start + seconds),
+                IndexCounter(world.agent, f"/v1/health/service/{SERVICE}", start + seconds)]
+    scraped_at: dict[str, list[float]] = {name: [] for name in pids}
+
+    def scrape_all() -> dict[str, dict[str, float]]:
+        out = {}
+        for name, port in fleet.metrics_ports.items():
+            out[name] = scrape(port)
+            scraped_at[name].append(time.monotonic())
+        return out
+
+    before = scrape_all()
+    kube_before = len(world.kube.requests)
+    cpu0 = {name: cpu_seconds(pid) for name, pid in pids.items()}
+    precise0 = {name: cpu_seconds_precise(pid) for name, pid in pids.items()}
+    t0 = time.monotonic()
+    for c in counters:
+        c.start()
+    rss: dict[str, list[float]] = {name: [] for name in pids}
+    for _ in range(int(seconds / 0.5) + 2):  # /proc reads only: they cost the sidecars nothing
+        for name, pid in pids.items():
+            rss[name].append(rss_mb(pid))
+        remaining = t0 + seconds - time.monotonic()
+        if remaining <= 0:
+            break
+        time.sleep(min(5.0, remaining))
+    cpu1 = {name: cpu_seconds(pid) for name, pid in pids.items()}
+    precise1 = {name: cpu_seconds_precise(pid) for name, pid in pids.items()}
+    t1 = time.monotonic()
+    window = t1 - t0
+    after = scrape_all()
+    for c in counters:
+        c.join(timeout=15)
+    scrape_window = {name: ts[1] - ts[0] for name, ts in scraped_at.items()}
+    kube_new = [r for r in world.kube.requests[kube_before:] if t0 <= r.time <= t1]
+    per_pod_api = {name: 0 for name in pids}
+    for r in kube_new:
+        name = r.query.get("fieldSelector", "").partition("metadata.name=")[2].split(",")[0]
+        per_pod_api[name] = per_pod_api.get(name, 0) + 1
+    dead = [p.name for p in fleet.pods if p.proc is None or p.proc.poll() is not None]
+    if dead:
+        raise RuntimeError(f"sidecars died during the idle window: {dead}")
+    per_minute = 60.0 / window
+    return {
+        "sidecars": len(pids),
+        "window_s": window,
+        "catalog_services_index_changes": counters[0].changes,
+        "health_service_index_changes": counters[1].changes,
+        "catalog_index_changes_per_min": (counters[0].changes + counters[1].changes) * per_minute,
+        "index_before_after": {c.url.split("/v1", 1)[1]: [c.start_index, c.end_index] for c in counters},
+        "agent_requests_per_sidecar": summarize(
+            _counter(after[n], "katalog_consul_requests_total", "agent")
+            - _counter(before[n], "katalog_consul_requests_total", "agent") for n in pids),
+        "agent_requests_per_sidecar_per_min": summarize(
+            (_counter(after[n], "katalog_consul_requests_total", "agent")
+             - _counter(before[n], "katalog_consul_requests_total", "agent")) * 60.0 / scrape_window[n] for n in pids),
+        "metrics_scrape_window_s": summarize(scrape_window.values()),
+        "server_requests_per_sidecar": summarize(
+            _counter(after[n], "katalog_consul_requests_total", "servers")
+            - _counter(before[n], "katalog_consul_requests_total", "servers") for n in pids),
+        "api_requests_per_sidecar": summarize(per_pod_api[n] for n in pids),
+        "api_requests_total": len(kube_new),
+        "servers_in_flight_per_sidecar": summarize(
+            max(_counter(before[n], "katalog_consul_requests_in_flight", "servers"),
+                _counter(after[n], "katalog_consul_requests_in_flight", "servers")) for n in pids),
+        "agent_in_flight_per_sidecar": summarize(
+            _counter(after[n], "katalog_consul_requests_in_flight", "agent") for n in pids),
+        "rss_mb": summarize(max(v) for v in rss.values()),
+        "cpu_pct_of_core": summarize((cpu1[n] - cpu0[n]) / window * 100.0 for n in pids),
+        "cpu_tick_s": 1.0 / os.sysconf("SC_CLK_TCK"),
+        "cpu_pct_of_core_schedstat": summarize((precise1[n] - precise0[n]) / window * 100.0 for n in pids),
+        "watch_restarts_per_sidecar": summarize(_restarts(after[n]) - _restarts(before[n]) for n in pids),
+    }
+
+
+def measure_termination(world: World, pods: Sequence[PodSidecar], how: str) -> dict[str, list[float]]:
+    """Fig 2: deletionTimestamp or SIGTERM, one pod at a time; ms to critical and to removed."""
+    watch = CatalogWatch(world.agent, SERVICE)
+    out: dict[str, list[float]] = {"critical_ms": [], "removed_ms": [], "exit_codes": []}
+    for pod in pods:
+        assert pod.proc is not None
+        watch.sync()
+        world.kube.emitted.pop(pod.name, None)
+        t0 = time.monotonic()
+        if how == "deletion":
+            world.kube.set_deletion_timestamp(NS, pod.name, grace_seconds=30)
+        else:
+            pod.proc.send_signal(signal.SIGTERM)
+        critical = watch.wait(lambda e, sid=pod.service_id: instance_status(e, sid) != "passing", timeout=30)
+        removed = watch.wait(lambda e, sid=pod.service_id: instance_status(e, sid) is None, timeout=30)
+        if how == "deletion":
+            t0 = world.kube.emitted.get(pod.name, t0)
+        else:
+            out["exit_codes"].append(pod.proc.wait(timeout=30))
+        out["critical_ms"].append((critical - t0) * MS)
+        out["removed_ms"].append((removed - t0) * MS)
+    return out
+
+
+def measure_restarts(world: World, fleet: Fleet, n: int, down_s: float) -> dict[str, list[float]]:
+    """Fig 3: stop the dev agent, keep it down `down_s`, start it (state lost); s from its first
+    HTTP answer to the instance passing again."""
+    agent = world.agent
+    out: dict[str, list[float]] = {"to_passing_s": [], "to_leader_s": [], "down_s": []}
+    ids = {p.service_id for p in fleet.pods}
+    for _ in range(n):
+        down_at = time.monotonic()
+        agent.stop()
+        time.sleep(down_s)
+        with agent.log_path.open("ab") as log:  # as ConsulAgent.start, without its 100 ms polling
+            agent.proc = subprocess.Popen(agent.args(), stdout=log, stderr=subprocess.STDOUT, start_new_session=True)
+        answered = _first_answer(agent, "/v1/agent/self", lambda r: r.ok, timeout=60)
+        leader: list[float] = []
+        poller = threading.Thread(target=_note_leader, args=(agent, leader), daemon=True)
+        poller.start()
+        passing = CatalogWatch(agent, SERVICE).wait(
+            lambda e: all(instance_status(e, sid) == "passing" for sid in ids), timeout=60, tolerate_errors=True)
+        poller.join(timeout=65)
+        out["down_s"].append(answered - down_at)
+        out["to_passing_s"].append(passing - answered)
+        out["to_leader_s"].append((leader[0] - answered) if leader else math.nan)
+        for pod in fleet.pods:
+            wait_phase(pod, "confirmed", 30)
+        time.sleep(1.0)
+    return out
+
+
+def _note_leader(agent: ConsulAgent, into: list[float]) -> None:
+    into.append(_first_answer(agent, "/v1/status/leader", lambda r: r.ok and bool(r.json()), timeout=60))
+
+
+def _first_answer(agent: ConsulAgent, path: str, ok: Callable[[requests.Response], bool], timeout: float) -> float:
+    session = requests.Session()
+    deadline = time.monotonic() + timeout
+    while time.monotonic() < deadline:
+        try:
+            response = session.get(f"{agent.http}{path}", timeout=1)
+            arrived = time.monotonic()
+            if ok(response):
+                return arrived
+        except (requests.RequestException, ValueError):
+            pass
+        time.sleep(0.005)
+    raise TimeoutError(f"{agent.http}{path} did not answer within {timeout}s")
+
+
+def _clean_interpreter(interpreter: str, workdir: Path) -> list[str]:
+    """An empty venv of `interpreter` (no site-packages, no .pth); `-S` if that fails."""
+    venv = workdir / "clean-venv"
+    try:
+        subprocess.run([interpreter, "-m", "venv", "--without-pip", str(venv)], check=True, capture_output=True,
+                       timeout=120)
+    except (OSError, subprocess.SubprocessError):
+        return [interpreter, "-S"]
+    return [str(venv / "bin" / "python")]
+
+
+def _package_root(package: str, interpreter: str) -> Path:
+    """The sys.path entry holding `package` for `interpreter` (an editable install: the repo)."""
+    code = f"import {package}, os; print(os.path.dirname(os.path.dirname(os.path.abspath({package}.__file__))))"
+    out = subprocess.run([interpreter, "-c", code], capture_output=True, text=True, timeout=30)
+    return Path(out.stdout.strip() or REPO)
+
+
+def measure_gate(pod: PodSidecar, samples: int, workdir: Path, warmup: int = 5) -> dict[str, Any]:
+    """Fig 6: readiness-gate against a bare `python -c pass` of the gate's own interpreter, alternated."""
+    gate = console_script("readiness-gate")
+    interpreter = shebang(Path(gate)) if Path(gate).is_file() else [sys.executable]
+    if not interpreter[0]:
+        interpreter = [sys.executable]
+    # The same pair in a clean interpreter: this machine's site-packages runs .pth hooks at
+    # every start (an editable install's finder, certificate hooks) that import pathlib, re,
+    # typing..., which the gate then gets for free. A container image has no such hooks, so the
+    # pair also runs in an empty venv of the same Python (the gate found through PYTHONPATH).
+    clean = _clean_interpreter(interpreter[0], workdir)
+    argvs = {"gate": [gate], "bare": [*interpreter, "-c", "pass"],
+             "gate_clean": [*clean, "-c", "import sys\nfrom readiness_gate.__main__ import main\nsys.exit(main())"],
+             "bare_clean": [*clean, "-c", "pass"]}
+    envs = {k: pod.env for k in argvs}
+    envs["gate_clean"] = dict(pod.env, PYTHONPATH=str(_package_root("readiness_gate", interpreter[0])))
+    wall: dict[str, list[float]] = {k: [] for k in argvs}
+    cpu: dict[str, list[float]] = {k: [] for k in argvs}
+    codes: list[int] = []
+    for i in range(warmup + samples):
+        for kind in (("gate", "bare", "gate_clean", "bare_clean") if i % 2 else
+                     ("bare", "gate", "bare_clean", "gate_clean")):
+            t0 = time.perf_counter()
+            proc = subprocess.Popen(argvs[kind], env=envs[kind], stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
+            _, status, usage = os.wait4(proc.pid, 0)
+            elapsed = time.perf_counter() - t0
+            proc.returncode = os.waitstatus_to_exitcode(status)
+            if i >= warmup:
+                wall[kind].append(elapsed * MS)
+                cpu[kind].append((usage.ru_utime + usage.ru_stime) * MS)
+                if kind.startswith("gate"):
+                    codes.append(proc.returncode)
+    result: dict[str, Any] = {"argv": argvs, "gate_exit_codes": sorted(set(codes))}
+    for kind in argvs:
+        result[f"{kind}_wall_ms"] = summarize(wall[kind])
+        result[f"{kind}_cpu_ms"] = summarize(cpu[kind])
+    result["wall_ratio"] = result["gate_wall_ms"]["p50"] / result["bare_wall_ms"]["p50"]
+    result["cpu_ratio"] = result["gate_cpu_ms"]["p50"] / max(result["bare_cpu_ms"]["p50"], 1e-9)
+    result["clean_wall_ratio"] = result["gate_clean_wall_ms"]["p50"] / result["bare_clean_wall_ms"]["p50"]
+    result["clean_cpu_ratio"] = result["gate_clean_cpu_ms"]["p50"] / max(result["bare_clean_cpu_ms"]["p50"], 1e-9)
+    # Ratios of interleaved pairs: robust to the load drifting during the run.
+    pairs = [g / b for g, b in zip(wall["gate"], wall["bare"], strict=True) if b > 0]
+    result["wall_ratio_pairs"] = summarize(pairs)
+    return result
+
+
+# --- the run ------------------------------------------------------------------------------
+
+def machine() -> dict[str, Any]:
+    model = ""
+    try:
+        for line in Path("/proc/cpuinfo").read_text().splitlines():
+            if line.startswith("model name"):
+                model = line.split(":", 1)[1].strip()
+                break
+    except OSError:
+        pass
+    gate = console_script("readiness-gate")
+    interp = shebang(Path(gate))[0] if Path(gate).is_file() else sys.executable
+    try:
+        sidecar_python = subprocess.run([interp, "-c", "import sys; print(sys.version.split()[0])"],
+                                        capture_output=True, text=True, timeout=30).stdout.strip()
+    except (OSError, subprocess.SubprocessError):
+        sidecar_python = "?"
+    return {"nproc": os.cpu_count(), "cpu_model": model, "kernel": platform.release(),
+            "python": sidecar_python, "python_executable": interp, "bench_python": platform.python_version(),
+            "loadavg_start": list(os.getloadavg())}
+
+
+def code_state() -> dict[str, Any]:
+    """Which product code ran: HEAD, files differing from it, and a fingerprint of the sources
+    (read-only git; the tree may be edited while the benchmark runs)."""
+    def git(*args: str) -> str:
+        try:
+            return subprocess.run(["git", "-C", str(REPO), *args], capture_output=True, text=True, timeout=30).stdout
+        except (OSError, subprocess.SubprocessError):
+            return ""
+
+    sources = sorted([*REPO.glob("sidecar/*.py"), *REPO.glob("readiness_gate/*.py")])
+    return {"head": git("rev-parse", "--short", "HEAD").strip(),
+            "modified": [line.strip() for line in git("status", "--porcelain", "--", "sidecar", "readiness_gate",
+                                                          "setup.cfg").splitlines() if line.strip()],
+            "fingerprint": {str(p.relative_to(REPO)): p.stat().st_mtime_ns for p in sources}}
+
+
+def run(params: Params, out_dir: Path, charts_dir: Path | None, preset: str = "custom",
+        command: str = "", log: Callable[[str], None] = print) -> dict[str, Any]:
+    started = time.monotonic()
+    rng = random.Random(1)
+    harness.SIDECAR = console_script("katalog-sidecar")
+    out_dir.mkdir(parents=True, exist_ok=True)
+    results: dict[str, Any] = {"meta": {"preset": preset, "command": command, "params": asdict(params),
+                                        "machine": machine(), "sidecar": harness.SIDECAR, "code": code_state(),
+                                        "started_utc": time.strftime("%Y-%m-%dT%H:%M:%SZ", time.gmtime())}}
+    figs: dict[str, Any] = {}
+    samples: dict[str, Any] = {}
+    with tempfile.TemporaryDirectory(prefix="katalog-bench-") as tmp:
+        world = World(Path(tmp))
+        try:
+            world.start()
+            results["meta"]["machine"]["consul"] = world.consul_version()
+            log(f"consul {results['meta']['machine']['consul']} dev agent at {world.agent.http}; "
+                f"fake API at {world.kube.url}; sidecar {harness.SIDECAR}")
+            largest = max(params.scale_sizes)
+            scaling: dict[str, Any] = {}
+            for n in params.scale_sizes:
+                t = time.monotonic()
+                fleet = world.fleet(n, f"scale{n}")
+                log(f"[{n} sidecars] up and confirmed in {time.monotonic() - t:.1f}s; flipping")
+                flips = measure_flips(world, fleet, params.flips_per_pod(n), params, rng)
+                all_flips = flips["ready_to_passing_ms"] + flips["not_ready_to_critical_ms"]
+                entry: dict[str, Any] = {"flips_per_pod": params.flips_per_pod(n),
+                                         "flip_ms": summarize(all_flips),
+                                         "ready_to_passing_ms": summarize(flips["ready_to_passing_ms"]),
+                                         "not_ready_to_critical_ms": summarize(flips["not_ready_to_critical_ms"])}
+                samples[f"flips_{n}"] = flips
+                log(f"[{n} sidecars] flip p50 {entry['flip_ms']['p50']:.1f} ms, p99 {entry['flip_ms']['p99']:.1f} ms;"
+                    f" idle {params.scale_idle_seconds:g}s")
+                idle = measure_idle(world, fleet, params.scale_idle_seconds, params.settle_seconds)
+                entry.update(rss_mb=idle["rss_mb"], cpu_pct_of_core=idle["cpu_pct_of_core"], idle=idle)
+                scaling[str(n)] = entry
+                if n == 1:
+                    figs["ready_to_passing"] = entry
+                    log(f"[1 sidecar] gate vs bare interpreter, {params.gate_samples} each")
+                    figs["gate"] = measure_gate(fleet.pods[0], params.gate_samples, world.work)
+                    log(f"[1 sidecar] {params.restarts} agent restarts, {params.restart_down_s:g}s down each")
+                    restarts = measure_restarts(world, fleet, params.restarts, params.restart_down_s)
+                    samples["restarts"] = restarts
+                    figs["agent_restart"] = {k: summarize(v) for k, v in restarts.items()}
+                if n == largest:
+                    k = min(params.termination_pods, n)
+                    log(f"[{n} sidecars] SIGTERM, {k} pods one by one")
+                    term = measure_termination(world, fleet.pods[:k], "sigterm")
+                    samples["sigterm"] = term
+                    figs["sigterm"] = {"critical_ms": summarize(term["critical_ms"]),
+                                       "removed_ms": summarize(term["removed_ms"]),
+                                       "exit_codes": sorted(set(term["exit_codes"]))}
+                world.dismiss(fleet)
+            figs["scaling"] = scaling
+            t = time.monotonic()
+            fleet = world.fleet(params.idle_pods, "idle")
+            log(f"[{params.idle_pods} sidecars] up in {time.monotonic() - t:.1f}s; idle {params.idle_seconds:g}s")
+            figs["idle"] = measure_idle(world, fleet, params.idle_seconds, params.settle_seconds)
+            k = min(params.termination_pods, params.idle_pods)
+            log(f"[{params.idle_pods} sidecars] deletionTimestamp, {k} pods one by one")
+            deletion = measure_termination(world, fleet.pods[:k], "deletion")
+            samples["deletion"] = deletion
+            figs["deletion"] = {"critical_ms": summarize(deletion["critical_ms"]),
+                                "removed_ms": summarize(deletion["removed_ms"])}
+            world.dismiss(fleet)
+        except BaseException:
+            for pod in world.started[-3:]:
+                print(f"--- log of {pod.name} ---\n{tail(pod)}", file=sys.stderr)
+            print(f"--- consul ---\n{world.agent.tail(20)}", file=sys.stderr)
+            raise
+        finally:
+            world.stop()
+    results["meta"]["machine"]["loadavg_end"] = list(os.getloadavg())
+    if code_state()["fingerprint"] != results["meta"]["code"]["fingerprint"]:
+        results["meta"]["code"]["changed_during_run"] = True
+        log("WARNING: sidecar/ or readiness_gate/ changed while the benchmark ran: figures mix two versions")
+    results["meta"]["duration_s"] = time.monotonic() - started
+    results["figures"] = figs
+    results["targets"] = target_rows(figs)
+    results["samples"] = samples
+    table = render_table(results)
+    (out_dir / "results.json").write_text(json.dumps(results, indent=2, sort_keys=True) + "\n")
+    (out_dir / "table.md").write_text(table + "\n")
+    if charts_dir is not None:
+        results["charts"] = render_charts(results, charts_dir, log)
+    return results
+
+
+# --- the table ----------------------------------------------------------------------------
+
+def _row(figure: str, stat: str, value: float, spread: str, target: float | None, unit: str,
+         lower_is_better: bool = True) -> dict[str, Any]:
+    ratio = None if target in (None, 0) else value / target
+    met = None if target is None else (value <= target if lower_is_better else value >= target)
+    return {"figure": figure, "stat": stat, "value": value, "spread": spread, "target": target,
+            "unit": unit, "ratio_to_target": ratio, "met": met}
+
+
+def _spread(s: dict[str, float], fmt: str = "{:.1f}") -> str:
+    if not s.get("n"):
+        return "-"
+    return f"p10 {fmt.format(s['p10'])} / p90 {fmt.format(s['p90'])} (min {fmt.format(s['min'])}, max {fmt.format(s['max'])}), n={s['n']}"
+
+
+def target_rows(f: dict[str, Any]) -> list[dict[str, Any]]:
+    rows: list[dict[str, Any]] = []
+    one = f["ready_to_passing"]
+    flip = one["flip_ms"]
+    rows.append(_row("1. app readiness flip in the watch -> catalog (both directions)", "p50", flip["p50"],
+                     _spread(flip), TARGET_FLIP_P50_MS, "ms"))
+    rows.append(_row("1. ... same", "p99", flip["p99"], f"p90 {flip['p90']:.1f}", TARGET_FLIP_P99_MS, "ms"))
+    rtp = one["ready_to_passing_ms"]
+    rows.append(_row("1. app ready -> passing (only)", "p50", rtp["p50"], _spread(rtp), TARGET_FLIP_P50_MS, "ms"))
+    rows.append(_row("1. app ready -> passing (only)", "p99", rtp["p99"], "", TARGET_FLIP_P99_MS, "ms"))
+    nrc = one["not_ready_to_critical_ms"]
+    rows.append(_row("1. app not ready -> critical (only)", "p50", nrc["p50"], _spread(nrc), TARGET_FLIP_P50_MS, "ms"))
+    for key, label in (("deletion", "deletionTimestamp"), ("sigterm", "SIGTERM")):
+        crit, gone = f[key]["critical_ms"], f[key]["removed_ms"]
+        rows.append(_row(f"2. {label} -> critical in the catalog", "p50", crit["p50"], _spread(crit),
+                         TARGET_CRITICAL_P50_MS, "ms"))
+        rows.append(_row(f"2. {label} -> removed from the catalog", "p50", gone["p50"], _spread(gone), None, "ms"))
+    rst = f["agent_restart"]["to_passing_s"]
+    rows.append(_row("3. agent restart (answers HTTP) -> passing again", "p50", rst["p50"],
+                     _spread(rst, "{:.2f}"), TARGET_RESTART_S, "s"))
+    rows.append(_row("3. ... same, worst restart", "max", rst["max"], "", TARGET_RESTART_S, "s"))
+    ldr = f["agent_restart"]["to_leader_s"]
+    down = f["agent_restart"]["down_s"]
+    rows.append(_row("3. (context) agent answers -> has a leader", "p50", ldr["p50"],
+                     _spread(ldr, "{:.2f}") + f"; agent unreachable {down['p50']:.1f} s per restart", None, "s"))
+    idle = f["idle"]
+    n, w = idle["sidecars"], idle["window_s"]
+    rows.append(_row(f"4. idle {n} sidecars: catalog index changes ({w:.0f}s window)", "per min",
+                     idle["catalog_index_changes_per_min"],
+                     f"services {idle['catalog_services_index_changes']}, health/{SERVICE} {idle['health_service_index_changes']}",
+                     0.0, "/min"))
+    api = idle["api_requests_per_sidecar"]
+    rows.append(_row("4. requests to the API server per sidecar (open watch excluded)", "max", api["max"],
+                     f"total {idle['api_requests_total']}", 0.0, "req"))
+    sif = idle["servers_in_flight_per_sidecar"]
+    restarts = idle["watch_restarts_per_sidecar"]
+    rows.append(_row("4. ... of which watch restarts (katalog_watch_restarts_total)", "max", restarts["max"], "", None, "req"))
+    rows.append(_row("4. open server-bound queries per sidecar (latch mode)", "max", sif["max"], "", 0.0, ""))
+    agent_req = idle["agent_requests_per_sidecar_per_min"]
+    rows.append(_row("4. requests to the agent per sidecar", "per min", agent_req["p50"], _spread(agent_req), None, "/min"))
+    srv = idle["server_requests_per_sidecar"]
+    rows.append(_row("4. server-bound requests per sidecar in the window", "max", srv["max"], "", None, "req"))
+    rss = idle["rss_mb"]
+    rows.append(_row(f"5. sidecar RSS ({n} idle sidecars)", "max", rss["max"], _spread(rss), TARGET_RSS_MB, "MB"))
+    rows.append(_row("5. ... same", "p50", rss["p50"], "", TARGET_RSS_MB, "MB"))
+    cpu = idle["cpu_pct_of_core"]
+    rows.append(_row(f"5. sidecar idle CPU, % of one core ({n} sidecars)", "p50", cpu["p50"], _spread(cpu, "{:.3f}"),
+                     TARGET_IDLE_CPU_PCT, "%"))
+    rows.append(_row("5. ... same", "max", cpu["max"], "", TARGET_IDLE_CPU_PCT, "%"))
+    precise = idle["cpu_pct_of_core_schedstat"]
+    rows.append(_row("5. ... same, from schedstat (ns precision)", "p50", precise["p50"], _spread(precise, "{:.3f}"),
+                     TARGET_IDLE_CPU_PCT, "%"))
+    gate = f["gate"]
+    rows.append(_row("6. readiness-gate wall time / bare `python -c pass`", "p50 ratio", gate["wall_ratio"],
+                     f"gate {gate['gate_wall_ms']['p50']:.1f} ms vs bare {gate['bare_wall_ms']['p50']:.1f} ms; "
+                     f"pairwise ratio p10 {gate['wall_ratio_pairs']['p10']:.2f} / p90 {gate['wall_ratio_pairs']['p90']:.2f}",
+                     TARGET_GATE_RATIO, "x"))
+    rows.append(_row("6. readiness-gate CPU time / bare", "p50 ratio", gate["cpu_ratio"],
+                     f"gate {gate['gate_cpu_ms']['p50']:.1f} ms vs bare {gate['bare_cpu_ms']['p50']:.1f} ms CPU",
+                     TARGET_GATE_RATIO, "x"))
+    rows.append(_row("6. ... same in a clean venv (no .pth hooks, as in an image): wall", "p50 ratio",
+                     gate["clean_wall_ratio"],
+                     f"gate {gate['gate_clean_wall_ms']['p50']:.1f} ms vs bare {gate['bare_clean_wall_ms']['p50']:.1f} ms",
+                     TARGET_GATE_RATIO, "x"))
+    rows.append(_row("6. ... same in a clean venv: CPU", "p50 ratio", gate["clean_cpu_ratio"],
+                     f"gate {gate['gate_clean_cpu_ms']['p50']:.1f} ms vs bare {gate['bare_clean_cpu_ms']['p50']:.1f} ms CPU",
+                     TARGET_GATE_RATIO, "x"))
+    for size, entry in f["scaling"].items():
+        fl = entry["flip_ms"]
+        rows.append(_row(f"7. {size} sidecar(s): flip -> catalog ({entry['flips_per_pod']}/pod)", "p50", fl["p50"],
+                         _spread(fl), TARGET_FLIP_P50_MS, "ms"))
+        rows.append(_row(f"7. {size} sidecar(s): flip -> catalog", "p99", fl["p99"], "", TARGET_FLIP_P99_MS, "ms"))
+        rows.append(_row(f"7. {size} sidecar(s): RSS", "max", entry["rss_mb"]["max"], _spread(entry["rss_mb"]),
+                         TARGET_RSS_MB, "MB"))
+        sched = entry["idle"]["cpu_pct_of_core_schedstat"]
+        rows.append(_row(f"7. {size} sidecar(s): idle CPU % of a core ({entry['idle']['window_s']:.0f}s)", "p50",
+                         entry["cpu_pct_of_core"]["p50"],
+                         _spread(entry["cpu_pct_of_core"], "{:.3f}") + f"; schedstat p50 {sched['p50']:.3f}, max {sched['max']:.3f}",
+                         TARGET_IDLE_CPU_PCT, "%"))
+    return rows
+
+
+def _fmt(value: float | None, unit: str) -> str:
+    if value is None:
+        return "-"
+    if unit in ("%",):
+        return f"{value:.3f} %"
+    if unit == "x":
+        return f"{value:.2f}x"
+    if unit == "s":
+        return f"{value:.2f} s"
+    if unit in ("", "req"):
+        return f"{value:g}"
+    return f"{value:.1f} {unit}"
+
+
+def render_table(results: dict[str, Any]) -> str:
+    lines = ["| figure | stat | measured | spread | target | ratio to target | met |",
+             "|---|---|---|---|---|---|---|"]
+    for r in results["targets"]:
+        target = "-" if r["target"] is None else (f"≤ {_fmt(r['target'], r['unit'])}" if r["target"] else "0")
+        ratio = "-" if r["ratio_to_target"] is None else f"{r['ratio_to_target']:.2f}"
+        met = {None: "", True: "yes", False: "**no**"}[r["met"]]
+        lines.append(f"| {r['figure']} | {r['stat']} | {_fmt(r['value'], r['unit'])} | {r['spread']} | {target} | "
+                     f"{ratio} | {met} |")
+    return "\n".join(lines)
+
+
+# --- charts ---------------------------------------------------------------------------------
+
+def render_charts(results: dict[str, Any], charts_dir: Path, log: Callable[[str], None] = print) -> list[str]:
+    try:
+        import matplotlib
+
+        matplotlib.use("Agg")
+        import matplotlib.pyplot as plt
+        from matplotlib import ticker
+    except ImportError:
+        log("matplotlib not installed (pip install matplotlib): no charts")
+        return []
+    charts_dir.mkdir(parents=True, exist_ok=True)
+    samples, written = results["samples"], []
+
+    def cdf(ax: Any, values: Sequence[float], label: str) -> None:
+        v = sorted(values)
+        if v:
+            ax.step(v, [(i + 1) / len(v) for i in range(len(v))], where="post", label=f"{label} (n={len(v)})")
+
+    one = samples["flips_1"]
+    fig, (hist, right) = plt.subplots(1, 2, figsize=(11, 4))
+    top = max(one["ready_to_passing_ms"] + one["not_ready_to_critical_ms"] + [1.0]) * 1.05
+    bins = [top * i / 40 for i in range(41)]
+    hist.hist(one["ready_to_passing_ms"], bins=bins, alpha=0.6, label="ready -> passing")
+    hist.hist(one["not_ready_to_critical_ms"], bins=bins, alpha=0.6, label="not ready -> critical")
+    off_scale = [t for t in (TARGET_FLIP_P50_MS, TARGET_FLIP_P99_MS) if t > top]
+    hist.set(xlabel="ms from watch event to catalog", ylabel="transitions",
+             title="1 sidecar: readiness flips" + (" (targets 50 / 250 ms: off scale)" if off_scale else ""))
+    for key, label in (("ready_to_passing_ms", "ready -> passing"), ("not_ready_to_critical_ms", "not ready -> critical")):
+        cdf(right, one[key], f"1 pod, {label}")
+    for size in results["figures"]["scaling"]:
+        if size != "1":
+            flips = samples[f"flips_{size}"]
+            cdf(right, flips["ready_to_passing_ms"] + flips["not_ready_to_critical_ms"], f"{size} pods, both")
+    right.set(xscale="log", xlabel="ms (log)", ylabel="fraction", title="CDF, by fleet size")
+    for ax in (hist, right):
+        for target, color, label in ((TARGET_FLIP_P50_MS, "green", "p50 target 50 ms"),
+                                     (TARGET_FLIP_P99_MS, "red", "p99 target 250 ms")):
+            if ax is right or target <= top:
+                ax.axvline(target, color=color, ls="--", lw=1, label=label)
+        ax.legend(fontsize=7)
+    right.xaxis.set_major_formatter(ticker.ScalarFormatter())
+    fig.tight_layout()
+    path = charts_dir / "bench-readiness-latency.png"
+    fig.savefig(path, dpi=110)
+    plt.close(fig)
+    written.append(str(path))
+
+    fig, ax = plt.subplots(figsize=(7, 4))
+    for key, label in (("deletion", "deletionTimestamp"), ("sigterm", "SIGTERM")):
+        cdf(ax, samples[key]["critical_ms"], f"{label} -> critical")
+        cdf(ax, samples[key]["removed_ms"], f"{label} -> removed")
+    ax.axvline(TARGET_CRITICAL_P50_MS, color="green", ls="--", lw=1, label="critical p50 target 50 ms")
+    ax.set(xscale="log", xlabel="ms (log)", ylabel="fraction", title="Termination: event -> catalog")
+    ax.xaxis.set_major_formatter(ticker.ScalarFormatter())
+    ax.legend(fontsize=7)
+    fig.tight_layout()
+    path = charts_dir / "bench-termination-latency.png"
+    fig.savefig(path, dpi=110)
+    plt.close(fig)
+    written.append(str(path))
+
+    scaling = results["figures"]["scaling"]
+    sizes = sorted(int(n) for n in scaling)
+    fig, (lat, cost) = plt.subplots(1, 2, figsize=(11, 4))
+    for stat in ("p50", "p90", "p99"):
+        lat.plot(sizes, [scaling[str(n)]["flip_ms"][stat] for n in sizes], marker="o", label=f"flip {stat}")
+    lat.axhline(TARGET_FLIP_P50_MS, color="green", ls="--", lw=1, label="p50 target")
+    lat.axhline(TARGET_FLIP_P99_MS, color="red", ls="--", lw=1, label="p99 target")
+    lat.set(xscale="log", yscale="log", xlabel="sidecars sharing one agent", ylabel="ms",
+            title="Readiness flip -> catalog vs fleet size")
+    lat.yaxis.set_major_formatter(ticker.ScalarFormatter())
+    lat.legend(fontsize=7)
+    cost.plot(sizes, [scaling[str(n)]["rss_mb"]["max"] for n in sizes], marker="o", color="tab:blue", label="RSS max (MB)")
+    cost.axhline(TARGET_RSS_MB, color="tab:blue", ls="--", lw=1)
+    cost.set(xscale="log", xlabel="sidecars sharing one agent", ylabel="MB", ylim=(0, TARGET_RSS_MB * 1.3),
+             title="Per-sidecar RSS and idle CPU (dashed: targets)")
+    for ax in (lat, cost):
+        ax.set_xticks(sizes, [str(n) for n in sizes])
+        ax.xaxis.set_minor_formatter(ticker.NullFormatter())
+    cpu_ax = cost.twinx()
+    cpu_ax.plot(sizes, [scaling[str(n)]["idle"]["cpu_pct_of_core_schedstat"]["p50"] for n in sizes], marker="s",
+                color="tab:orange", label="idle CPU p50 (% of a core)")
+    cpu_ax.axhline(TARGET_IDLE_CPU_PCT, color="tab:orange", ls="--", lw=1)
+    cpu_ax.set(ylabel="% of one core", ylim=(0, TARGET_IDLE_CPU_PCT * 2))
+    cost.legend(loc="lower left", fontsize=7)
+    cpu_ax.legend(loc="lower right", fontsize=7)
+    fig.tight_layout()
+    path = charts_dir / "bench-scaling.png"
+    fig.savefig(path, dpi=110)
+    plt.close(fig)
+    written.append(str(path))
+    log("charts: " + ", ".join(written))
+    return written
+
+
+def main(argv: Sequence[str] | None = None) -> int:
+    parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
+    parser.add_argument("--quick", action="store_true", help="smaller samples and shorter windows (~3 min)")
+    parser.add_argument("--preset", choices=sorted(PRESETS), help="full (default), quick, or smoke (tests)")
+    parser.add_argument("--out", type=Path, default=REPO / "bench" / "out", help="results.json and table.md")
+    parser.add_argument("--charts", type=Path, default=REPO / "docs" / "img", help="PNG charts ('-' for none)")
+    args = parser.parse_args(argv)
+    preset = args.preset or ("quick" if args.quick else "full")
+    command = "python bench/run.py " + " ".join(sys.argv[1:] if argv is None else argv)
+    charts = None if str(args.charts) == "-" else args.charts
+    params = PRESETS[preset]
+    results = run(params, args.out, charts, preset=preset, command=command.strip(),
+                  log=lambda s: print(s, file=sys.stderr, flush=True))
+    m = results["meta"]["machine"]
+    code = results["meta"]["code"]
+    print(f"code: {code['head']}" + (f" + {len(code['modified'])} modified file(s)" if code["modified"] else "")
+          + (" (CHANGED DURING THE RUN)" if code.get("changed_during_run") else ""))
+    print(f"{m['nproc']} CPUs ({m['cpu_model']}), Python {m['python']}, Consul {m['consul']}; "
+          f"load {m['loadavg_start'][0]:.2f} -> {m['loadavg_end'][0]:.2f}; "
+          f"{results['meta']['duration_s']:.0f}s, preset {preset}\n")
+    print(render_table(results))
+    print(f"\nwritten: {args.out / 'results.json'}, {args.out / 'table.md'}")
+    return 0
+
+
+__all__ = ["PRESETS", "Params", "main", "run", "summarize"]
+
+if __name__ == "__main__":
+    sys.exit(main())
