@@ -1,6 +1,6 @@
 # syntax=docker/dockerfile:1
 # katalog-sidecar image: the daemon (`katalog-sidecar`, the entrypoint) and its exec
-# readinessProbe (`readiness-gate`), both console scripts on PATH.
+# readinessProbe (`readiness-gate`, a plain script: see bin/), both on PATH.
 #
 #   docker build -t <registry>/katalog-sidecar:0.1.0 .
 #
@@ -14,6 +14,7 @@ WORKDIR /src
 COPY pyproject.toml setup.cfg README.md LICENSE ./
 COPY sidecar ./sidecar
 COPY readiness_gate ./readiness_gate
+COPY bin ./bin
 RUN python -m pip wheel --no-cache-dir --no-deps -w /wheels . \
  && python -m pip wheel --no-cache-dir -w /wheels /wheels/katalog_sidecar-*.whl
 

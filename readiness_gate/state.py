@@ -11,6 +11,8 @@ import os
 from collections.abc import Callable, Mapping
 from typing import Any
 
+from readiness_gate import probe
+
 SCHEMA = 1
 
 # Phases the sidecar goes through; the gate only needs a few of them.
@@ -22,13 +24,35 @@ DRAINING = "draining"
 STOPPED = "stopped"
 
 
-def write_atomically(path: str, state: Mapping[str, Any]) -> None:
+def _replace(path: str, text: str) -> None:
     directory = os.path.dirname(path) or "."
     os.makedirs(directory, exist_ok=True)
     tmp = os.path.join(directory, f".{os.path.basename(path)}.{os.getpid()}.tmp")
     with open(tmp, "w", encoding="utf-8") as handle:
-        json.dump(state, handle, separators=(",", ":"), sort_keys=True)
+        handle.write(text)
     os.replace(tmp, path)
+
+
+def gate_file_text(state: Mapping[str, Any]) -> str:
+    """The compact file readiness-gate reads: the verdict decided here, once per write.
+
+    The gate adds only what can change after the write (heartbeat age, process alive), so it
+    needs no json and no decision logic of its own (readiness_gate.probe).
+    """
+    passes, line = evaluate(state, float(state.get("updated_at", 0)), lambda _pid: True)
+    pid = state.get("pid") if isinstance(state.get("pid"), int) else 0
+    message = str(state.get("message") or "")
+    return (f"{probe.HEADER}\n{float(state.get('updated_at', 0))!r} {float(state.get('stale_after', 15))!r} "
+            f"{pid} {1 if passes else 0}\n{' '.join(line.split())}\n{' '.join(message.split())}\n")
+
+
+def write_atomically(path: str, state: Mapping[str, Any]) -> None:
+    """Writes the JSON status file and, next to it, the gate's compact file; each atomically.
+
+    The JSON goes first: a reader of the gate file never sees a verdict newer than the details.
+    """
+    _replace(path, json.dumps(state, separators=(",", ":"), sort_keys=True))
+    _replace(probe.gate_path(path), gate_file_text(state))
 
 
 def read(path: str) -> dict[str, Any]:
@@ -40,18 +64,8 @@ def read(path: str) -> dict[str, Any]:
     return data
 
 
-def _pid_alive(pid: int) -> bool:
-    try:
-        os.kill(pid, 0)
-    except ProcessLookupError:
-        return False
-    except PermissionError:
-        return True
-    return True
-
-
 def evaluate(state: Mapping[str, Any], now: float,
-             pid_alive: Callable[[int], bool] = _pid_alive) -> tuple[bool, str]:
+             pid_alive: Callable[[int], bool] = probe._pid_alive) -> tuple[bool, str]:
     """(gate passes?, one line for the operator). Pure apart from the injectable pid check."""
     phase = state.get("phase")
     message = str(state.get("message") or "")

@@ -22,7 +22,7 @@ import pytest
 import yaml
 from fakekube import FakeKube, make_pod
 
-from readiness_gate.__main__ import DEFAULT_STATUS_FILE
+from readiness_gate.probe import DEFAULT_STATUS_FILE
 from sidecar.cli import main as cli_main
 from sidecar.config import SETTING_NAMES, SETTINGS, Config, load_config, service_env_key
 from sidecar.errors import ConfigError
@@ -73,12 +73,19 @@ def load_docs(path: Path) -> list[Doc]:
 
 
 def console_scripts() -> dict[str, str]:
+    """Installed commands -> what they run: entry points, and plain scripts (bin/) by the
+    module they import (readiness-gate is one, to keep pip's launcher off the probe path)."""
     parser = configparser.ConfigParser()
     parser.read(ROOT / "setup.cfg", encoding="utf-8")
     scripts: dict[str, str] = {}
     for line in parser["options.entry_points"]["console_scripts"].strip().splitlines():
         name, _, target = line.partition("=")
         scripts[name.strip()] = target.strip()
+    for line in parser["options"].get("scripts", "").strip().splitlines():
+        script = ROOT / line.strip()
+        imported = re.search(r"^from ([\w.]+) import (\w+)$", script.read_text(), re.M)
+        assert imported, f"{script} imports no entry function"
+        scripts[script.name] = f"{imported.group(1)}:{imported.group(2)}"
     return scripts
 
 

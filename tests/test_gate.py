@@ -12,6 +12,7 @@ import pytest
 from sidecar_process import GATE
 
 from readiness_gate import state
+from readiness_gate.probe import gate_path, verdict
 
 NOW = 1_800_000_000.0
 
@@ -58,6 +59,17 @@ def test_gate_decision(case, status, pid_check, expected) -> None:
     assert state.evaluate(status, NOW, pid_check) == expected
 
 
+@pytest.mark.parametrize(("case", "status", "pid_check", "expected"), GATE_CASES, ids=[c[0] for c in GATE_CASES])
+def test_the_probe_file_gives_the_same_verdict(case, status, pid_check, expected) -> None:
+    """The sidecar decides when it writes; the probe adds only heartbeat age and process liveness."""
+    assert verdict(state.gate_file_text(status), NOW, pid_check) == expected
+
+
+def test_gate_file_is_one_line_even_for_multi_line_messages() -> None:
+    text = state.gate_file_text(doc(message="first\nsecond\rthird"))
+    assert text.count("\n") == 4 and text.split("\n")[2:4] == ["first second third"] * 2
+
+
 def _run_gate(path: Path, **env: str) -> subprocess.CompletedProcess[str]:
     full_env = {"PATH": os.environ["PATH"], "KATALOG_STATUS_FILE": str(path), **env}
     return subprocess.run([GATE], env=full_env, capture_output=True, text=True, timeout=10)
@@ -68,7 +80,7 @@ def test_gate_command_exit_codes_and_single_line(tmp_path: Path) -> None:
     result = _run_gate(path)
     assert (result.returncode, result.stdout) == (
         1, f"no status file at {path}: sidecar not started yet, or KATALOG_STATUS_FILE differs\n")
-    path.write_text("{not json")
+    Path(gate_path(str(path))).write_text("{not a gate file")
     result = _run_gate(path)
     assert result.returncode == 1 and result.stdout.startswith(f"status file {path} unreadable:")
     state.write_atomically(str(path), doc(phase=state.CONFIRMED, updated_at=time.time(), pid=os.getpid(),
@@ -100,3 +112,19 @@ def test_gate_imports_only_the_standard_library(tmp_path: Path) -> None:
     foreign = {name for name in ours if name not in sys.stdlib_module_names}
     assert foreign == set(), f"readiness-gate imports non-standard modules: {foreign}"
     assert not {"sidecar", "requests", "consul", "click", "tenacity", "prometheus_client"} & gate
+
+
+def test_gate_loads_nothing_a_bare_interpreter_has_not(tmp_path: Path) -> None:
+    """In a clean environment (no site hooks of this machine, as in the slim image) the probe
+    adds only itself to what a bare interpreter loads: no json, re or typing."""
+    venv = tmp_path / "venv"
+    subprocess.run([sys.executable, "-m", "venv", "--without-pip", str(venv)], check=True, timeout=60)
+    python = str(venv / "bin" / "python")
+    path = tmp_path / "status.json"
+    state.write_atomically(str(path), doc(phase=state.CONFIRMED, updated_at=time.time(), pid=os.getpid()))
+    env = {"PATH": os.environ["PATH"], "KATALOG_STATUS_FILE": str(path),
+           "PYTHONPATH": str(Path(__file__).resolve().parent.parent)}
+    script = (Path(__file__).resolve().parent.parent / "bin" / "readiness-gate").read_text()
+    gate = _imports([python, "-c", script], env)
+    bare = _imports([python, "-c", "pass"], env)
+    assert gate - bare == {"readiness_gate", "__future__"}

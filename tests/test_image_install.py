@@ -250,10 +250,13 @@ def test_wheel_holds_the_two_packages_and_both_scripts(installed: Installed) -> 
         names = archive.namelist()
         top = {name.split("/")[0] for name in names}
         info = next(t for t in top if t.endswith(".dist-info"))
-        assert top == {"sidecar", "readiness_gate", info}, "no tests, bench or scripts in the image"
+        data = f"{info.removesuffix('.dist-info')}.data"  # holds the plain readiness-gate script
+        assert top == {"sidecar", "readiness_gate", info, data}, "no tests, bench or dev scripts in the image"
+        assert {n for n in names if n.startswith(data)} == {f"{data}/scripts/readiness-gate"}
         entry_points = archive.read(f"{info}/entry_points.txt").decode()
+        data_scripts = {Path(n).name for n in names if "/scripts/" in n}
     for name, target in console_scripts().items():
-        assert f"{name} = {target}" in entry_points
+        assert f"{name} = {target}" in entry_points or name in data_scripts, name
     for name in console_scripts():
         assert (installed.bin / name).is_file(), f"{name} not on PATH after the install"
 
