@@ -126,6 +126,10 @@ class _Transport(consul.std.HTTPClient):  # type: ignore[misc]
         if settings.client_cert is not None and settings.client_key is not None:
             cert = (str(settings.client_cert), str(settings.client_key))
         super().__init__(settings.host, settings.port, settings.scheme, verify, cert, settings.timeout)
+        # The agent is on this node and the API server in this cluster: proxy variables meant
+        # for the app must not route our token through a proxy, and reading them from the
+        # environment on every call was a quarter of the sidecar's idle CPU.
+        self.session.trust_env = False
         if settings.tls_server_name and settings.scheme == "https":
             self.session.mount("https://", _ServerNameAdapter(settings.tls_server_name))
         self._settings = settings

@@ -65,6 +65,7 @@ class KubeClient:
         self._watch_inactivity = watch_inactivity if watch_inactivity is not None else timeout
         self._clock = clock
         self._session = session or requests.Session()
+        self._session.trust_env = False  # no proxy or .netrc from the app's environment (see consul_api)
         self._token: str | None = None
         self._token_read_at: float | None = None
         self._token_warned = False

@@ -100,7 +100,16 @@ class Metrics:
             def log_message(self, *_args: Any) -> None:  # scrapes are not operator news
                 pass
 
-        self._server = ThreadingHTTPServer(address, Handler)
+        try:
+            self._server = ThreadingHTTPServer(address, Handler)
+        except OSError as exc:
+            # Metrics are for operators; syncing the pod matters more. Say so once and go on.
+            log.error("KATALOG_METRICS_ADDR=%s:%d: cannot listen (%s); running without /metrics and /healthz",
+                      address[0], address[1], exc.strerror or exc)
+            return
         self._server.daemon_threads = True
-        threading.Thread(target=self._server.serve_forever, name="metrics", daemon=True).start()
+        # Nothing calls shutdown() (the process exits), so the loop need not wake to check for
+        # it: the default 0.5s poll was a quarter of an idle sidecar's CPU.
+        threading.Thread(target=self._server.serve_forever, kwargs={"poll_interval": 3600},
+                         name="metrics", daemon=True).start()
         log.info("metrics on http://%s:%d/metrics", *self._server.server_address[:2])

@@ -141,3 +141,24 @@ def test_metrics_of_a_running_sidecar(dev_agent, run_sidecar, tmp_path: Path) ->
         dev_agent.stop()
         wait_until(lambda: _scrape(url).get(("katalog_consul_errors_total", (("kind", "unavailable"),))),
                    what="consul error counted")
+
+
+@pytest.mark.consul
+def test_busy_metrics_port_is_reported_and_the_sidecar_carries_on(dev_agent, run_sidecar, tmp_path: Path) -> None:
+    with socket.socket() as taken:
+        taken.bind(("127.0.0.1", 0))
+        taken.listen(1)
+        port = taken.getsockname()[1]
+        sidecar = run_sidecar(base_env(tmp_path, dev_agent.addr, KATALOG_METRICS_ADDR=f"127.0.0.1:{port}"))
+        sidecar.wait_gate(passing=True)
+    assert (f"KATALOG_METRICS_ADDR=127.0.0.1:{port}: cannot listen (Address already in use); "
+            "running without /metrics and /healthz") in sidecar.logs()
+    assert "Traceback" not in sidecar.logs()
+
+
+@pytest.mark.consul
+def test_proxy_variables_meant_for_the_app_are_ignored(dev_agent, run_sidecar, tmp_path: Path) -> None:
+    """A proxy that does not exist would break every call if the sidecar used it."""
+    sidecar = run_sidecar(base_env(tmp_path, dev_agent.addr, HTTP_PROXY="http://127.0.0.1:9", NO_PROXY="",
+                                   http_proxy="http://127.0.0.1:9", no_proxy=""))
+    sidecar.wait_gate(passing=True)
