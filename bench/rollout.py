@@ -11,6 +11,7 @@ from __future__ import annotations
 import json
 import threading
 import time
+from collections.abc import Callable
 from dataclasses import asdict, dataclass, field
 from pathlib import Path
 from typing import Any
@@ -26,7 +27,7 @@ SERVICE = "web"
 class Sample:
     t: float
     healthy: int | None  # passing instances in the catalog; None while it cannot be read
-    agent_healthy: int  # passing instances in the client agent's own view
+    agent_healthy: int | None  # passing instances in the client agent's own view; None: no answer in time
     created: int
     deleted: int
     servers_up: bool
@@ -66,11 +67,11 @@ class _Sampler(threading.Thread):
             return None
         return sum(1 for e in entries if all(c["Status"] == "passing" for c in e["Checks"]))
 
-    def _agent_passing(self) -> int:
+    def _agent_passing(self) -> int | None:
         try:
             checks = self.session.get(f"{self.pair.client.http}/v1/agent/checks", timeout=0.5).json()
         except (requests.RequestException, ValueError):
-            return 0
+            return None  # a sample we could not take is a gap, not "zero passing"
         by_service: dict[str, bool] = {}
         for check in checks.values():
             sid = check.get("ServiceID")
@@ -112,6 +113,7 @@ def run_rollout(pair: ServerAndClient, kube: FakeKube, workdir: Path, replicas: 
         return pod
 
     sampler = _Sampler(pair, result, started, state)
+    timer: threading.Timer | None = None
     try:
         old = [new_pod(f"web-old-{i}", f"10.1.0.{10 + i}") for i in range(replicas)]
         for pod in old:
@@ -122,8 +124,11 @@ def run_rollout(pair: ServerAndClient, kube: FakeKube, workdir: Path, replicas: 
             pair.server.stop()
             state["servers_up"] = False
             event("Consul server stopped")
-            timer = threading.Timer(servers_down_for, lambda: (pair.server.start(), state.update(servers_up=True),
-                                                               event("Consul server back")))
+            # Flag it up before starting: nothing may depend on the server until start() begins,
+            # so a sample flagged "down" can never see the consequences of its return.
+            timer = threading.Timer(servers_down_for, lambda: (state.update(servers_up=True),
+                                                               event("Consul server starting"),
+                                                               pair.server.start()))
             timer.start()
         rollout_started = time.monotonic()
         for i in range(replicas):
@@ -141,6 +146,9 @@ def run_rollout(pair: ServerAndClient, kube: FakeKube, workdir: Path, replicas: 
         result.completed = True
         time.sleep(0.3)
     finally:
+        if timer is not None:
+            timer.cancel()  # a failed rollout must not start a server after its fixture stopped
+            timer.join(timeout=60)
         sampler.stop_event.set()
         sampler.join(timeout=5)
         for pod in pods:
@@ -168,7 +176,8 @@ def render(results: dict[str, RolloutResult], path: Path) -> None:
         t = [s.t - t0 for s in result.samples]
         ax.step(t, [s.healthy if s.healthy is not None else float("nan") for s in result.samples], where="post",
                 label="passing in the catalog (servers)", color="tab:green", linewidth=2)
-        ax.step(t, [s.agent_healthy for s in result.samples], where="post", linestyle="--", color="tab:olive",
+        ax.step(t, [s.agent_healthy if s.agent_healthy is not None else float("nan") for s in result.samples],
+                where="post", linestyle="--", color="tab:olive",
                 label="passing in the client agent's view")
         ax.step(t, [s.created - s.deleted for s in result.samples], where="post", color="tab:blue", alpha=0.6,
                 label="pods existing")
@@ -188,15 +197,15 @@ def render(results: dict[str, RolloutResult], path: Path) -> None:
     plt.close(fig)
 
 
-def main() -> int:
-    """Runs both rollout scenarios against real Consul agents and renders docs/img/rollout.png."""
+SCENARIOS = (("Consul healthy", None), ("Consul server down for the first 8 s", 8.0))
+
+
+def run_scenarios(binary: str, log: Callable[[str], None] = print) -> dict[str, RolloutResult]:
+    """Both rollouts, each on a fresh server + client pair and fake API."""
     import tempfile
 
-    from bench.harness import REPO, provide_consul
-
-    binary = provide_consul()
     results: dict[str, RolloutResult] = {}
-    for title, down_for in (("Consul healthy", None), ("Consul server down for the first 8 s", 8.0)):
+    for title, down_for in SCENARIOS:
         with tempfile.TemporaryDirectory(prefix="katalog-rollout-") as tmp:
             pair = ServerAndClient(binary, Path(tmp)).start()
             try:
@@ -205,9 +214,18 @@ def main() -> int:
             finally:
                 pair.stop()
         r = results[title]
-        print(f"{title}: completed={r.completed} min passing={r.min_healthy} duration={r.duration:.2f}s "
-              f"final={sorted(r.final_ids) == sorted(r.new_ids)}")
-        save(r, REPO / "bench" / "out" / f"rollout-{'healthy' if down_for is None else 'servers-down'}.json")
+        log(f"rollout, {title}: completed={r.completed} min passing={r.min_healthy} duration={r.duration:.2f}s "
+            f"end state = new pods only: {r.final_ids == r.new_ids}")
+    return results
+
+
+def main() -> int:
+    """Runs both rollout scenarios against real Consul agents and renders docs/img/rollout.png."""
+    from bench.harness import REPO, provide_consul
+
+    results = run_scenarios(provide_consul())
+    for (_title, down_for), result in zip(SCENARIOS, results.values(), strict=True):
+        save(result, REPO / "bench" / "out" / f"rollout-{'healthy' if down_for is None else 'servers-down'}.json")
     render(results, REPO / "docs" / "img" / "rollout.png")
     print("chart: docs/img/rollout.png")
     return 0

@@ -40,7 +40,7 @@ import requests
 REPO = Path(__file__).resolve().parent.parent
 sys.path.insert(0, str(REPO))
 
-from bench import harness  # noqa: E402
+from bench import harness, rollout  # noqa: E402
 from bench.harness import ConsulAgent, FakeKube, PodSidecar, instance_status, provide_consul  # noqa: E402
 
 NS = "bench"
@@ -74,6 +74,7 @@ class Params:
     restart_down_s: float = 3.0  # fig 3: how long the agent stays down (a DaemonSet pod replaced takes seconds)
     gate_samples: int = 200  # fig 6: runs of each of gate and bare interpreter
     settle_seconds: float = 3.0  # after a fleet is confirmed, before an idle window
+    rollouts: bool = True  # fig 8: the two rolling updates of bench/rollout.py
 
     def flips_per_pod(self, n: int) -> int:
         if n == 1:
@@ -89,7 +90,8 @@ PRESETS: dict[str, Params] = {
     # For tests/test_bench_smoke.py: every figure present, seconds instead of minutes.
     "smoke": Params(flips_single=6, scale_sizes=(1, 2), scale_min_flips=4, scale_min_flips_per_pod=2,
                     flip_pause=(0.01, 0.02), idle_pods=2, idle_seconds=3.0, scale_idle_seconds=2.0,
-                    termination_pods=2, restarts=1, restart_down_s=0.5, gate_samples=10, settle_seconds=0.5),
+                    termination_pods=2, restarts=1, restart_down_s=0.5, gate_samples=10, settle_seconds=0.5,
+                    rollouts=False),
 }
 
 
@@ -636,7 +638,7 @@ def measure_gate(pod: PodSidecar, samples: int, workdir: Path, warmup: int = 5) 
     # pair also runs in an empty venv of the same Python (the gate found through PYTHONPATH).
     clean = _clean_interpreter(interpreter[0], workdir)
     argvs = {"gate": [gate], "bare": [*interpreter, "-c", "pass"],
-             "gate_clean": [*clean, "-c", "import sys\nfrom readiness_gate.__main__ import main\nsys.exit(main())"],
+             "gate_clean": [*clean, "-c", (REPO / "bin" / "readiness-gate").read_text()],  # the installed script's body
              "bare_clean": [*clean, "-c", "pass"]}
     envs = {k: pod.env for k in argvs}
     envs["gate_clean"] = dict(pod.env, PYTHONPATH=str(_package_root("readiness_gate", interpreter[0])))
@@ -781,6 +783,17 @@ def run(params: Params, out_dir: Path, charts_dir: Path | None, preset: str = "c
             raise
         finally:
             world.stop()
+    if params.rollouts:
+        log("rolling updates (3 replicas, maxSurge 1, maxUnavailable 0) on a server + client pair")
+        scenarios = rollout.run_scenarios(provide_consul(), log)
+        figs["rollout"] = {title: {"completed": r.completed, "min_healthy": r.min_healthy, "duration_s": r.duration,
+                                   "deleted_while_servers_down": max((x.deleted for x in r.samples if not x.servers_up),
+                                                                     default=0),
+                                   "end_state_new_pods_only": r.final_ids == r.new_ids}
+                           for title, r in scenarios.items()}
+        samples["rollout"] = {title: r.to_json() for title, r in scenarios.items()}
+        if charts_dir is not None:
+            rollout.render(scenarios, charts_dir / "rollout.png")
     results["meta"]["machine"]["loadavg_end"] = list(os.getloadavg())
     if code_state()["fingerprint"] != results["meta"]["code"]["fingerprint"]:
         results["meta"]["code"]["changed_during_run"] = True
@@ -892,6 +905,13 @@ def target_rows(f: dict[str, Any]) -> list[dict[str, Any]]:
                          entry["cpu_pct_of_core"]["p50"],
                          _spread(entry["cpu_pct_of_core"], "{:.3f}") + f"; schedstat p50 {sched['p50']:.3f}, max {sched['max']:.3f}",
                          TARGET_IDLE_CPU_PCT, "%"))
+    for title, r in f.get("rollout", {}).items():
+        rows.append(_row(f"8. rolling update, {title}: passing in the catalog", "min", r["min_healthy"],
+                         f"completed: {r['completed']}; ends with exactly the new pods: {r['end_state_new_pods_only']}",
+                         3, "", lower_is_better=False))
+        rows.append(_row("8. ... old pods deleted while the server was down", "max",
+                         r["deleted_while_servers_down"], "", 0, ""))
+        rows.append(_row("8. ... rollout duration", "total", r["duration_s"], "", None, "s"))
     return rows
 
 

@@ -127,4 +127,4 @@ def test_gate_loads_nothing_a_bare_interpreter_has_not(tmp_path: Path) -> None:
     script = (Path(__file__).resolve().parent.parent / "bin" / "readiness-gate").read_text()
     gate = _imports([python, "-c", script], env)
     bare = _imports([python, "-c", "pass"], env)
-    assert gate - bare == {"readiness_gate", "__future__"}
+    assert gate - bare == {"readiness_gate"}
