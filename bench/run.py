@@ -817,7 +817,7 @@ def _row(figure: str, stat: str, value: float, spread: str, target: float | None
     ratio = None if target in (None, 0) else value / target
     met = None if target is None else (value <= target if lower_is_better else value >= target)
     return {"figure": figure, "stat": stat, "value": value, "spread": spread, "target": target,
-            "unit": unit, "ratio_to_target": ratio, "met": met}
+            "unit": unit, "ratio_to_target": ratio, "met": met, "lower_is_better": lower_is_better}
 
 
 def _spread(s: dict[str, float], fmt: str = "{:.1f}") -> str:
@@ -909,8 +909,9 @@ def target_rows(f: dict[str, Any]) -> list[dict[str, Any]]:
         rows.append(_row(f"8. rolling update, {title}: passing in the catalog", "min", r["min_healthy"],
                          f"completed: {r['completed']}; ends with exactly the new pods: {r['end_state_new_pods_only']}",
                          3, "", lower_is_better=False))
-        rows.append(_row("8. ... old pods deleted while the server was down", "max",
-                         r["deleted_while_servers_down"], "", 0, ""))
+        if "down" in title:
+            rows.append(_row("8. ... old pods deleted while the server was down", "max",
+                             r["deleted_while_servers_down"], "", 0, ""))
         rows.append(_row("8. ... rollout duration", "total", r["duration_s"], "", None, "s"))
     return rows
 
@@ -933,7 +934,8 @@ def render_table(results: dict[str, Any]) -> str:
     lines = ["| figure | stat | measured | spread | target | ratio to target | met |",
              "|---|---|---|---|---|---|---|"]
     for r in results["targets"]:
-        target = "-" if r["target"] is None else (f"≤ {_fmt(r['target'], r['unit'])}" if r["target"] else "0")
+        bound = "≤" if r.get("lower_is_better", True) else "≥"
+        target = "-" if r["target"] is None else (f"{bound} {_fmt(r['target'], r['unit'])}" if r["target"] else "0")
         ratio = "-" if r["ratio_to_target"] is None else f"{r['ratio_to_target']:.2f}"
         met = {None: "", True: "yes", False: "**no**"}[r["met"]]
         lines.append(f"| {r['figure']} | {r['stat']} | {_fmt(r['value'], r['unit'])} | {r['spread']} | {target} | "
