@@ -11,7 +11,7 @@ import pytest
 
 sys.path.insert(0, str(Path(__file__).resolve().parent))
 
-from consul_agents import ConsulAgent, ServerAndClient, find_consul  # noqa: E402
+from consul_agents import AclDevAgent, ConsulAgent, ServerAndClient, find_consul  # noqa: E402
 from sidecar_process import Sidecar  # noqa: E402
 
 
@@ -42,6 +42,16 @@ def server_client(consul_bin: str, tmp_path: Path) -> Iterator[ServerAndClient]:
         yield pair.start()
     finally:
         pair.stop()
+
+
+@pytest.fixture
+def acl_agent(consul_bin: str, tmp_path: Path) -> Iterator[AclDevAgent]:
+    """A dev agent with ACLs on, default deny, bootstrapped with a management token."""
+    agent = AclDevAgent(consul_bin, tmp_path).start()
+    try:
+        yield agent
+    finally:
+        agent.stop()
 
 
 @pytest.fixture

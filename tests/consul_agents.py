@@ -279,3 +279,10 @@ class TlsDevAgent(ConsulAgent):
                f'https {{ verify_incoming = {str(self.verify_incoming).lower()} }} }}')
         return super().args() + ["-hcl", f"ports {{ http = -1, https = {self.https_port} }}",
                                  "-hcl", tls, f"-client={' '.join(self.listen)}"]
+
+
+def write_token_file(path: Path, token: str) -> None:
+    """Atomically, as the kubelet updates a Secret volume (a reader never sees half a token)."""
+    tmp = path.with_suffix(".tmp")
+    tmp.write_text(token + "\n")
+    os.replace(tmp, path)

@@ -5,13 +5,11 @@ token file is picked up without a restart."""
 from __future__ import annotations
 
 import json
-import os
-from collections.abc import Iterator
 from pathlib import Path
 
 import pytest
 import requests
-from consul_agents import REPO, AclDevAgent
+from consul_agents import REPO, AclDevAgent, write_token_file
 from http_app import ToggleApp
 from sidecar_process import base_env, wait_until
 
@@ -37,22 +35,6 @@ def without_write() -> str:
 def without_node_read() -> str:
     """The example policy without its node rule: service:write (and so service:read) only."""
     return example_policy().replace(NODE_RULE, "")
-
-
-def write_token_file(path: Path, token: str) -> None:
-    """Atomically, as the kubelet updates a Secret volume (a reader never sees half a token)."""
-    tmp = path.with_suffix(".tmp")
-    tmp.write_text(token + "\n")
-    os.replace(tmp, path)
-
-
-@pytest.fixture
-def acl_agent(consul_bin: str, tmp_path: Path) -> Iterator[AclDevAgent]:
-    agent = AclDevAgent(consul_bin, tmp_path).start()
-    try:
-        yield agent
-    finally:
-        agent.stop()
 
 
 def acl_env(tmp_path: Path, agent: AclDevAgent, token: str, **overrides: str) -> dict[str, str]:

@@ -13,7 +13,6 @@ from __future__ import annotations
 import json
 import logging
 import re
-import threading
 import time
 from collections.abc import Callable, Iterator
 from pathlib import Path
@@ -26,27 +25,27 @@ from fakekube import FakeKube, make_pod
 from hypothesis import HealthCheck, assume, given, settings
 from hypothesis import strategies as st
 from sidecar_process import base_env
-from test_kube_source import NAME, NS, RecordingMetrics, RecordingSink, Running, lists, wait_for_watch, watches
+from test_config import VALID
+from test_kube_source import (  # noqa: F401 (kube: fixture)
+    NAME,
+    NS,
+    Running,
+    kube,
+    lists,
+    start,  # noqa: F401 (fixture)
+    wait_for_watch,
+    watches,
+)
 from test_secrets import HostileAgent
 
 from sidecar.config import RESERVED_META_KEYS, SETTING_NAMES, Config, load_config, service_env_key
 from sidecar.errors import ConfigError
-from sidecar.kube_client import KubeClient
-from sidecar.kube_source import KubernetesSource
 from sidecar.registration import build_instances, registration_payload
 
 pytestmark = pytest.mark.timeout(120)
 
 # -- the configuration parser ---------------------------------------------------------------
 
-VALID = {
-    "POD_NAME": "web-0",
-    "POD_NAMESPACE": "shop",
-    "POD_IP": "10.0.0.5",
-    "HOST_IP": "10.0.0.1",
-    "KATALOG_SERVICES": "web:8080",
-    "KATALOG_READINESS_SOURCE": "fixed",
-}
 KEYS = sorted(k for k in SETTING_NAMES if "<NAME>" not in k) + [
     "KATALOG_SERVICE_WEB_TAGS", "KATALOG_SERVICE_WEB_META", "KATALOG_SERVICE_API_TAGS",
     "KUBERNETES_SERVICE_HOST", "KUBERNETES_SERVICE_PORT",
@@ -244,33 +243,9 @@ def test_an_agent_answering_junk_is_reported_not_a_crash(run_sidecar, tmp_path: 
 # -- the Kubernetes watch -------------------------------------------------------------------------
 
 
-@pytest.fixture
-def kube(tmp_path: Path) -> Iterator[FakeKube]:
-    with FakeKube(tmp_path / "token") as fake:
-        fake.create_pod(make_pod(NAME, NS, ports={"http": 8080}))
-        yield fake
-
-
-@pytest.fixture
-def start(kube: FakeKube, tmp_path: Path) -> Iterator[Callable[..., Running]]:
-    started: list[Running] = []
-
-    def run(inactivity: float = 5.0) -> Running:
-        client = KubeClient(kube.url, kube.token_file, tmp_path / "no-ca.crt", inactivity)
-        metrics = RecordingMetrics()
-        source = KubernetesSource(client, NS, NAME, "katalog-sidecar", (), inactivity, metrics=metrics,
-                                  backoff_initial=0.05, backoff_max=0.2)
-        sink, stop = RecordingSink(), threading.Event()
-        thread = threading.Thread(target=source.run, args=(stop, sink), daemon=True)
-        thread.start()
-        started.append(Running(source, sink, metrics, stop, thread))
-        return started[-1]
-
-    yield run
-    for running in started:
-        running.stop.set()
-    for running in started:
-        running.join()
+# The watch tests' fixtures (`kube`, `start`) are reused; these tests pass a longer inactivity
+# bound, because large objects take a while to stream and that must not count as silence.
+SLOW = 5.0
 
 
 def set_ready(kube: FakeKube, running: Running, ready: bool) -> None:
@@ -298,7 +273,7 @@ JUNK_OBJECTS: list[Any] = [
 
 def test_objects_missing_fields_are_skipped_logged_once_and_never_make_the_app_ready(
         kube: FakeKube, start: Callable[..., Running], caplog: pytest.LogCaptureFixture) -> None:
-    running = start()
+    running = start(inactivity=SLOW)
     running.sink.wait_observation(lambda o: o.ready)
     first = wait_for_watch(kube, 1)
     set_ready(kube, running, False)
@@ -324,7 +299,7 @@ def test_objects_missing_fields_are_skipped_logged_once_and_never_make_the_app_r
 
 def test_malformed_lines_of_every_kind_are_survived_and_logged_once(
         kube: FakeKube, start: Callable[..., Running], caplog: pytest.LogCaptureFixture) -> None:
-    running = start()
+    running = start(inactivity=SLOW)
     running.sink.wait_observation(lambda o: o.ready)
     wait_for_watch(kube, 1)
     junk = [
@@ -348,7 +323,7 @@ def test_malformed_lines_of_every_kind_are_survived_and_logged_once(
 
 def test_unexpected_event_types_are_logged_once_each(kube: FakeKube, start: Callable[..., Running],
                                                      caplog: pytest.LogCaptureFixture) -> None:
-    running = start()
+    running = start(inactivity=SLOW)
     running.sink.wait_observation(lambda o: o.ready)
     wait_for_watch(kube, 1)
     for _ in range(3):
@@ -362,7 +337,7 @@ def test_unexpected_event_types_are_logged_once_each(kube: FakeKube, start: Call
 
 def test_objects_of_several_megabytes(kube: FakeKube, start: Callable[..., Running],
                                       caplog: pytest.LogCaptureFixture) -> None:
-    running = start()
+    running = start(inactivity=SLOW)
     running.sink.wait_observation(lambda o: o.ready)
     wait_for_watch(kube, 1)
     big = "x" * 4_000_000  # a 4 MB annotation (the API server allows 256 KiB; a proxy might not care)

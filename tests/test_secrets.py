@@ -4,7 +4,6 @@ reads, 5xx, timeouts, a hostile agent that echoes headers or redirects, and shut
 
 from __future__ import annotations
 
-import os
 import threading
 import uuid
 from collections.abc import Iterator, Mapping
@@ -14,7 +13,7 @@ from typing import Any
 
 import pytest
 import requests
-from consul_agents import REPO, AclDevAgent, ServerAndClient, free_port
+from consul_agents import REPO, AclDevAgent, ServerAndClient, free_port, write_token_file
 from sidecar_process import Sidecar, base_env, wait_until
 
 pytestmark = [pytest.mark.consul, pytest.mark.timeout(90)]
@@ -82,21 +81,6 @@ def secret_env(tmp_path: Path, addr: str, **overrides: str) -> tuple[dict[str, s
     env = base_env(tmp_path, addr, KATALOG_METRICS_ADDR=f"127.0.0.1:{port}", KATALOG_LOG_LEVEL="debug",
                    KATALOG_DRAIN_TIMEOUT="3s", **overrides)
     return env, f"http://127.0.0.1:{port}"
-
-
-def write_token_file(path: Path, token: str) -> None:
-    tmp = path.with_suffix(".tmp")
-    tmp.write_text(token + "\n")
-    os.replace(tmp, path)
-
-
-@pytest.fixture
-def acl_agent(consul_bin: str, tmp_path: Path) -> Iterator[AclDevAgent]:
-    agent = AclDevAgent(consul_bin, tmp_path).start()
-    try:
-        yield agent
-    finally:
-        agent.stop()
 
 
 def test_acl_life_with_refusals_and_rotation(acl_agent: AclDevAgent, run_sidecar, tmp_path: Path) -> None:
