@@ -30,6 +30,8 @@ if works "$TARGET"; then
   echo "$TARGET"; exit 0
 fi
 
+# The Go toolchain's usual home, in case a non-login shell (CI) lacks it on PATH.
+[ -x /usr/local/go/bin/go ] && PATH="$PATH:/usr/local/go/bin"
 command -v go >/dev/null 2>&1 || { log "no consul binary and no Go toolchain to build one"; exit 1; }
 
 log "building consul v$CONSUL_VERSION from the Go module proxy (several minutes on 2 cores)"
