@@ -4,8 +4,9 @@
 # Order: $CONSUL_BIN, then `consul` on PATH, then a cached build, then a build from the Go
 # module proxy. Consul is only a *test* dependency; the product is pure Python.
 #
-# Why v1.16.1: it is the last Consul release published under the MPL-2.0. Releases from 1.17
-# on are under the BUSL, which this project does not take on, even for tests.
+# Why v1.16.1: it was tagged (2023-08-05) before HashiCorp moved Consul to the BUSL, so it is
+# under the MPL-2.0; later releases are under the BUSL, which this project does not take on,
+# even for tests.
 # Why a wrapper module: `go install github.com/hashicorp/consul@v` is refused because Consul's
 # go.mod has replace directives; in a dependency those are ignored, so the published
 # submodule versions are used. The excludes are copied from Consul's own go.mod.
