@@ -96,7 +96,9 @@ def test_steady_state_makes_no_api_requests_but_the_open_watch(dev_agent, kube, 
     sidecar.wait_gate(passing=True)
     before = len(kube.requests)
     index = dev_agent.catalog_index("web")
-    time.sleep(3.0)
+    logged = sidecar.logs()
+    time.sleep(3.0)  # three heartbeats and a TTL refresh (KATALOG_CHECK_TTL 15s: every 5s)
+    assert sidecar.logs() == logged  # nothing changed, so nothing is logged
     assert kube.requests[before:] == []
     assert kube.open_watches == 1
     assert [r.is_watch for r in kube.requests] == [False, True]  # one list, one watch, nothing else
