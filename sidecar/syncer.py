@@ -37,7 +37,7 @@ from sidecar.registration import (
     wanted_checks,
 )
 from sidecar.status import StatusWriter
-from sidecar.watchers import AgentWatcher, Confirmer, Expectation
+from sidecar.watchers import RESTART_NOTICE_SPREAD, AgentWatcher, Confirmer, Expectation
 
 log = logging.getLogger("katalog.sync")
 
@@ -83,6 +83,7 @@ class Syncer:
         self._final_message: str | None = None
         self._pushed_at = 0.0
         self._next_reconfirm = 0.0
+        self._registered_all_at = float("-inf")  # on the watchers' clock: time.monotonic
         self._last_error: str | None = None
         self._phase_since = time.time()
         self._phase = status_state.STARTING
@@ -190,7 +191,10 @@ class Syncer:
                 s.registered.discard(payload)
         elif kind == "agent-back":
             # The agent answered again after failing: it may have restarted with or without
-            # its state. Re-register (idempotent, keeps the same ID) and re-push the status.
+            # its state. Re-register (idempotent, keeps the same ID) and re-push the status,
+            # once: every service's watcher reports the same restart, within one retry period.
+            if payload < self._registered_all_at + RESTART_NOTICE_SPREAD:
+                return
             log.info("agent at %s answers again: re-registering and re-pushing status", self.agent.address)
             s.registered.clear()
             self._retry_at = None
@@ -284,6 +288,8 @@ class Syncer:
             log.info("registered %s (%s:%d) with the agent", inst.service_id, inst.address, inst.port)
             changed = True
         if changed:
+            if len(s.registered) == len(s.instances):
+                self._registered_all_at = self.clock()
             self._next_refresh = self.clock() + self.config.check_ttl / 3
             self._next_readiness_refresh = self.clock() + self.config.check_ttl * READINESS_TTL_FACTOR / 3
         return changed

@@ -11,6 +11,7 @@ from __future__ import annotations
 
 import logging
 import threading
+import time
 from collections.abc import Callable, Mapping
 from dataclasses import dataclass
 from typing import Any
@@ -25,6 +26,9 @@ log = logging.getLogger("katalog.watch")
 Post = Callable[[str, Any], None]
 
 AGENT_WATCH_WAIT = 300.0  # seconds; the agent answers early on any change to the instance
+AGENT_RETRY_CAP = 1.0  # seconds between retries while the agent is down
+# Every service's watcher notices the same agent restart, within one retry period of each other.
+RESTART_NOTICE_SPREAD = AGENT_RETRY_CAP + 0.5
 
 
 class AgentWatcher(threading.Thread):
@@ -38,7 +42,7 @@ class AgentWatcher(threading.Thread):
         self._stop_event = threading.Event()
         # Capped at 1s: while the agent is down we retry a cheap local connection, so its
         # return is noticed within about a second.
-        self._backoff = Backoff(initial=0.1, cap=1.0)
+        self._backoff = Backoff(initial=0.1, cap=AGENT_RETRY_CAP)
 
     def stop(self) -> None:
         self._stop_event.set()
@@ -57,7 +61,7 @@ class AgentWatcher(threading.Thread):
             self._backoff.reset()
             if failing:
                 failing = False
-                self._post("agent-back", self._service_id)
+                self._post("agent-back", time.monotonic())
             if service is None:
                 self._post("agent-lost", self._service_id)
                 # Wait for the sync loop to register it again instead of spinning on 404s.
