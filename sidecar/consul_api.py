@@ -351,10 +351,6 @@ class ConsulAgent:
     def deregister_service(self, service_id: str) -> None:
         self._call("PUT", f"/v1/agent/service/deregister/{service_id}")
 
-    def agent_checks(self) -> dict[str, Any]:
-        """The agent's own checks (local state, never forwarded to the servers)."""
-        return dict(self._call("GET", "/v1/agent/checks").json() or {})
-
     def agent_service(self, service_id: str, content_hash: str = "", wait: float = 0.0) -> tuple[str, dict[str, Any] | None]:
         """The agent's view of one instance; a hash-blocking query when `content_hash` is set."""
         params: list[tuple[str, str]] = []
