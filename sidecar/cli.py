@@ -99,30 +99,31 @@ def _run(config: Config) -> int:
     from sidecar.metrics import Metrics
     from sidecar.readiness import make_source
     from sidecar.status import StatusWriter
+    from sidecar.supervision import Supervisor
     from sidecar.syncer import Syncer
 
     metrics = Metrics()
+    supervisor = Supervisor(on_restart=metrics.worker_restart)  # runs every worker thread
     agent = ConsulAgent(config.consul, on_error=metrics.consul_error, on_request=metrics.consul_request)
     status = StatusWriter(config.status_file, gate_mode=config.gate_mode,
                           heartbeat_interval=config.heartbeat_interval, agent=agent.address,
-                          pod=f"{config.pod_namespace}/{config.pod_name}")
+                          pod=f"{config.pod_namespace}/{config.pod_name}", extra=supervisor.report)
     try:
         status.write(phase=status_state.STARTING, message="starting", since=time.time(),
                      ever_confirmed=False, services=[])
     except OSError as exc:
         log.error("cannot write the status file %s: %s", config.status_file, exc.strerror or exc)
         return EXIT_STATUS_UNWRITABLE
-    syncer = Syncer(config, agent, status, metrics=metrics)
+    syncer = Syncer(config, agent, status, metrics=metrics, supervisor=supervisor)
     if config.metrics_addr is not None:
-        metrics.serve(config.metrics_addr, syncer)
+        metrics.serve(config.metrics_addr, syncer, workers=supervisor.statuses)
     source = make_source(config, metrics)
     stop_sources = threading.Event()
-    source_thread = threading.Thread(target=source.run, args=(stop_sources, syncer), name="readiness", daemon=True)
     _on_terminate(syncer.request_shutdown)
     log.info("starting: pod %s/%s, services %s, agent %s, readiness from %s, gate mode %s",
              config.pod_namespace, config.pod_name, ", ".join(s.name for s in config.services),
              agent.address, config.readiness.source, config.gate_mode)
-    source_thread.start()
+    supervisor.start("readiness", lambda: source.run(stop_sources, syncer), stop_sources)
     code = syncer.run(stop_sources)
     log.info("exiting with code %d", code)
     return code

@@ -5,6 +5,7 @@ from __future__ import annotations
 import json
 import logging
 import sys
+import threading
 import time
 from collections.abc import Callable, Iterable
 
@@ -51,5 +52,17 @@ def setup(fmt: str = "text", level: str = "info",
     root = logging.getLogger()
     root.handlers[:] = [handler]
     root.setLevel(level.upper())
+    # Workers run under sidecar.supervision; any other thread that dies still says so in the
+    # configured format, not as a bare traceback on stderr.
+    threading.excepthook = _log_thread_death
     # requests/urllib3 log URLs at debug; keep them quiet unless asked for.
     logging.getLogger("urllib3").setLevel(logging.WARNING if level != "debug" else logging.DEBUG)
+
+
+def _log_thread_death(args: threading.ExceptHookArgs) -> None:
+    if args.exc_type is SystemExit or args.exc_value is None:
+        return
+    name = args.thread.name if args.thread is not None else "?"
+    logging.getLogger("katalog").error(
+        "thread %s died: %s: %s", name, args.exc_type.__name__, args.exc_value,
+        exc_info=(args.exc_type, args.exc_value, args.exc_traceback))

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import logging
+import socket
 import threading
 import time
 from collections.abc import Callable
@@ -13,6 +14,7 @@ from prometheus_client import CollectorRegistry, Counter, Gauge, Histogram, gene
 from prometheus_client.exposition import CONTENT_TYPE_LATEST
 
 from sidecar.errors import ConsulError
+from sidecar.supervision import RESTARTING, WorkerStatus
 
 log = logging.getLogger("katalog.metrics")
 
@@ -49,6 +51,9 @@ class Metrics:
         self.consul_in_flight = Gauge("katalog_consul_requests_in_flight",
                                       "Calls to the agent open right now (blocking queries included), by target.",
                                       ["target"], registry=r)
+        self.worker_restarts = Counter("katalog_worker_restarts_total",
+                                       "Restarts of a worker thread after an unexpected exception, by worker.",
+                                       ["worker"], registry=r)
         self._server: ThreadingHTTPServer | None = None
 
     def phase(self, phase: str) -> None:
@@ -74,7 +79,13 @@ class Metrics:
     def watch_restart(self, reason: str) -> None:
         self.watch_restarts.labels(reason).inc()
 
-    def serve(self, address: tuple[str, int], loop: _Loop, stuck_after: float = 60.0) -> None:
+    def worker_restart(self, worker: str) -> None:
+        self.worker_restarts.labels(worker).inc()
+
+    def serve(self, address: tuple[str, int], loop: _Loop, stuck_after: float = 60.0,
+              workers: Callable[[], list[WorkerStatus]] = list) -> None:
+        """`/healthz`: 503 when the sync loop is stuck or a worker is down waiting for its
+        restart; 200 otherwise, listing workers that have been restarted."""
         metrics = self
 
         class Handler(BaseHTTPRequestHandler):
@@ -83,10 +94,15 @@ class Metrics:
                     self._reply(200, generate_latest(metrics.registry), CONTENT_TYPE_LATEST)
                 elif self.path == "/healthz":
                     age = metrics._clock() - loop.last_loop
+                    statuses = workers()
+                    restarted = "".join(f"worker {w.describe()}\n" for w in statuses if w.restarts)
+                    down = [w.name for w in statuses if w.state == RESTARTING]
                     if age > stuck_after:
-                        self._reply(503, f"sync loop stuck for {age:.0f}s\n".encode(), "text/plain")
+                        self._reply(503, f"sync loop stuck for {age:.0f}s\n{restarted}".encode(), "text/plain")
+                    elif down:
+                        self._reply(503, f"worker {', '.join(down)} down, restarting\n{restarted}".encode(), "text/plain")
                     else:
-                        self._reply(200, b"ok\n", "text/plain")
+                        self._reply(200, f"ok\n{restarted}".encode(), "text/plain")
                 else:
                     self._reply(404, b"not found\n", "text/plain")
 
@@ -101,7 +117,7 @@ class Metrics:
                 pass
 
         try:
-            self._server = ThreadingHTTPServer(address, Handler)
+            self._server = _Server(address, Handler)
         except OSError as exc:
             # Metrics are for operators; syncing the pod matters more. Say so once and go on.
             log.error("KATALOG_METRICS_ADDR=%s:%d: cannot listen (%s); running without /metrics and /healthz",
@@ -112,4 +128,18 @@ class Metrics:
         # it: the default 0.5s poll was a quarter of an idle sidecar's CPU.
         threading.Thread(target=self._server.serve_forever, kwargs={"poll_interval": 3600},
                          name="metrics", daemon=True).start()
-        log.info("metrics on http://%s:%d/metrics", *self._server.server_address[:2])
+        host, port = str(self._server.server_address[0]), self._server.server_address[1]
+        log.info("metrics on http://%s:%d/metrics", f"[{host}]" if ":" in host else host, port)
+
+
+class _Server(ThreadingHTTPServer):
+    """IPv6 too (`[::]:9464` on IPv6-only clusters); handler errors logged, not printed."""
+
+    def __init__(self, address: tuple[str, int], handler: type[BaseHTTPRequestHandler]) -> None:
+        if ":" in address[0]:
+            self.address_family = socket.AF_INET6
+        super().__init__(address, handler)
+
+    def handle_error(self, request: Any, client_address: Any) -> None:
+        # socketserver would print a traceback to stderr, outside the configured log format.
+        log.debug("metrics request from %s failed", client_address, exc_info=True)

@@ -4,7 +4,7 @@ from __future__ import annotations
 
 import os
 import time
-from collections.abc import Callable
+from collections.abc import Callable, Mapping
 from pathlib import Path
 from typing import Any
 
@@ -13,7 +13,9 @@ from readiness_gate import state
 
 class StatusWriter:
     def __init__(self, path: Path, *, gate_mode: str, heartbeat_interval: float, agent: str,
-                 pod: str, wall: Callable[[], float] = time.time) -> None:
+                 pod: str, wall: Callable[[], float] = time.time,
+                 extra: Callable[[], Mapping[str, Any]] | None = None) -> None:
+        """`extra` adds fields to every write (the workers' liveness, from the supervisor)."""
         self.path = path
         self._fixed = {
             "schema": state.SCHEMA,
@@ -25,9 +27,12 @@ class StatusWriter:
             "pod": pod,
         }
         self._wall = wall
+        self._extra = extra
 
     def write(self, **fields: Any) -> None:
         document = dict(self._fixed)
+        if self._extra is not None:
+            document.update(self._extra())
         document.update(fields)
         document["updated_at"] = self._wall()
         state.write_atomically(str(self.path), document)

@@ -25,6 +25,13 @@ def render(state: Mapping[str, Any], gate_ok: bool, gate_line: str, now: float) 
         f"gate:       {'PASS' if gate_ok else 'FAIL'} ({state.get('gate_mode', '?')} mode): {gate_line}",
         f"heartbeat:  {_ago(now - float(state.get('updated_at', now)))}",
     ]
+    workers = [w for w in state.get("workers") or [] if isinstance(w, Mapping)]
+    if workers:
+        lines.append("workers:    " + ", ".join(f"{w.get('name')} {w.get('state')}" for w in workers))
+    for w in workers:
+        if w.get("restarts"):
+            lines.append(f"      {w.get('name')}: restarted {w.get('restarts')} time(s) after a failure; "
+                         f"last: {w.get('last_error')}")
     if state.get("source_problem"):
         lines.append(f"readiness:  cannot see the app: {state['source_problem']}")
     services = state.get("services") or []

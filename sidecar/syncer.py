@@ -37,6 +37,7 @@ from sidecar.registration import (
     wanted_checks,
 )
 from sidecar.status import StatusWriter
+from sidecar.supervision import Supervisor
 from sidecar.watchers import RESTART_NOTICE_SPREAD, AgentWatcher, Confirmer, Expectation
 
 log = logging.getLogger("katalog.sync")
@@ -65,8 +66,10 @@ class SyncState:
 
 class Syncer:
     def __init__(self, config: Config, agent: ConsulAgent, status: StatusWriter, *,
-                 clock: Callable[[], float] = time.monotonic, metrics: Metrics | None = None) -> None:
+                 clock: Callable[[], float] = time.monotonic, metrics: Metrics | None = None,
+                 supervisor: Supervisor | None = None) -> None:
         self.config = config
+        self.supervisor = supervisor or Supervisor()  # runs the watcher threads below
         self.agent = agent
         self.status = status
         self.clock = clock
@@ -87,7 +90,7 @@ class Syncer:
         self._last_error: str | None = None
         self._phase_since = time.time()
         self._phase = status_state.STARTING
-        self._confirmer = Confirmer(agent, config.confirm_wait, self._post)
+        self._confirmer = Confirmer(agent, config.confirm_wait, self._post, supervisor=self.supervisor)
         self._watchers: list[AgentWatcher] = []
         self.last_loop = clock()  # for the liveness endpoint: a stuck loop stops updating it
 
@@ -421,7 +424,7 @@ class Syncer:
 
     def _start_watchers(self) -> None:
         for inst in self.state.instances:
-            watcher = AgentWatcher(self.agent, inst.service_id, self._post)
+            watcher = AgentWatcher(self.agent, inst.service_id, self._post, supervisor=self.supervisor)
             watcher.start()
             self._watchers.append(watcher)
 

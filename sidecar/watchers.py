@@ -20,6 +20,7 @@ from sidecar.backoff import Backoff
 from sidecar.consul_api import ConsulAgent
 from sidecar.errors import ConsulError
 from sidecar.registration import Instance, compare_with_catalog
+from sidecar.supervision import Supervisor
 
 log = logging.getLogger("katalog.watch")
 
@@ -31,10 +32,11 @@ AGENT_RETRY_CAP = 1.0  # seconds between retries while the agent is down
 RESTART_NOTICE_SPREAD = AGENT_RETRY_CAP + 0.5
 
 
-class AgentWatcher(threading.Thread):
+class AgentWatcher:
     def __init__(self, agent: ConsulAgent, service_id: str, post: Post,
-                 wait: float = AGENT_WATCH_WAIT) -> None:
-        super().__init__(name=f"agent-watch:{service_id}", daemon=True)
+                 wait: float = AGENT_WATCH_WAIT, *, supervisor: Supervisor | None = None) -> None:
+        self.name = f"agent-watch:{service_id}"
+        self._supervisor = supervisor or Supervisor()
         self._agent = agent
         self._service_id = service_id
         self._post = post
@@ -44,10 +46,13 @@ class AgentWatcher(threading.Thread):
         # return is noticed within about a second.
         self._backoff = Backoff(initial=0.1, cap=AGENT_RETRY_CAP)
 
+    def start(self) -> None:
+        self._supervisor.start(self.name, self._run, self._stop_event)
+
     def stop(self) -> None:
         self._stop_event.set()
 
-    def run(self) -> None:
+    def _run(self) -> None:
         content_hash = ""
         failing = False
         while not self._stop_event.is_set():
@@ -84,9 +89,10 @@ class Expectation:
     recheck: bool = False
 
 
-class Confirmer(threading.Thread):
-    def __init__(self, agent: ConsulAgent, wait: float, post: Post) -> None:
-        super().__init__(name="confirmer", daemon=True)
+class Confirmer:
+    def __init__(self, agent: ConsulAgent, wait: float, post: Post, *, supervisor: Supervisor | None = None) -> None:
+        self._supervisor = supervisor or Supervisor()
+        self._stop_event = threading.Event()  # ends a restart backoff of the supervisor
         self._agent = agent
         self._wait = wait
         self._post = post
@@ -100,7 +106,11 @@ class Confirmer(threading.Thread):
             self._target = expectation
             self._cond.notify()
 
+    def start(self) -> None:
+        self._supervisor.start("confirmer", self._run, self._stop_event)
+
     def stop(self) -> None:
+        self._stop_event.set()
         with self._cond:
             self._stopped = True
             self._cond.notify()
@@ -115,7 +125,7 @@ class Confirmer(threading.Thread):
         with self._cond:
             return self._target is expectation and not self._stopped
 
-    def run(self) -> None:
+    def _run(self) -> None:
         while True:
             target = self._current()
             if target is None:
