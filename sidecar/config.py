@@ -100,6 +100,8 @@ _SERVICE_NAME = re.compile(r"^[a-zA-Z0-9]([a-zA-Z0-9-]*[a-zA-Z0-9])?$")
 _PORT_NAME = re.compile(r"^[a-z0-9]([a-z0-9-]*[a-z0-9])?$")
 _DNS_LABEL = re.compile(r"^[a-z0-9]([a-z0-9-]*[a-z0-9])?$")
 _DNS_SUBDOMAIN = re.compile(r"^[a-z0-9]([a-z0-9.-]*[a-z0-9])?$")
+# A host name label as resolvers take it (underscores occur in real names, e.g. in /etc/hosts).
+_HOST_LABEL = re.compile(r"^[A-Za-z0-9_]([A-Za-z0-9_-]{0,61}[A-Za-z0-9_])?$")
 _MIN_DEREGISTER_AFTER = 60.0  # Consul raises smaller values to 1m; we refuse them instead.
 _MAX_DURATION = 9223372036.0  # Go's time.Duration limit (~292 years): Consul rejects anything longer
 _MAX_META_VALUE_BYTES = 512  # Consul counts bytes (Go's len), not characters
@@ -265,6 +267,24 @@ def _split_url(text: str) -> SplitResult | None:
         return None
 
 
+def host_problem(host: str) -> str | None:
+    """Why `host` is neither an IP address nor a host name, or None.
+
+    Checked here because the socket layer fails late and badly: `a..b` passes urlsplit and
+    then raises UnicodeError ("label empty or too long") inside the thread that connects.
+    """
+    try:
+        ipaddress.ip_address(host)
+        return None
+    except ValueError:
+        pass
+    name = host[:-1] if host.endswith(".") else host
+    if not name or len(name) > 253 or not all(_HOST_LABEL.match(label) for label in name.split(".")):
+        return ("not an IP address or host name (letters, digits, '-' and '_' in dot-separated "
+                "labels of 1 to 63 characters)")
+    return None
+
+
 def _split_list(value: str) -> list[str]:
     return [item.strip() for item in value.split(",") if item.strip()]
 
@@ -403,6 +423,8 @@ def _parse_consul(c: _Collector, host_ip: str) -> ConsulSettings:
             c.bad("CONSUL_HTTP_ADDR", addr, "scheme must be http:// or https://")
         elif not parts.hostname or parsed_port == -1 or (parts.path not in ("", "/")):
             c.bad("CONSUL_HTTP_ADDR", addr, "expected host:port, http://host:port or https://host:port")
+        elif (why := host_problem(parts.hostname)) is not None:
+            c.bad("CONSUL_HTTP_ADDR", addr, f"host {parts.hostname!r}: {why}")
         else:
             # http:// does not downgrade CONSUL_HTTP_SSL=true, as in Consul's own client.
             scheme = "https" if ssl else parts.scheme
@@ -436,8 +458,19 @@ def _parse_host_port(c: _Collector, name: str, value: str) -> tuple[str, int] | 
     if not sep or not host:
         c.bad(name, value, "expected host:port")
         return None
+    why = host_problem(host)
+    if why is not None:
+        c.bad(name, value, f"host {host!r}: {why}")
     port = _parse_port(c, name, value, port_text)
-    return (host, port) if port is not None else None
+    return (host, port) if port is not None and why is None else None
+
+
+def _check_url(c: _Collector, name: str, url: str) -> None:
+    parts = _split_url(url)
+    if parts is None or parts.scheme not in ("http", "https") or not parts.hostname:
+        c.bad(name, url, "expected an http:// or https:// URL")
+    elif (why := host_problem(parts.hostname)) is not None:
+        c.bad(name, url, f"host {parts.hostname!r}: {why}")
 
 
 def _parse_readiness(c: _Collector) -> ReadinessSettings:
@@ -449,9 +482,7 @@ def _parse_readiness(c: _Collector) -> ReadinessSettings:
         if not http_url:
             c.problems.append("KATALOG_READINESS_HTTP_URL is not set, but KATALOG_READINESS_SOURCE is http")
         else:
-            parts = _split_url(http_url)
-            if parts is None or parts.scheme not in ("http", "https") or not parts.hostname:
-                c.bad("KATALOG_READINESS_HTTP_URL", http_url, "expected an http:// or https:// URL")
+            _check_url(c, "KATALOG_READINESS_HTTP_URL", http_url)
     if source == "tcp":
         if not tcp:
             c.problems.append("KATALOG_READINESS_TCP_ADDR is not set, but KATALOG_READINESS_SOURCE is tcp")
@@ -476,9 +507,7 @@ def _parse_readiness(c: _Collector) -> ReadinessSettings:
 def _parse_kubernetes(c: _Collector, source: str) -> KubernetesSettings:
     api_url = c.raw("KATALOG_KUBE_API_URL") or None
     if api_url:
-        parts = _split_url(api_url)
-        if parts is None or parts.scheme not in ("http", "https") or not parts.hostname:
-            c.bad("KATALOG_KUBE_API_URL", api_url, "expected an http:// or https:// URL")
+        _check_url(c, "KATALOG_KUBE_API_URL", api_url)
     elif source == "kubernetes":
         host = c.environ.get("KUBERNETES_SERVICE_HOST", "").strip()
         port = c.environ.get("KUBERNETES_SERVICE_PORT", "443").strip()
@@ -487,6 +516,8 @@ def _parse_kubernetes(c: _Collector, source: str) -> KubernetesSettings:
                 "KATALOG_KUBE_API_URL is not set and KUBERNETES_SERVICE_HOST is empty: not in a cluster? "
                 "Set KATALOG_KUBE_API_URL, or KATALOG_READINESS_SOURCE=http|tcp|fixed"
             )
+        elif (why := host_problem(host)) is not None:
+            c.bad("KUBERNETES_SERVICE_HOST", host, why)
         else:
             bracketed = f"[{host}]" if ":" in host else host
             api_url = f"https://{bracketed}:{port}"

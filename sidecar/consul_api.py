@@ -265,6 +265,16 @@ def _raise_for_status(reply: Reply, method: str, path: str, token: str | None = 
     raise ConsulError(what, status=reply.status)
 
 
+def _is_health_entry(entry: object) -> bool:
+    """A /v1/health entry the comparisons can read: objects where objects belong (junk from a
+    proxy or a broken agent must be a ConsulError the caller retries, not a crashed thread)."""
+    if not isinstance(entry, dict):
+        return False
+    service, checks = entry.get("Service"), entry.get("Checks")
+    return (isinstance(service, (dict, type(None))) and isinstance(checks, (list, type(None)))
+            and all(isinstance(c, dict) and isinstance(c.get("CheckID"), str) for c in checks or ()))
+
+
 def blocking_timeout(request_timeout: float, wait: float) -> float:
     """A blocking query may legally take wait + wait/16 (Consul's jitter); add a margin."""
     return wait + max(wait / 16, 1.0) + request_timeout
@@ -365,18 +375,16 @@ class ConsulAgent:
         return reply.headers.get("X-Consul-ContentHash", ""), reply.json()
 
     def health_of_instance(self, service_name: str, service_id: str, index: int = 0,
-                           wait: float = 0.0, stale: bool = False) -> tuple[int, list[dict[str, Any]]]:
+                           wait: float = 0.0) -> tuple[int, list[dict[str, Any]]]:
         """The servers' view of one instance: catalog entry plus its checks (server-bound)."""
         params = [("filter", f'Service.ID == "{service_id}"')]
         timeout = None
         if index > 0 and wait > 0:
             params += [("index", str(index)), ("wait", _wait_param(wait))]
             timeout = blocking_timeout(self._settings.timeout, wait)
-        if stale:
-            params.append(("stale", ""))
         reply = self._call("GET", f"/v1/health/service/{service_name}", params, timeout=timeout)
         data = reply.json() or []
-        if not isinstance(data, list) or not all(isinstance(e, dict) for e in data):
+        if not isinstance(data, list) or not all(_is_health_entry(e) for e in data):
             raise ConsulError(f"GET /v1/health/service/{service_name}: the answer is not a list of instances")
         entries = list(data)
         if not entries and reply.headers.get(_FILTERED_HEADER, "").lower() == "true":

@@ -25,7 +25,8 @@ from sidecar.errors import KubernetesError
 log = logging.getLogger("katalog.kube")
 
 TOKEN_MAX_AGE = 60.0  # the kubelet refreshes tokens well before they expire; a minute is plenty
-_MAX_BODY = 300  # error bodies are truncated so nothing sensitive reaches the logs
+_MAX_BODY = 300  # error messages are truncated so nothing sensitive reaches the logs
+_MAX_PARSED = 64 * 1024  # a Status is parsed whole (a real 403 is over 300 bytes), a page of junk is not
 RBAC_HINT = "grant get, list, watch on pods (see examples/rbac.yaml)"
 
 
@@ -68,7 +69,7 @@ class KubeClient:
         self._session.trust_env = False  # no proxy or .netrc from the app's environment (see consul_api)
         self._token: str | None = None
         self._token_read_at: float | None = None
-        self._token_warned = False
+        self._token_problem: str | None = None  # why the token file cannot be read, while it cannot
         self._malformed_warned = False
         self._verify: bool | str = True
         if self._base.startswith("https://"):
@@ -91,12 +92,16 @@ class KubeClient:
         response = self._request("list", namespace, self._pods_params(name), stream=False)
         try:
             body = response.json()
-            items = body.get("items") or []
-            resource_version = str(body["metadata"]["resourceVersion"])
-        except (ValueError, KeyError, TypeError, AttributeError) as exc:
+        except (ValueError, RecursionError) as exc:
             raise KubernetesError("the API server sent a pod list that is not valid JSON", reason="malformed") from exc
+        meta = body.get("metadata") if isinstance(body, dict) else None
+        items = body.get("items") if isinstance(body, dict) else None
+        resource_version = meta.get("resourceVersion") if isinstance(meta, dict) else None
+        if not isinstance(resource_version, str) or not resource_version or not isinstance(items, (list, type(None))):
+            raise KubernetesError("the API server sent a pod list without items or resourceVersion", reason="malformed")
         # The field selector already filters by name; checking again costs nothing.
-        pods = [item for item in items if isinstance(item, dict) and (item.get("metadata") or {}).get("name") == name]
+        pods = [item for item in items or () if isinstance(item, dict) and isinstance(item.get("metadata"), dict)
+                and item["metadata"].get("name") == name]
         return (pods[0] if pods else None), resource_version
 
     def watch_pod(
@@ -140,6 +145,14 @@ class KubeClient:
             response.close()
             response = self._send(url, params, stream=stream, refresh_token=True)
         if response.status_code != 200:
+            if response.status_code in (401, 403) and self._token is None and self._token_problem:
+                response.close()
+                # Sent without a token because there is none to send: RBAC is not the problem.
+                raise KubernetesError(
+                    f"the service-account token file {self._token_file} cannot be used ({self._token_problem}), so the "
+                    f"API server refused an anonymous request (HTTP {response.status_code}); mount the token "
+                    "(automountServiceAccountToken) or set KATALOG_KUBE_TOKEN_FILE",
+                    status=response.status_code, reason="Unauthorized" if response.status_code == 401 else "Forbidden")
             raise _http_error(response, verb, namespace)
         if stream:
             with self._lock:
@@ -177,15 +190,14 @@ class KubeClient:
             return self._token
         try:
             self._token = self._token_file.read_text().strip() or None
-            self._token_warned = False
-        except OSError as exc:
-            if not self._token_warned:
-                log.warning(
-                    "cannot read the service-account token file %s (%s); sending requests without a token",
-                    self._token_file,
-                    exc.strerror or exc.__class__.__name__,
-                )
-                self._token_warned = True
+            self._token_problem = None if self._token else "the file is empty"
+        except (OSError, ValueError) as exc:  # ValueError: not UTF-8
+            problem = "the file does not exist" if isinstance(exc, FileNotFoundError) else (
+                (exc.strerror if isinstance(exc, OSError) else None) or exc.__class__.__name__)
+            if problem != self._token_problem:
+                log.warning("cannot read the service-account token file %s (%s); sending requests without a token",
+                            self._token_file, problem)
+            self._token_problem = problem
             self._token = None
         self._token_read_at = now
         return self._token
@@ -231,18 +243,21 @@ class KubeClient:
 
 
 def _http_error(response: requests.Response, verb: str, namespace: str) -> KubernetesError:
-    """An HTTP error as a KubernetesError: the Status reason, a truncated body, no token."""
+    """An HTTP error as a KubernetesError: the Status reason and message, shortened, no token.
+
+    The body is parsed first and shortened after: a real 403 `Status` is over 300 bytes.
+    """
     code = response.status_code
-    text = response.text[:_MAX_BODY]
+    text = response.text[:_MAX_PARSED]
     response.close()
-    reason, message = response.reason or "", text
+    reason, message = response.reason or "", " ".join(text.split())[:_MAX_BODY]
     try:
         status = json.loads(text) if text.lstrip().startswith("{") else None
-    except ValueError:
+    except (ValueError, RecursionError):
         status = None
     if isinstance(status, dict) and status.get("kind") == "Status":
         reason = str(status.get("reason") or reason)
-        message = str(status.get("message") or text)[:_MAX_BODY]
+        message = " ".join(str(status.get("message") or message).split())[:_MAX_BODY]
     if code == 403:
         return KubernetesError(
             f"forbidden: the service account cannot {verb} pods in namespace {namespace}; {RBAC_HINT}"

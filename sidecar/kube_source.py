@@ -13,6 +13,7 @@ import contextlib
 import logging
 import random
 import threading
+import time
 from collections.abc import Callable, Collection
 from typing import Any, Protocol
 
@@ -20,7 +21,7 @@ from sidecar.backoff import Backoff
 from sidecar.config import Config
 from sidecar.errors import ConfigError, KubernetesError
 from sidecar.kube_client import KubeClient, StreamBrokenError, WatchInactiveError
-from sidecar.pod_readiness import container_ports, observe_pod
+from sidecar.pod_readiness import container_ports, grace_seconds, observe_pod
 from sidecar.readiness import Observation, ReadinessSink
 
 log = logging.getLogger("katalog.kube")
@@ -28,6 +29,12 @@ log = logging.getLogger("katalog.kube")
 WATCH_TIMEOUT = 300.0  # server-side watch length; client-go picks 5-10 min the same way
 BACKOFF_INITIAL = 0.5
 BACKOFF_MAX = 30.0
+# While the API server does not answer at all, retry at least this often: a refused connection
+# costs it nothing, and its return is then noticed within seconds, not after a 30 s backoff
+# chosen during a long outage. Answers it does give (5xx, 429) back off up to BACKOFF_MAX.
+RECONNECT_MAX = 5.0
+# The reasons of katalog_watch_restarts_total (the README lists them).
+WATCH_RESTART_REASONS = ("expired", "inactivity", "broken", "ended")
 
 
 class KubeMetrics(Protocol):
@@ -77,6 +84,8 @@ class KubernetesSource:
         backoff_max: float = BACKOFF_MAX,
         sleep: Callable[[threading.Event, float], None] = wait_or_stop,
         rng: Callable[[], float] = random.random,
+        clock: Callable[[], float] = time.monotonic,
+        reconnect_max: float = RECONNECT_MAX,
         metrics: KubeMetrics | None = None,
     ) -> None:
         self._client = client
@@ -89,9 +98,11 @@ class KubernetesSource:
         self._watch_timeout = watch_timeout
         self._backoff_max = backoff_max
         self._failure_backoff = Backoff(backoff_initial, backoff_max, rng)
+        self._reconnect_backoff = Backoff(backoff_initial, min(reconnect_max, backoff_max), rng)
         self._restart_backoff = Backoff(backoff_initial, backoff_max, rng)
         self._sleep = sleep
         self._rng = rng
+        self._clock = clock
         self._metrics: KubeMetrics = metrics or NoMetrics()
         self._uid = expected_uid
         self._rv: str | None = None
@@ -100,6 +111,10 @@ class KubernetesSource:
         self._fruitless = 0  # watch restarts (cut off, 410) in a row without an event between
         self._state = "starting"  # "connected" or "failing:<kind>": logs only on changes
         self._said: set[str] = set()  # one-time log lines (unknown event types)
+        self._closer: threading.Thread | None = None
+        # The first observation waits until the watch is open too: with a Role that allows
+        # list but not watch, registering would follow a pod the sidecar cannot see change.
+        self._first: dict[str, Any] | None = None
 
     @classmethod
     def from_config(cls, config: Config, metrics: KubeMetrics | None = None) -> KubernetesSource:
@@ -125,7 +140,10 @@ class KubernetesSource:
     def run(self, stop: threading.Event, sink: ReadinessSink) -> None:
         """Report until `stop` is set or the pod is deleted."""
         # A blocked read ignores `stop`; closing the client from another thread ends it at once.
-        threading.Thread(target=self._close_on, args=(stop,), name="kube-watch-stop", daemon=True).start()
+        # Once per instance: the supervisor may call run() again after a failure.
+        if self._closer is None:
+            self._closer = threading.Thread(target=self._close_on, args=(stop,), name="kube-watch-stop", daemon=True)
+            self._closer.start()
         while not stop.is_set():
             try:
                 rv = self._rv if self._rv is not None else self._list(sink)
@@ -152,7 +170,10 @@ class KubernetesSource:
             sink.observe(Observation(ready=False, detail="pod not found", terminating=True, deleted=True, pod_uid=self._uid))
             raise _PodGoneError()
         if self._is_our_pod(pod):
-            self._pod_changed(pod, sink)
+            if self._last is None:
+                self._first = pod  # reported once the watch is open (see __init__)
+            else:
+                self._pod_changed(pod, sink)
         self._rv = rv
         return rv
 
@@ -173,14 +194,19 @@ class KubernetesSource:
         """One watch stream from `rv`. Returns when it ends normally, goes silent or breaks."""
         timeout = max(1, round(self._watch_timeout * (0.9 + 0.2 * self._rng())))  # jitter: no herd
         events = self._client.watch_pod(self._namespace, self._name, rv, timeout)
+        began = self._clock()
         self._connected(sink)
+        if self._first is not None:
+            self._pod_changed(self._first, sink)
+            self._first = None  # only once delivered: a restarted run() delivers it again
         try:
             with contextlib.closing(events):
                 for event in events:
                     self._handle(event, sink)
         except WatchInactiveError:
-            # Silence is not an outage (the API sends bookmarks only every minute or so):
-            # resume from the same resourceVersion at once; a failing reconnect reports.
+            # Silence is not an outage: a real API server sends bookmarks only once something
+            # changed since the watch began, so a quiet pod's watch ends here every inactivity
+            # period. Resume from the same resourceVersion at once; a failing reconnect reports.
             log.debug("watch of pod %s silent for %gs; restarting it", self.pod, self._inactivity)
             self._metrics.watch_restart("inactivity")
             return
@@ -189,9 +215,21 @@ class KubernetesSource:
             if stop.is_set():
                 return
             log.debug("watch of pod %s was cut off; restarting it", self.pod)
-            self._fruitless_restart(stop)
+            self._stream_ended(stop, began)
             return
-        self._metrics.watch_restart("timeout")
+        # Ended by the server after timeoutSeconds, or by a proxy at any moment.
+        self._metrics.watch_restart("ended")
+        if not stop.is_set():
+            self._stream_ended(stop, began)
+
+    def _stream_ended(self, stop: threading.Event, began: float) -> None:
+        """Back off before the next watch unless this one was worth it (as kopf does after
+        every end of a stream): a proxy that closes streams at once must not get a hot loop."""
+        if self._clock() - began >= self._backoff_max:
+            # A long stream: restarting at once costs one request per backoff_max at most.
+            self._fruitless = 0
+            self._restart_backoff.reset()
+        self._fruitless_restart(stop)
 
     def _handle(self, event: dict[str, Any], sink: ReadinessSink) -> None:
         kind = event.get("type")
@@ -202,6 +240,8 @@ class KubernetesSource:
         if kind in ("ADDED", "MODIFIED", "BOOKMARK"):
             if kind != "BOOKMARK":
                 self._pod_changed(obj, sink)
+            else:
+                log.debug("bookmark in the watch of pod %s: resourceVersion %.40s", self.pod, _resource_version(obj))
             self._rv = _resource_version(obj) or self._rv
             self._fruitless = 0  # the stream works: the next restart need not wait
             self._restart_backoff.reset()
@@ -233,7 +273,8 @@ class KubernetesSource:
         return False
 
     def _pod_changed(self, pod: dict[str, Any], sink: ReadinessSink) -> None:
-        uid = (pod.get("metadata") or {}).get("uid")
+        meta = pod.get("metadata")
+        uid = meta.get("uid") if isinstance(meta, dict) and isinstance(meta.get("uid"), str) else None
         if self._uid and uid and uid != self._uid:
             # Same name, new pod (e.g. a StatefulSet): ours is gone, and we missed its DELETED.
             self._deleted(pod, sink)
@@ -241,7 +282,8 @@ class KubernetesSource:
         self._send(observe_pod(pod, self._own, self._excluded), sink)
 
     def _deleted(self, pod: dict[str, Any], sink: ReadinessSink) -> None:
-        grace = (pod.get("metadata") or {}).get("deletionGracePeriodSeconds")
+        meta = pod.get("metadata")
+        grace = meta.get("deletionGracePeriodSeconds") if isinstance(meta, dict) else None
         log.info("pod %s deleted; stopping the watch", self.pod)
         self._send(
             Observation(
@@ -249,7 +291,7 @@ class KubernetesSource:
                 detail="pod deleted",
                 terminating=True,
                 deleted=True,
-                grace_period=float(grace) if isinstance(grace, (int, float)) else None,
+                grace_period=grace_seconds(grace),
                 pod_uid=self._uid,
                 container_ports=container_ports(pod),
             ),
@@ -260,13 +302,14 @@ class KubernetesSource:
     def _send(self, observation: Observation, sink: ReadinessSink) -> None:
         # Only changes go out: a steady pod costs the sync loop (and Consul) nothing.
         if observation != self._last:
-            self._last = observation
             sink.observe(observation)
+            self._last = observation  # after delivery: if the sink failed, a restart sends it again
 
     # -- failures -----------------------------------------------------------------
 
     def _connected(self, sink: ReadinessSink) -> None:
         self._failure_backoff.reset()
+        self._reconnect_backoff.reset()
         if self._state != "connected":
             if self._state == "starting":
                 log.info("watching pod %s through the Kubernetes API", self.pod)
@@ -294,6 +337,10 @@ class KubernetesSource:
         if permanent:
             # Permissions or a bad request: only a change of configuration helps; do not storm.
             return self._backoff_max * (0.8 + 0.2 * self._rng())
+        if exc.status is None:
+            return self._reconnect_backoff.next_delay()  # no answer at all: see RECONNECT_MAX
+        # The server answers again (if only with errors): the reconnect delay starts afresh.
+        self._reconnect_backoff.reset()
         return self._failure_backoff.next_delay()
 
     def _close_on(self, stop: threading.Event) -> None:
@@ -316,5 +363,8 @@ def _classify(exc: KubernetesError) -> tuple[str, str, bool]:
 
 
 def _resource_version(obj: dict[str, Any]) -> str | None:
-    rv = (obj.get("metadata") or {}).get("resourceVersion")
-    return str(rv) if rv else None
+    meta = obj.get("metadata")
+    rv = meta.get("resourceVersion") if isinstance(meta, dict) else None
+    # Opaque, compared only for equality; anything but a non-empty string is junk.
+    return rv if isinstance(rv, str) and rv else None
+

@@ -7,6 +7,7 @@ this sidecar and any excluded container. A pod being deleted is never ready.
 
 from __future__ import annotations
 
+import math
 from collections.abc import Collection, Mapping
 from typing import Any
 
@@ -26,7 +27,7 @@ def observe_pod(pod: Mapping[str, Any], own_container: str, excluded: Collection
             ready=False,
             detail="pod is terminating",
             terminating=True,
-            grace_period=float(grace) if isinstance(grace, (int, float)) else None,
+            grace_period=grace_seconds(grace),
             pod_uid=uid,
             container_ports=ports,
         )
@@ -56,18 +57,10 @@ def container_ports(pod: Mapping[str, Any]) -> dict[str, int]:
     for container in _dicts(spec.get("containers")) + _dicts(spec.get("initContainers")):
         for port in _dicts(container.get("ports")):
             name, number = port.get("name"), port.get("containerPort")
-            if isinstance(name, str) and name and isinstance(number, int):
+            # A port Consul could not take (a bool is an int in Python) is junk, not a port.
+            if isinstance(name, str) and name and type(number) is int and 1 <= number <= 65535:
                 ports.setdefault(name, number)
     return ports
-
-
-def resolve_named_port(name: str, container_ports: Mapping[str, int] | None) -> int:
-    """The number of a named container port, or a ValueError naming the ports that exist."""
-    known = container_ports or {}
-    if name in known:
-        return known[name]
-    available = ", ".join(sorted(known)) if known else "none"
-    raise ValueError(f"no container port named {name!r} in the pod spec (named ports: {available})")
 
 
 def _app_container_names(spec: Mapping[str, Any]) -> list[str]:
@@ -86,3 +79,18 @@ def _dicts(value: object) -> list[Mapping[str, Any]]:
     if not isinstance(value, list):
         return []
     return [item for item in value if isinstance(item, Mapping)]
+
+
+def grace_seconds(value: object) -> float | None:
+    """deletionGracePeriodSeconds as a number of seconds, or None when it is not one.
+
+    An integer too large for a float, NaN or a negative number must not reach the drain's
+    arithmetic (a float() of a huge JSON integer raises OverflowError).
+    """
+    if isinstance(value, bool) or not isinstance(value, (int, float)):
+        return None
+    try:
+        seconds = float(value)
+    except OverflowError:
+        return None
+    return seconds if math.isfinite(seconds) and seconds >= 0 else None

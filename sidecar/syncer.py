@@ -171,6 +171,8 @@ class Syncer:
                     log.warning("readiness source: %s (keeping the last known status)", payload)
                 else:
                     log.info("readiness source recovered")
+                # News for the gate (a 401/403 names what to fix): write now, not at the next heartbeat.
+                self._next_heartbeat = self.clock()
             s.source_problem = payload
         elif kind == "confirmed":
             if payload == s.generation:

@@ -46,17 +46,21 @@ def _now() -> str:
     return datetime.now(timezone.utc).strftime("%Y-%m-%dT%H:%M:%SZ")
 
 
-def status_object(code: int, message: str, reason: str | None = None) -> dict[str, Any]:
+def status_object(code: int, message: str, reason: str | None = None,
+                  details: dict[str, Any] | None = None) -> dict[str, Any]:
     """A `Status` as the API returns it for errors (also the object of an ERROR event)."""
-    return {
+    status: dict[str, Any] = {
         "kind": "Status",
         "apiVersion": "v1",
         "metadata": {},
         "status": "Failure",
         "message": message,
         "reason": reason or _REASONS.get(code, "Unknown"),
-        "code": code,
     }
+    if details is not None:
+        status["details"] = details  # before "code", in the API server's field order
+    status["code"] = code
+    return status
 
 
 def make_pod(
@@ -218,6 +222,7 @@ class FakeKube:
         self._thread: threading.Thread | None = None
         self._port = 0
         self._stopping = False
+        self._end_at_once = False
 
     # -- lifecycle ------------------------------------------------------------------------
 
@@ -369,6 +374,11 @@ class FakeKube:
         with self._cond:
             self._broadcast("break", None)
 
+    def end_watches_at_once(self, on: bool = True) -> None:
+        """New watches answer 200 and end at once, cleanly (a proxy that closes streams)."""
+        with self._cond:
+            self._end_at_once = on
+
     def fail_next(self, status: int, n: int = 1, verb: str | None = None) -> None:
         """Answer the next `n` requests (of `verb` "list" or "watch", or any) with a Status error."""
         with self._cond:
@@ -474,7 +484,7 @@ class FakeKube:
                 if lines:
                     return lines, None
                 remaining = deadline - time.monotonic()
-                if remaining <= 0:
+                if remaining <= 0 or self._end_at_once:
                     return [], "end"
                 self._cond.wait(remaining)
 
@@ -519,13 +529,15 @@ class FakeKube:
         if auth != f"Bearer {token}":
             return 401, "Unauthorized"
         if self.require_name_selector and "metadata.name" not in selector:
-            return 403, _forbidden(verb, namespace)
+            return 403, _forbidden(verb, namespace, None)
         return None
 
 
-def _forbidden(verb: str, namespace: str) -> str:
+def _forbidden(verb: str, namespace: str, name: str | None) -> str:
+    # With a metadata.name field selector the API server authorizes (and names) that one pod.
+    what = f'pods "{name}"' if name else "pods"
     return (
-        f'pods is forbidden: User "system:serviceaccount:{namespace}:default" cannot {verb} '
+        f'{what} is forbidden: User "system:serviceaccount:{namespace}:default" cannot {verb} '
         f'resource "pods" in API group "" in the namespace "{namespace}"'
     )
 
@@ -598,16 +610,17 @@ def _handler_for(fake: FakeKube) -> type[BaseHTTPRequestHandler]:
                 return self._status(404, "the server could not find the requested resource")
             namespace = segments[3]
             verb = "watch" if self.record.is_watch else "list"
+            selector = _parse_selector(query.get("fieldSelector", ""))
+            name = (selector or {}).get("metadata.name")
             injected = fake._take_failure(verb)
             if injected is not None:
-                message = _forbidden(verb, namespace) if injected == 403 else f"injected failure {injected}"
-                return self._status(injected, "Unauthorized" if injected == 401 else message)
-            selector = _parse_selector(query.get("fieldSelector", ""))
+                message = _forbidden(verb, namespace, name) if injected == 403 else f"injected failure {injected}"
+                return self._status(injected, "Unauthorized" if injected == 401 else message, name)
             if selector is None:
                 return self._status(400, f"unable to parse requested fieldSelector {query.get('fieldSelector')!r}")
             denied = fake._check_access(self.headers.get("Authorization"), verb, namespace, selector)
             if denied is not None:
-                return self._status(*denied)
+                return self._status(*denied, name)
             if verb == "list":
                 return self._json(200, fake._list_body(namespace, selector))
             self._watch(namespace, selector, query)
@@ -663,12 +676,14 @@ def _handler_for(fake: FakeKube) -> type[BaseHTTPRequestHandler]:
             self.close_connection = True
             self.connection.shutdown(socket.SHUT_RDWR)
 
-        def _status(self, code: int, message: str) -> None:
-            self._json(code, status_object(code, message))
+        def _status(self, code: int, message: str, name: str | None = None) -> None:
+            # A real 403 names the pod in `details` (its body is over 300 bytes); a 401 does not.
+            details = {"name": name, "kind": "pods"} if code == 403 and name else ({"kind": "pods"} if code == 403 else None)
+            self._json(code, status_object(code, message, details=details))
 
         def _json(self, code: int, body: Mapping[str, Any]) -> None:
             self.record.status = code
-            data = json.dumps(body).encode()
+            data = json.dumps(body, separators=(",", ":")).encode() + b"\n"  # as the API server writes it
             self.send_response(code)
             self.send_header("Content-Type", "application/json")
             self.send_header("Content-Length", str(len(data)))

@@ -271,7 +271,7 @@ def test_normal_end_of_stream_rewatches_without_relisting(kube: FakeKube, start:
     second = wait_for_watch(kube, 2, resourceVersion=first.query["resourceVersion"])
     assert second.time - first.time >= 0.9  # the server ended it after timeoutSeconds
     assert len(lists(kube)) == 1
-    assert "timeout" in running.metrics.restarts
+    assert "ended" in running.metrics.restarts
 
 
 # -- dead and broken streams ----------------------------------------------------------------

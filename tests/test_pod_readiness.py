@@ -11,7 +11,9 @@ from fakekube import make_pod
 from hypothesis import given
 from hypothesis import strategies as st
 
-from sidecar.pod_readiness import container_ports, observe_pod, resolve_named_port
+from sidecar.config import ServiceSpec
+from sidecar.pod_readiness import container_ports, grace_seconds, observe_pod
+from sidecar.registration import resolve_port
 
 SIDECAR = "katalog-sidecar"
 
@@ -163,19 +165,45 @@ def test_terminating_detail_has_no_timestamp() -> None:
     assert observe_pod(one, SIDECAR, ()) == observe_pod(two, SIDECAR, ())
 
 
+def _named(port_name: str) -> ServiceSpec:
+    return ServiceSpec("web", None, port_name, (), ())
+
+
 @pytest.mark.parametrize(
     ("name", "ports", "expected"),
     [("http", {"http": 8080}, 8080), ("admin", {"http": 8080, "admin": 9000}, 9000)],
 )
-def test_resolve_named_port(name: str, ports: dict[str, int], expected: int) -> None:
-    assert resolve_named_port(name, ports) == expected
+def test_resolve_port(name: str, ports: dict[str, int], expected: int) -> None:
+    assert resolve_port(_named(name), ports) == expected
 
 
 @pytest.mark.parametrize(
     ("ports", "listed"),
     [({"metrics": 9090, "http": 8080}, "named ports: http, metrics"), ({}, "named ports: none"), (None, "named ports: none")],
 )
-def test_resolve_named_port_lists_what_exists(ports: dict[str, int] | None, listed: str) -> None:
-    with pytest.raises(ValueError, match="no container port named 'web'") as info:
-        resolve_named_port("web", ports)
+def test_resolve_port_lists_what_exists(ports: dict[str, int] | None, listed: str) -> None:
+    with pytest.raises(ValueError, match="uses container port 'web'") as info:
+        resolve_port(_named("web"), ports)
     assert listed in str(info.value)
+
+
+def test_ports_consul_cannot_take_are_not_ports() -> None:
+    junk = pod({"app": True})
+    junk["spec"]["containers"][0]["ports"] = [
+        {"name": "flag", "containerPort": True}, {"name": "zero", "containerPort": 0},
+        {"name": "big", "containerPort": 70000}, {"name": "text", "containerPort": "80"},
+        {"name": "http", "containerPort": 8080},
+    ]
+    assert container_ports(junk) == {"http": 8080}
+
+
+@pytest.mark.parametrize(
+    ("value", "expected"),
+    [(30, 30.0), (2.5, 2.5), (0, 0.0), (10**400, None), (float("nan"), None), (float("inf"), None),
+     (-1, None), (True, None), ("30", None), (None, None)],
+)
+def test_grace_period_junk_is_no_grace_period(value: object, expected: float | None) -> None:
+    assert grace_seconds(value) == expected
+    terminating = pod({"app": True}, metadata={"deletionTimestamp": "2024-05-01T10:00:00Z",
+                                               "deletionGracePeriodSeconds": value})
+    assert observe_pod(terminating, SIDECAR, ()).grace_period == expected  # never an OverflowError

@@ -17,10 +17,22 @@ from pathlib import Path
 
 import pytest
 import requests
+from fakekube import FakeKube
+from test_kube_source import (  # noqa: F401 (kube: fixture)
+    NAME,
+    NS,
+    RecordingSink,
+    flip,
+    kube,  # noqa: F401 (fixture)
+    wait_for_watch,
+)
 
 from readiness_gate import state
 from sidecar import logs
+from sidecar.kube_client import KubeClient
+from sidecar.kube_source import KubernetesSource
 from sidecar.metrics import Metrics
+from sidecar.readiness import Observation
 from sidecar.status import StatusWriter
 from sidecar.status_report import render
 from sidecar.supervision import FINISHED, RESTARTING, RUNNING, Supervisor
@@ -218,3 +230,37 @@ def test_status_file_and_status_command_list_each_worker(tmp_path: Path, stop: t
     text = render(doc, ok, line, time.time())
     assert "workers:    confirmer running, readiness restarting" in text
     assert "readiness: restarted 1 time(s) after a failure; last: AttributeError: 'str' object has no attribute 'get'" in text
+
+
+# -- a real worker: the pod watch, restarted after an unexpected failure ----------------------
+
+
+class FailingOnceSink(RecordingSink):
+    """A sink that fails on its first observation, as a bug in the watch's handling would."""
+
+    def __init__(self) -> None:
+        super().__init__()
+        self.failed = False
+
+    def observe(self, observation: Observation) -> None:
+        if not self.failed:
+            self.failed = True
+            raise RuntimeError("bug while handling the first observation")
+        super().observe(observation)
+
+
+def test_the_pod_watch_is_restarted_after_a_failure_and_follows_the_pod_again(
+        kube: FakeKube, tmp_path: Path, stop: threading.Event) -> None:  # noqa: F811 (fixture)
+    client = KubeClient(kube.url, kube.token_file, tmp_path / "no-ca.crt", 5.0)
+    source = KubernetesSource(client, NS, NAME, "katalog-sidecar", (), 5.0, backoff_initial=0.05, backoff_max=0.2)
+    sink = FailingOnceSink()
+    gate = Gate()
+    gate.open.set()
+    supervisor = Supervisor(sleep=gate.sleep)
+    supervisor.start("readiness", lambda: source.run(stop, sink), stop)
+    sink.wait_observation(lambda o: o.ready)  # the restarted worker reported the pod
+    assert supervisor.statuses()[0].restarts == 1
+    kube.set_container_ready(NS, NAME, "app", False)
+    sink.wait_observation(lambda o: not o.ready)
+    closers = [t for t in threading.enumerate() if t.name == "kube-watch-stop"]
+    assert len(closers) == 1  # a restart does not start another helper thread
