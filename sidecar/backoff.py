@@ -1,4 +1,9 @@
-"""Capped exponential backoff with full jitter, so a persistent fault never becomes a hot loop."""
+"""Capped exponential backoff with "equal jitter", so a persistent fault never becomes a hot loop.
+
+Not full jitter (a delay anywhere in [0, ceiling]): half of each delay is fixed, so no draw of
+the random number can make two retries follow each other at once, and the other half spreads
+pods that failed together.
+"""
 
 from __future__ import annotations
 

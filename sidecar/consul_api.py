@@ -135,6 +135,9 @@ class _Transport(consul.std.HTTPClient):  # type: ignore[misc]
         self._settings = settings
         self._tokens = tokens
         self._address = settings.address
+        # Once the agent has answered plain HTTP on this port, a reset is an agent going away
+        # (a restart), not a port that serves HTTPS: the hint below would mislead.
+        self._answered = False
 
     def call(self, method: str, path: str, params: list[tuple[str, str]] | None = None,
              body: Any = None, timeout: float | None = None, token: str | None = None) -> Reply:
@@ -159,7 +162,8 @@ class _Transport(consul.std.HTTPClient):  # type: ignore[misc]
                 raise ConsulUnavailable(f"cannot connect to the agent at {self._address}") from exc
             # A reset before the answer: what an HTTPS port does to a plain HTTP request with a
             # body (it answers 400 and closes without reading the rest), and what a dying agent does.
-            hint = " (if this port serves HTTPS, use https:// in CONSUL_HTTP_ADDR)" if self._settings.scheme == "http" else ""
+            fits = self._settings.scheme == "http" and not self._answered
+            hint = " (if this port serves HTTPS, use https:// in CONSUL_HTTP_ADDR)" if fits else ""
             raise ConsulUnavailable(f"the agent at {self._address} reset the connection{hint}") from exc
         except requests.exceptions.RequestException as exc:
             # Anything else requests can raise (a malformed answer, ...): still a typed error.
@@ -169,6 +173,7 @@ class _Transport(consul.std.HTTPClient):  # type: ignore[misc]
             # requests checks the CA and client certificate paths before connecting (a file
             # removed or half-rotated since start-up): a TLS setting to fix, not an outage.
             raise ConsulTLSError(f"TLS with the agent at {self._address} failed: {exc}") from exc
+        self._answered = True
         reply = Reply(response.status_code, response.headers, response.text)
         _raise_for_status(reply, method, path, token, self._address)
         return reply

@@ -15,6 +15,7 @@ from dataclasses import dataclass, field
 from typing import TYPE_CHECKING, Protocol
 
 import requests
+import urllib3
 
 from sidecar.config import Config
 
@@ -79,10 +80,17 @@ class _ProbeSource:
 
 
 class HttpProbeSource(_ProbeSource):
+    """Behaves like kubelet's `httpGet` probe, so the app answers it as it answers kubelet:
+    no proxy from the environment, the certificate not verified, 200 <= status < 400 ready."""
+
     def __init__(self, url: str, interval: float, timeout: float) -> None:
         super().__init__(interval, timeout)
         self._url = url
         self._session = requests.Session()
+        self._session.trust_env = False  # HTTP_PROXY and friends are meant for the app's own calls
+        self._session.verify = False  # kubelet skips verification: the app's cert may be self-signed
+        # Not verifying is this source's documented behaviour: no urllib3 warning on every probe.
+        urllib3.disable_warnings(urllib3.exceptions.InsecureRequestWarning)
 
     def probe(self) -> tuple[bool, str]:
         try:
@@ -91,7 +99,8 @@ class HttpProbeSource(_ProbeSource):
             return False, f"HTTP probe {self._url}: timed out"
         except requests.RequestException:
             return False, f"HTTP probe {self._url}: connection failed"
-        if 200 <= response.status_code < 300:
+        response.close()
+        if 200 <= response.status_code < 400:
             return True, f"HTTP probe {self._url}: {response.status_code}"
         return False, f"HTTP probe {self._url}: {response.status_code}"
 
