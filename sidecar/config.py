@@ -526,8 +526,16 @@ def _parse_kubernetes(c: _Collector, source: str) -> KubernetesSettings:
         token_file=Path(c.raw("KATALOG_KUBE_TOKEN_FILE")),
         ca_file=Path(c.raw("KATALOG_KUBE_CA_FILE")),
         timeout=c.duration("KATALOG_KUBE_TIMEOUT"),
-        watch_inactivity=c.duration("KATALOG_KUBE_WATCH_INACTIVITY"),
+        watch_inactivity=_watch_inactivity(c),
     )
+
+
+def _watch_inactivity(c: _Collector) -> float:
+    seconds = c.duration("KATALOG_KUBE_WATCH_INACTIVITY")
+    if 0 < seconds < 1:
+        # A silent watch is restarted at once: below a second that is a hot loop on a quiet pod.
+        c.bad("KATALOG_KUBE_WATCH_INACTIVITY", c.raw("KATALOG_KUBE_WATCH_INACTIVITY"), "must be at least 1s")
+    return seconds
 
 
 def load_config(environ: Mapping[str, str]) -> Config:

@@ -337,7 +337,7 @@ class KubernetesSource:
         if permanent:
             # Permissions or a bad request: only a change of configuration helps; do not storm.
             return self._backoff_max * (0.8 + 0.2 * self._rng())
-        if exc.status is None:
+        if exc.reason == "unreachable":
             return self._reconnect_backoff.next_delay()  # no answer at all: see RECONNECT_MAX
         # The server answers again (if only with errors): the reconnect delay starts afresh.
         self._reconnect_backoff.reset()
@@ -367,4 +367,3 @@ def _resource_version(obj: dict[str, Any]) -> str | None:
     rv = meta.get("resourceVersion") if isinstance(meta, dict) else None
     # Opaque, compared only for equality; anything but a non-empty string is junk.
     return rv if isinstance(rv, str) and rv else None
-

@@ -33,7 +33,7 @@ from test_kube_source import (  # noqa: F401 (kube, start: fixtures)
 from readiness_gate import state
 from sidecar.config import load_config
 from sidecar.consul_api import ConsulAgent
-from sidecar.errors import KubernetesError
+from sidecar.errors import ConfigError, KubernetesError
 from sidecar.kube_client import KubeClient
 from sidecar.kube_source import RECONNECT_MAX
 from sidecar.status import StatusWriter
@@ -100,6 +100,14 @@ def test_reconnect_delay_stays_short_through_a_long_outage_and_restarts_when_the
     after = sleep.delays[len(outage):]
     assert after and after[-1] <= 0.5  # the first delay once it answers starts afresh
     flip(kube, running, False)
+
+
+def test_a_watch_inactivity_below_a_second_is_refused() -> None:
+    """A silent watch restarts at once, so a tiny bound would be a hot loop on a quiet pod."""
+    with pytest.raises(ConfigError) as info:
+        load_config(dict(VALID, KATALOG_KUBE_WATCH_INACTIVITY="500ms"))
+    assert info.value.problems == ["KATALOG_KUBE_WATCH_INACTIVITY='500ms': must be at least 1s"]
+    assert load_config(dict(VALID, KATALOG_KUBE_WATCH_INACTIVITY="1s")).kubernetes.watch_inactivity == 1.0
 
 
 # -- item 8: what the messages say ----------------------------------------------------------------

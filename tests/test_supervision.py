@@ -176,7 +176,7 @@ def _free_port() -> int:
 
 
 class _Loop:
-    last_loop = time.monotonic()
+    last_loop = 0.0  # the sync loop ran "now": Metrics below gets a clock frozen at 0
 
 
 def test_healthz_is_503_while_a_worker_is_down_and_lists_restarts(stop: threading.Event) -> None:
@@ -191,7 +191,7 @@ def test_healthz_is_503_while_a_worker_is_down_and_lists_restarts(stop: threadin
         stop.wait()
 
     port = _free_port()
-    Metrics().serve(("127.0.0.1", port), _Loop(), workers=supervisor.statuses)
+    Metrics(clock=lambda: 0.0).serve(("127.0.0.1", port), _Loop(), workers=supervisor.statuses)
     url = f"http://127.0.0.1:{port}/healthz"
     supervisor.start("readiness", work, stop)
     wait_for(lambda: supervisor.down(), "the failure")
