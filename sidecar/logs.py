@@ -18,8 +18,9 @@ class _JsonFormatter(logging.Formatter):
             "logger": record.name,
             "message": record.getMessage(),
         }
-        if record.exc_info:
-            doc["exception"] = self.formatException(record.exc_info)
+        if record.exc_info or record.exc_text:
+            # exc_text first: _Redact leaves the traceback there with secrets removed.
+            doc["exception"] = record.exc_text or self.formatException(record.exc_info)  # type: ignore[arg-type]
         return json.dumps(doc, sort_keys=True)
 
 
@@ -31,14 +32,25 @@ class _Redact(logging.Filter):
         self._secrets = secrets
 
     def filter(self, record: logging.LogRecord) -> bool:
+        secrets = [s for s in self._secrets() if s and len(s) >= 4]
         message = record.getMessage()
-        redacted = message
-        for secret in self._secrets():
-            if secret and len(secret) >= 4 and secret in redacted:
-                redacted = redacted.replace(secret, "[redacted]")
+        redacted = _without(message, secrets)
         if redacted != message:
             record.msg, record.args = redacted, None
+        if record.exc_info and not record.exc_text:
+            # A worker's failure is logged with its traceback; the exception's text is as
+            # likely to carry an accident as the message. Formatters use exc_text when set.
+            record.exc_text = _without(_TRACEBACKS.formatException(record.exc_info), secrets)
         return True
+
+
+_TRACEBACKS = logging.Formatter()
+
+
+def _without(text: str, secrets: list[str]) -> str:
+    for secret in secrets:
+        text = text.replace(secret, "[redacted]")
+    return text
 
 
 def setup(fmt: str = "text", level: str = "info",

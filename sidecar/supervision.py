@@ -133,7 +133,7 @@ class Supervisor:
             entry.restarts += 1
             entry.last_error = error
             entry.state = RESTARTING
-        if self._on_restart is not None:
+        if self._on_restart is not None and not entry.stop.is_set():
             self._on_restart(entry.name)
         if entry.stop.is_set():
             log.error("worker %s failed while stopping: %s", entry.name, error, exc_info=exc)

@@ -153,6 +153,29 @@ def test_failure_is_logged_in_the_json_format_with_its_traceback(stop: threading
     assert "Traceback" in line["exception"] and "raise KeyError" in line["exception"]
 
 
+@pytest.mark.parametrize("fmt", ["text", "json"])
+def test_a_secret_in_a_failure_is_redacted_in_the_traceback_too(stop: threading.Event, fmt: str) -> None:
+    root = logging.getLogger()
+    saved = (root.handlers[:], root.level, threading.excepthook)
+    stream = io.StringIO()
+    try:
+        logs.setup(fmt, "info", secrets=lambda: ["s3cr3t-token"])
+        root.handlers[0].setStream(stream)  # type: ignore[attr-defined]
+        gate = Gate()
+
+        def work() -> None:
+            raise RuntimeError("request with header X-Consul-Token: s3cr3t-token failed")
+
+        Supervisor(sleep=gate.sleep).start("w", work, stop)
+        wait_for(lambda: gate.delays, "the failure")
+    finally:
+        root.handlers[:], level, threading.excepthook = saved
+        root.setLevel(level)
+    text = stream.getvalue()
+    assert "s3cr3t-token" not in text
+    assert text.count("[redacted]") >= 2  # the message, and the traceback (its last line, the source line)
+
+
 def test_an_unsupervised_thread_that_dies_is_logged(caplog: pytest.LogCaptureFixture,
                                                     monkeypatch: pytest.MonkeyPatch) -> None:
     monkeypatch.setattr(threading, "excepthook", logs._log_thread_death)
