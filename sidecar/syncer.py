@@ -21,7 +21,14 @@ from sidecar.backoff import Backoff
 from sidecar.config import Config
 from sidecar.consul_api import ConsulAgent
 from sidecar.drain import Drainer
-from sidecar.errors import ConsulError, ConsulForbidden, ConsulNotFound, ConsulRejected, ConsulServerError
+from sidecar.errors import (
+    ConsulError,
+    ConsulForbidden,
+    ConsulNotFound,
+    ConsulRejected,
+    ConsulServerError,
+    ConsulUnavailable,
+)
 from sidecar.metrics import Metrics
 from sidecar.readiness import Observation
 from sidecar.registration import (
@@ -44,6 +51,8 @@ log = logging.getLogger("katalog.sync")
 
 EXIT_OK = 0
 EXIT_DRAIN_INCOMPLETE = 1
+# A safety net only: while the watchers see the agent down, they wake the loop when it is back.
+AGENT_DOWN_RETRY = 30.0
 
 
 @dataclass
@@ -92,6 +101,7 @@ class Syncer:
         self._phase = status_state.STARTING
         self._confirmer = Confirmer(agent, config.confirm_wait, self._post, supervisor=self.supervisor)
         self._watchers: list[AgentWatcher] = []
+        self._drained: int | None = None  # the exit code, once drained before SIGTERM
         self.last_loop = clock()  # for the liveness endpoint: a stuck loop stops updating it
 
     # --- inputs, from other threads -------------------------------------------------------
@@ -117,20 +127,19 @@ class Syncer:
         """
         self._confirmer.start()
         self._write_status()
-        drained: int | None = None
         try:
             while True:
                 kind, payload = self._next_event()
                 self.last_loop = self.clock()
                 if kind == "shutdown":
                     stop_sources.set()
-                    return drained if drained is not None else self._drain_and_deregister(str(payload))
-                if drained is not None:
+                    return self._drained if self._drained is not None else self._drain_and_deregister(str(payload))
+                if self._drained is not None:
                     self._maybe_heartbeat(self.clock())
                     continue
                 self._apply(kind, payload)
                 if self.state.draining:
-                    drained = self._drain_and_deregister(self.state.drain_reason)
+                    self._drained = self._drain_and_deregister(self.state.drain_reason)
                     continue
                 self._reconcile()
         finally:
@@ -138,16 +147,28 @@ class Syncer:
             for watcher in self._watchers:
                 watcher.stop()
 
-    def _next_event(self) -> tuple[str, Any]:
-        now = self.clock()
+    def next_deadline(self) -> float:
+        """When the loop has something to do next, in any state.
+
+        Only deadlines that the next wake-up acts on, and moves on, count: one that the loop
+        would skip leaves a time in the past and turns the wait into a spin (a refresh while a
+        retry is pending, a refresh after the drain).
+        """
         deadlines = [self._next_heartbeat]
-        if self.state.registered:
-            deadlines.append(self._next_refresh)
+        if self._drained is not None:
+            return self._next_heartbeat  # drained: only the heartbeat until SIGTERM
         if self._retry_at is not None:
+            # _reconcile does nothing before the retry is due (refresh and reconfirm included).
             deadlines.append(self._retry_at)
-        if self._reconfirms():
-            deadlines.append(self._next_reconfirm)
-        timeout = max(0.0, min(deadlines) - now)
+        else:
+            if self.state.observation is not None and self.state.registered:
+                deadlines.append(self._next_refresh)
+            if self._reconfirms():
+                deadlines.append(self._next_reconfirm)
+        return min(deadlines)
+
+    def _next_event(self) -> tuple[str, Any]:
+        timeout = max(0.0, self.next_deadline() - self.clock())
         try:
             return self._events.get(timeout=timeout)
         except queue.Empty:
@@ -351,9 +372,14 @@ class Syncer:
         else:
             text = f"waiting for the agent at {self.agent.address}: {exc}"
             delay = self._retry_backoff.next_delay()
+            if isinstance(exc, ConsulUnavailable) and self._watchers and all(w.failing for w in self._watchers):
+                # The agent watchers probe it about once a second and post "agent-back" when it
+                # answers, which retries at once: a retry of our own would only add requests.
+                delay = AGENT_DOWN_RETRY
         self._last_error = text
         if text != s.agent_problem:
-            log.error("%s; retrying in %.1fs", text, delay)
+            when = "when it answers again" if delay == AGENT_DOWN_RETRY else f"in {delay:.1f}s"
+            log.error("%s; retrying %s", text, when)
         s.agent_problem = text
         self._retry_at = self.clock() + delay
 

@@ -27,7 +27,10 @@ log = logging.getLogger("katalog.watch")
 Post = Callable[[str, Any], None]
 
 AGENT_WATCH_WAIT = 300.0  # seconds; the agent answers early on any change to the instance
-AGENT_RETRY_CAP = 1.0  # seconds between retries while the agent is down
+# Seconds between retries while the agent is down: 0.8-1.6 s once backed off, so a sidecar
+# makes under one request a second while its agent is away (the fault-cost target), and still
+# notices the agent's return within 2 s (the restart target).
+AGENT_RETRY_CAP = 1.6
 # Every service's watcher notices the same agent restart, within one retry period of each other.
 RESTART_NOTICE_SPREAD = AGENT_RETRY_CAP + 0.5
 
@@ -45,6 +48,9 @@ class AgentWatcher:
         # Capped at 1s: while the agent is down we retry a cheap local connection, so its
         # return is noticed within about a second.
         self._backoff = Backoff(initial=0.1, cap=AGENT_RETRY_CAP)
+        # Read by the sync loop: while its watchers see the agent down, it leaves the probing
+        # to them ("agent-back" wakes it) instead of retrying on its own as well.
+        self.failing = False
 
     def start(self) -> None:
         self._supervisor.start(self.name, self._run, self._stop_event)
@@ -54,18 +60,17 @@ class AgentWatcher:
 
     def _run(self) -> None:
         content_hash = ""
-        failing = False
         while not self._stop_event.is_set():
             try:
                 new_hash, service = self._agent.agent_service(self._service_id, content_hash, self._wait)
             except ConsulError:
-                failing = True
+                self.failing = True
                 content_hash = ""
                 self._stop_event.wait(self._backoff.next_delay())
                 continue
             self._backoff.reset()
-            if failing:
-                failing = False
+            if self.failing:
+                self.failing = False
                 self._post("agent-back", time.monotonic())
             if service is None:
                 self._post("agent-lost", self._service_id)
