@@ -102,6 +102,7 @@ class Syncer:
         self._confirmer = Confirmer(agent, config.confirm_wait, self._post, supervisor=self.supervisor)
         self._watchers: list[AgentWatcher] = []
         self._drained: int | None = None  # the exit code, once drained before SIGTERM
+        self._status_problem: str | None = None
         self.last_loop = clock()  # for the liveness endpoint: a stuck loop stops updating it
 
     # --- inputs, from other threads -------------------------------------------------------
@@ -408,8 +409,8 @@ class Syncer:
         if not (force or now >= self._next_heartbeat):
             return
         if self._final_message is not None:
-            self._final_status(self._final_message)
             self._next_heartbeat = now + self.config.heartbeat_interval
+            self._final_status(self._final_message)
         else:
             self._write_status()
 
@@ -424,7 +425,9 @@ class Syncer:
             if phase != status_state.CONFIRMED:
                 log.info("%s: %s", phase, message)
         self._phase, self._last_logged = phase, message
-        self.status.write(
+        # Due again in one interval whether or not this write succeeds: never a spin on a full disk.
+        self._next_heartbeat = self.clock() + self.config.heartbeat_interval
+        self._write(
             phase=phase,
             message=message,
             since=self._phase_since,
@@ -435,7 +438,27 @@ class Syncer:
         )
         if self.metrics is not None:
             self.metrics.phase(phase)
-        self._next_heartbeat = self.clock() + self.config.heartbeat_interval
+
+    def _write(self, **fields: Any) -> None:
+        """A status write that cannot stop the sidecar or its drain.
+
+        A full disk or an unwritable emptyDir is logged once (and when it recovers); syncing,
+        TTL refreshes and the drain go on, and the gate fails on the stale heartbeat, which is
+        what it is for. Only a status file that cannot be written at start is fatal (exit 3).
+        """
+        try:
+            self.status.write(**fields)
+        except OSError as exc:
+            problem = str(exc.strerror or exc)
+            if problem != self._status_problem:
+                log.error("cannot write the status file %s: %s (carrying on: the registration is kept "
+                          "and the drain still runs; the gate fails on the stale heartbeat)",
+                          self.status.path, problem)
+            self._status_problem = problem
+            return
+        if self._status_problem is not None:
+            log.info("the status file %s is writable again", self.status.path)
+            self._status_problem = None
 
     def _service_status(self, inst: Instance) -> dict[str, Any]:
         s = self.state
@@ -490,5 +513,5 @@ class Syncer:
 
     def _final_status(self, message: str) -> None:
         self._final_message = message
-        self.status.write(phase=status_state.STOPPED, message=message, since=time.time(),
-                          ever_confirmed=self.state.ever_confirmed, services=[], source_problem=None)
+        self._write(phase=status_state.STOPPED, message=message, since=time.time(),
+                    ever_confirmed=self.state.ever_confirmed, services=[], source_problem=None)

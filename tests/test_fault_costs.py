@@ -110,3 +110,38 @@ def test_agent_unreachable_in_continuous_mode(dev_agent, run_sidecar, tmp_path: 
     dev_agent.stop()
     used = cpu_over(sidecar, WINDOW)
     assert used <= CPU_BOUND, f"{used:.2f}s of CPU in {WINDOW:g}s with the agent down (continuous mode)"
+
+
+def _break_status_file(sidecar: Sidecar) -> Path:
+    """Make every status write fail (as root, permissions do not stop writes): the file's path
+    becomes a non-empty directory, so the atomic rename onto it fails with an OSError."""
+    path = Path(sidecar.env["KATALOG_STATUS_FILE"])
+    path.unlink()
+    path.mkdir()
+    (path / "keep").write_text("")
+    return path
+
+
+def test_status_write_error_is_logged_once_and_the_sidecar_carries_on(dev_agent, run_sidecar,
+                                                                      tmp_path: Path) -> None:
+    sidecar = run_sidecar(default_env(tmp_path, dev_agent.addr))
+    sidecar.wait_gate(passing=True)
+    _break_status_file(sidecar)
+    # Two heartbeats (every 5 s) and a TTL refresh fail to write; the process keeps syncing.
+    used = cpu_over(sidecar, 11.0)
+    assert used <= 0.05 * 11.0
+    logs = sidecar.logs()
+    assert logs.count("cannot write the status file") == 1, logs[-2000:]
+    assert "Traceback" not in logs
+    assert dev_agent.passing_ids("web") == {SID}  # still refreshed: the TTL (15 s) has not run out
+    assert sidecar.terminate(timeout=30) == 0  # and it drains
+    assert dev_agent.agent_services() == {}
+
+
+def test_status_write_error_at_sigterm_does_not_skip_the_drain(dev_agent, run_sidecar, tmp_path: Path) -> None:
+    sidecar = run_sidecar(default_env(tmp_path, dev_agent.addr))
+    sidecar.wait_gate(passing=True)
+    _break_status_file(sidecar)  # a full disk, found by the drain's first status write
+    assert sidecar.terminate(timeout=30) == 0
+    assert dev_agent.agent_services() == {}
+    assert "Traceback" not in sidecar.logs()
