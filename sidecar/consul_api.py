@@ -360,11 +360,13 @@ class ConsulAgent:
         # replace-existing-checks: a sidecar restarted with other settings leaves no stale check.
         self._call("PUT", "/v1/agent/service/register", [("replace-existing-checks", "true")], registration)
 
-    def update_ttl_check(self, check_id: str, status: str, output: str) -> None:
-        self._call("PUT", f"/v1/agent/check/update/{check_id}", body={"Status": status, "Output": output})
+    def update_ttl_check(self, check_id: str, status: str, output: str, timeout: float | None = None) -> None:
+        """`timeout` replaces KATALOG_CONSUL_TIMEOUT, e.g. to keep a drain inside its deadline."""
+        self._call("PUT", f"/v1/agent/check/update/{check_id}", body={"Status": status, "Output": output},
+                   timeout=timeout)
 
-    def deregister_service(self, service_id: str) -> None:
-        self._call("PUT", f"/v1/agent/service/deregister/{service_id}")
+    def deregister_service(self, service_id: str, timeout: float | None = None) -> None:
+        self._call("PUT", f"/v1/agent/service/deregister/{service_id}", timeout=timeout)
 
     def agent_service(self, service_id: str, content_hash: str = "", wait: float = 0.0) -> tuple[str, dict[str, Any] | None]:
         """The agent's view of one instance; a hash-blocking query when `content_hash` is set."""
@@ -380,13 +382,19 @@ class ConsulAgent:
         return reply.headers.get("X-Consul-ContentHash", ""), reply.json()
 
     def health_of_instance(self, service_name: str, service_id: str, index: int = 0,
-                           wait: float = 0.0) -> tuple[int, list[dict[str, Any]]]:
-        """The servers' view of one instance: catalog entry plus its checks (server-bound)."""
+                           wait: float = 0.0, timeout: float | None = None) -> tuple[int, list[dict[str, Any]]]:
+        """The servers' view of one instance: catalog entry plus its checks (server-bound).
+
+        `timeout`, when set, caps the call's own timeout (a drain keeps its deadline).
+        """
         params = [("filter", f'Service.ID == "{service_id}"')]
-        timeout = None
+        own = self._settings.timeout
         if index > 0 and wait > 0:
             params += [("index", str(index)), ("wait", _wait_param(wait))]
-            timeout = blocking_timeout(self._settings.timeout, wait)
+            own = blocking_timeout(self._settings.timeout, wait)
+        if timeout is not None:
+            own = min(own, timeout)
+        timeout = own
         reply = self._call("GET", f"/v1/health/service/{service_name}", params, timeout=timeout)
         data = reply.json() or []
         if not isinstance(data, list) or not all(_is_health_entry(e) for e in data):

@@ -1,14 +1,22 @@
 """Termination: checks critical and confirmed in the catalog (traffic drains), then
 deregister and confirm removal, all before a deadline inside the pod's grace period.
 
+The deadline is kept by construction: every attempt's timeout is clipped to the time its step
+has left, and a retry never starts when it could not finish in time (tenacity's
+`stop_before_delay`). Deregistration is always attempted, on every instance, however long the
+critical phase took: it matters more than the order. Each instance gets its own share of a
+phase's time, so one that hangs does not leave the next without an attempt.
+
 If the agent cannot be reached in time, stop trying before the deadline: the liveness TTL and
-DeregisterCriticalServiceAfter clean up without us.
+DeregisterCriticalServiceAfter clean up without us. What is left, and to whom, is reported
+per instance (`DrainResult`).
 """
 
 from __future__ import annotations
 
 import logging
 from collections.abc import Callable
+from dataclasses import dataclass, field
 from typing import Any
 
 import tenacity
@@ -19,6 +27,14 @@ from sidecar.registration import CRITICAL, TERMINATING, Instance, compare_with_c
 
 log = logging.getLogger("katalog.drain")
 
+# Below this an HTTP call cannot complete even on loopback; a last attempt still gets it, so
+# that deregistration is tried however little time is left (the overrun is at most this).
+MIN_ATTEMPT_TIMEOUT = 0.1
+# The longest blocking read of the catalog while draining, and the margin the read keeps for
+# its answer to arrive before the step's deadline.
+MAX_DRAIN_WAIT = 5.0
+WAIT_MARGIN = 0.5
+
 
 class _NotYet(Exception):
     """The catalog does not show the wanted state yet."""
@@ -28,40 +44,66 @@ def _retryable(exc: BaseException) -> bool:
     return isinstance(exc, _NotYet) or (isinstance(exc, ConsulError) and exc.retryable)
 
 
+@dataclass
+class DrainResult:
+    """Service IDs by how far their drain got."""
+
+    removed: list[str] = field(default_factory=list)  # deregistered, removal confirmed by the catalog
+    deregistered: list[str] = field(default_factory=list)  # the agent removed it; the catalog did not confirm
+    left: list[str] = field(default_factory=list)  # the agent never accepted the deregistration
+
+    @property
+    def complete(self) -> bool:
+        return not self.deregistered and not self.left
+
+
 class Drainer:
     def __init__(self, agent: ConsulAgent, clock: Callable[[], float], deadline: float) -> None:
         self._agent = agent
         self._clock = clock
         self._deadline = deadline
 
-    def _remaining(self) -> float:
-        return self._deadline - self._clock()
+    def _until(self, deadline: float, step: Callable[[float], Any], what: str) -> bool:
+        """Run `step(timeout)` until it succeeds or `deadline` comes, retrying transient faults.
 
-    def _until(self, deadline: float, step: Callable[[], Any], what: str) -> bool:
-        """Run `step` until it succeeds, retrying transient faults with jittered backoff."""
-        budget = deadline - self._clock()
-        if budget <= 0:
-            log.error("%s: no time left", what)
-            return False
+        At least one attempt is made, with a timeout clipped to the time left; a retry is only
+        started if its backoff ends before the deadline.
+        """
+        budget = max(deadline - self._clock(), MIN_ATTEMPT_TIMEOUT)
+
+        def attempt() -> Any:
+            return step(max(deadline - self._clock(), MIN_ATTEMPT_TIMEOUT))
+
         retrying = tenacity.Retrying(
-            stop=tenacity.stop_after_delay(budget),
+            stop=tenacity.stop_before_delay(budget),
             wait=tenacity.wait_random_exponential(multiplier=0.05, max=1.0),
             retry=tenacity.retry_if_exception(_retryable),
             reraise=True,
         )
         try:
-            retrying(step)
+            retrying(attempt)
         except (ConsulError, _NotYet) as exc:
             log.error("%s: %s", what, exc or "not confirmed before the deadline")
             return False
         return True
 
-    def _wait_for(self, inst: Instance, removed: bool) -> Callable[[], None]:
+    def _each(self, instances: tuple[Instance, ...], deadline: float,
+              run: Callable[[Instance, float], bool]) -> dict[str, bool]:
+        """`run(inst, its_deadline)` for every instance; each gets an equal share of the time left."""
+        done: dict[str, bool] = {}
+        for i, inst in enumerate(instances):
+            share = (deadline - self._clock()) / (len(instances) - i)
+            done[inst.service_id] = run(inst, self._clock() + share)
+        return done
+
+    def _wait_for(self, inst: Instance, removed: bool, deadline: float) -> Callable[[float], None]:
         state = {"index": 0}
 
-        def step() -> None:
-            wait = max(0.0, min(5.0, self._remaining() - 0.5))
-            index, entries = self._agent.health_of_instance(inst.name, inst.service_id, state["index"], wait)
+        def step(timeout: float) -> None:
+            # The read's wait comes from this step's own deadline, and its timeout is clipped to it.
+            wait = max(0.0, min(MAX_DRAIN_WAIT, deadline - self._clock() - WAIT_MARGIN))
+            index, entries = self._agent.health_of_instance(inst.name, inst.service_id, state["index"], wait,
+                                                            timeout=timeout)
             state["index"] = index
             if removed:
                 if entries:
@@ -75,39 +117,66 @@ class Drainer:
         return step
 
     @staticmethod
-    def _step(call: Callable[..., None], *args: str) -> Callable[[], None]:
+    def _write(call: Callable[..., None], *args: str) -> Callable[[float], None]:
         """A write whose 404 means the agent has nothing left to drain: that counts as done."""
 
-        def step() -> None:
+        def step(timeout: float) -> None:
             try:
-                call(*args)
+                call(*args, timeout=timeout)
             except ConsulNotFound:
                 pass
 
         return step
 
-    def run(self, instances: tuple[Instance, ...]) -> bool:
+    def run(self, instances: tuple[Instance, ...]) -> DrainResult:
         start = self._clock()
         # Keep a third of the budget for deregistration: removal matters more than the order.
         critical_deadline = start + (self._deadline - start) * 2 / 3
-        ok = True
-        for inst in instances:
-            for check_id in (inst.readiness_check_id, inst.liveness_check_id):
-                ok &= self._until(critical_deadline, self._step(self._agent.update_ttl_check, check_id, CRITICAL, TERMINATING),
+
+        def critical(inst: Instance, deadline: float) -> bool:
+            # Both checks in one share: the readiness check first, it is the one clients filter on.
+            ok = True
+            for n, check_id in enumerate((inst.readiness_check_id, inst.liveness_check_id)):
+                until = self._clock() + (deadline - self._clock()) / (2 - n)
+                ok &= self._until(until, self._write(self._agent.update_ttl_check, check_id, CRITICAL, TERMINATING),
                                   f"{inst.service_id}: turning {check_id} critical")
-        for inst in instances:
-            if self._until(critical_deadline, self._wait_for(inst, removed=False),
+            return ok
+
+        def confirm_critical(inst: Instance, deadline: float) -> bool:
+            if self._until(deadline, self._wait_for(inst, False, deadline),
                            f"{inst.service_id}: confirming critical in the catalog"):
                 log.info("%s critical in the catalog: traffic drains", inst.service_id)
-            else:
-                ok = False
-        for inst in instances:
-            ok &= self._until(self._deadline, self._step(self._agent.deregister_service, inst.service_id),
-                              f"{inst.service_id}: deregistering")
-        for inst in instances:
-            if self._until(self._deadline, self._wait_for(inst, removed=True),
+                return True
+            return False
+
+        def deregister(inst: Instance, deadline: float) -> bool:
+            return self._until(deadline, self._write(self._agent.deregister_service, inst.service_id),
+                               f"{inst.service_id}: deregistering")
+
+        def confirm_removed(inst: Instance, deadline: float) -> bool:
+            if self._until(deadline, self._wait_for(inst, True, deadline),
                            f"{inst.service_id}: confirming removal from the catalog"):
                 log.info("%s removed from the catalog", inst.service_id)
+                return True
+            return False
+
+        # Pushing critical is one quick agent write per check; confirming it gets the rest of
+        # the critical phase.
+        push_deadline = self._clock() + (critical_deadline - self._clock()) / 2
+        self._each(instances, push_deadline, critical)
+        self._each(instances, critical_deadline, confirm_critical)
+        # Removal: half of what is left to deregister (agent writes), the rest to confirm.
+        deregister_deadline = self._clock() + (self._deadline - self._clock()) / 2
+        deregistered = self._each(instances, deregister_deadline, deregister)
+        to_confirm = tuple(i for i in instances if deregistered[i.service_id])
+        confirmed = self._each(to_confirm, self._deadline, confirm_removed)
+        result = DrainResult()
+        for inst in instances:
+            sid = inst.service_id
+            if confirmed.get(sid):
+                result.removed.append(sid)
+            elif deregistered[sid]:
+                result.deregistered.append(sid)
             else:
-                ok = False
-        return ok
+                result.left.append(sid)
+        return result

@@ -499,16 +499,27 @@ class Syncer:
             log.info("nothing was registered: nothing to drain")
             self._final_status("stopped: nothing was registered")
             return EXIT_OK
-        complete = Drainer(self.agent, self.clock, deadline).run(s.instances)
-        if complete:
+        result = Drainer(self.agent, self.clock, deadline).run(s.instances)
+        if result.complete:
             self._final_status("drained and deregistered")
             return EXIT_OK
-        log.error(
-            "drain incomplete before the deadline: the liveness check goes critical within %s "
-            "and the agent reaps the instance %s after that",
-            f"{self.config.check_ttl:g}s", f"{self.config.deregister_critical_after:g}s",
-        )
-        self._final_status("drain incomplete: left to the TTL and the agent's reaper")
+        # Say what is really left, and to whom: an instance the agent removed needs no reaper.
+        if result.left:
+            log.error(
+                "drain incomplete before the deadline: the liveness check goes critical within %s "
+                "and the agent reaps the instance %s after that (still registered with the agent: %s)",
+                f"{self.config.check_ttl:g}s", f"{self.config.deregister_critical_after:g}s", ", ".join(result.left),
+            )
+        if result.deregistered:
+            log.error(
+                "drain incomplete before the deadline: the agent deregistered %s but the catalog did not "
+                "confirm the removal; the agent removes it from the catalog once it reaches the servers",
+                ", ".join(result.deregistered),
+            )
+        if result.left:
+            self._final_status("drain incomplete: left to the TTL and the agent's reaper")
+        else:
+            self._final_status("deregistered from the agent; removal from the catalog not confirmed yet")
         return EXIT_DRAIN_INCOMPLETE
 
     def _final_status(self, message: str) -> None:
