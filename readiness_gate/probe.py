@@ -34,21 +34,37 @@ def _pid_alive(pid: int) -> bool:
     return True
 
 
-def verdict(text: str, now: float, pid_alive: "Callable[[int], bool]" = _pid_alive) -> tuple[bool, str]:
+def process_start(pid: int) -> str:
+    """When the process started (clock ticks since boot, /proc/<pid>/stat field 22); "" if unknown.
+
+    With the PID it names one process for the life of the node: in its container the sidecar
+    is PID 1 after every container restart, so a PID alone would vouch for a file that the
+    previous process wrote.
+    """
+    try:
+        with open(f"/proc/{pid}/stat", encoding="ascii") as handle:
+            return handle.read().rsplit(")", 1)[1].split()[19]
+    except (OSError, IndexError, ValueError):
+        return ""
+
+
+def verdict(text: str, now: float, pid_alive: "Callable[[int], bool]" = _pid_alive,
+            started: "Callable[[int], str]" = process_start) -> tuple[bool, str]:
     """(passes, line) from the gate file's text. Raises ValueError if it is not one."""
-    # Four lines: header; "updated_at stale_after pid verdict"; the verdict's line; the
-    # sidecar's own message (quoted when the heartbeat or the process is gone).
+    # Four lines: header; "updated_at stale_after pid verdict [process start]"; the verdict's
+    # line; the sidecar's own message (quoted when the heartbeat or the process is gone).
     lines = text.split("\n")
     if len(lines) < 4 or lines[0] != HEADER:
         raise ValueError("not a katalog-sidecar gate file of this version")
-    updated_at, stale_after, pid, ok = lines[1].split(" ")
+    fields = lines[1].split(" ")
+    updated_at, stale_after, pid, ok = fields[:4]
     line, message = lines[2], lines[3]
     age = now - float(updated_at)
     if line.startswith("config error: "):
         return False, line
     if age > float(stale_after):
         return False, f"heartbeat stale {age:.0f}s: sidecar hung? (last said: {message})"
-    if int(pid) > 0 and not pid_alive(int(pid)):
+    if int(pid) > 0 and (not pid_alive(int(pid)) or (len(fields) > 4 and fields[4] != started(int(pid)))):
         return False, f"sidecar process {pid} is not running (last said: {message})"
     return ok == "1", line
 

@@ -39,11 +39,14 @@ def gate_file_text(state: Mapping[str, Any]) -> str:
     The gate adds only what can change after the write (heartbeat age, process alive), so it
     needs no json and no decision logic of its own (readiness_gate.probe).
     """
-    passes, line = evaluate(state, float(state.get("updated_at", 0)), lambda _pid: True)
+    passes, line = evaluate(state, float(state.get("updated_at", 0)), lambda _pid: True, lambda _pid: None)
     pid = state.get("pid") if isinstance(state.get("pid"), int) else 0
     message = str(state.get("message") or "")
+    # The writer's start time, when known, after the verdict: the gate checks the PID is still it.
+    started = str(state.get("pid_start") or "").split()
     return (f"{probe.HEADER}\n{float(state.get('updated_at', 0))!r} {float(state.get('stale_after', 15))!r} "
-            f"{pid} {1 if passes else 0}\n{' '.join(line.split())}\n{' '.join(message.split())}\n")
+            f"{pid} {1 if passes else 0}{''.join(' ' + s for s in started[:1])}\n{' '.join(line.split())}\n"
+            f"{' '.join(message.split())}\n")
 
 
 def write_atomically(path: str, state: Mapping[str, Any]) -> None:
@@ -65,8 +68,13 @@ def read(path: str) -> dict[str, Any]:
 
 
 def evaluate(state: Mapping[str, Any], now: float,
-             pid_alive: Callable[[int], bool] = probe._pid_alive) -> tuple[bool, str]:
-    """(gate passes?, one line for the operator). Pure apart from the injectable pid check."""
+             pid_alive: Callable[[int], bool] = probe._pid_alive,
+             started: Callable[[int], str | None] = probe.process_start) -> tuple[bool, str]:
+    """(gate passes?, one line for the operator). Pure apart from the injectable process checks.
+
+    `started(pid)` is the process's start time, compared with `pid_start` when the file has one
+    (None: do not compare).
+    """
     phase = state.get("phase")
     message = str(state.get("message") or "")
     if phase == CONFIG_ERROR:
@@ -77,6 +85,11 @@ def evaluate(state: Mapping[str, Any], now: float,
     pid = state.get("pid")
     if isinstance(pid, int) and not pid_alive(pid):
         return False, f"sidecar process {pid} is not running (last said: {message})"
+    pid_start = state.get("pid_start")
+    if isinstance(pid, int) and pid_start:
+        now_started = started(pid)
+        if now_started is not None and now_started != str(pid_start):
+            return False, f"sidecar process {pid} is not running (last said: {message})"
     if phase in (DRAINING, STOPPED):
         return False, f"draining: {message}"
     if state.get("gate_mode") == "latch" and state.get("ever_confirmed"):

@@ -8,7 +8,7 @@ from collections.abc import Callable, Mapping
 from pathlib import Path
 from typing import Any
 
-from readiness_gate import state
+from readiness_gate import probe, state
 
 
 class StatusWriter:
@@ -20,6 +20,8 @@ class StatusWriter:
         self._fixed = {
             "schema": state.SCHEMA,
             "pid": os.getpid(),
+            # With the PID, identifies this process: a restarted container's sidecar is PID 1 again.
+            "pid_start": probe.process_start(os.getpid()),
             "gate_mode": gate_mode,
             # Three missed heartbeats, and never less than 10s so a busy node does not flap.
             "stale_after": max(3 * heartbeat_interval, 10.0),

@@ -65,6 +65,15 @@ def test_the_probe_file_gives_the_same_verdict(case, status, pid_check, expected
     assert verdict(state.gate_file_text(status), NOW, pid_check) == expected
 
 
+def test_a_live_pid_is_not_enough_the_process_start_time_must_match() -> None:
+    """In its container the sidecar is PID 1 after every restart: the PID alone would vouch for
+    the previous process's file until the new one writes."""
+    text = state.gate_file_text(doc(phase=state.CONFIRMED, ever_confirmed=True, message="web passing", pid_start="777"))
+    assert verdict(text, NOW, alive, lambda _pid: "777") == (True, "ok (latched): web passing")
+    assert verdict(text, NOW, alive, lambda _pid: "912") == (
+        False, "sidecar process 4242 is not running (last said: web passing)")
+
+
 def test_gate_file_is_one_line_even_for_multi_line_messages() -> None:
     text = state.gate_file_text(doc(message="first\nsecond\rthird"))
     assert text.count("\n") == 4 and text.split("\n")[2:4] == ["first second third"] * 2
