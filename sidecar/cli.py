@@ -92,6 +92,21 @@ def _without_charset_guessing() -> None:
     warnings.filterwarnings("ignore", message="Unable to find acceptable character detection")
 
 
+def _previous_ever_confirmed(config: Config) -> bool:
+    """Whether the previous sidecar process of this pod had confirmed (and not drained).
+
+    Read before this process overwrites the file: the status file lives on the pod's emptyDir,
+    which outlives a container restart. One input of adopting the latch (sidecar.adoption).
+    """
+    try:
+        previous = status_state.read(str(config.status_file))
+    except (OSError, ValueError):
+        return False
+    return (previous.get("ever_confirmed") is True
+            and previous.get("pod") == f"{config.pod_namespace}/{config.pod_name}"
+            and previous.get("phase") not in (status_state.DRAINING, status_state.STOPPED))
+
+
 def _run(config: Config) -> int:
     _without_charset_guessing()
     # Imported here so `status`, `check-config` and `--help` stay quick.
@@ -102,6 +117,7 @@ def _run(config: Config) -> int:
     from sidecar.supervision import Supervisor
     from sidecar.syncer import Syncer
 
+    previous_ever_confirmed = _previous_ever_confirmed(config)
     metrics = Metrics()
     supervisor = Supervisor(on_restart=metrics.worker_restart)  # runs every worker thread
     agent = ConsulAgent(config.consul, on_error=metrics.consul_error, on_request=metrics.consul_request)
@@ -114,7 +130,8 @@ def _run(config: Config) -> int:
     except OSError as exc:
         log.error("cannot write the status file %s: %s", config.status_file, exc.strerror or exc)
         return EXIT_STATUS_UNWRITABLE
-    syncer = Syncer(config, agent, status, metrics=metrics, supervisor=supervisor)
+    syncer = Syncer(config, agent, status, metrics=metrics, supervisor=supervisor,
+                    previous_ever_confirmed=previous_ever_confirmed)
     if config.metrics_addr is not None:
         metrics.serve(config.metrics_addr, syncer, workers=supervisor.statuses)
     source = make_source(config, metrics)

@@ -368,6 +368,13 @@ class ConsulAgent:
     def deregister_service(self, service_id: str, timeout: float | None = None) -> None:
         self._call("PUT", f"/v1/agent/service/deregister/{service_id}", timeout=timeout)
 
+    def service_checks(self, service_id: str) -> dict[str, dict[str, Any]]:
+        """The agent's checks of one instance, by check ID (local state, never forwarded)."""
+        data = self._call("GET", "/v1/agent/checks", [("filter", f'ServiceID == "{service_id}"')]).json() or {}
+        if not isinstance(data, dict):
+            raise ConsulError("GET /v1/agent/checks: the answer is not a map of checks")
+        return {str(k): v for k, v in data.items() if isinstance(v, dict)}
+
     def agent_service(self, service_id: str, content_hash: str = "", wait: float = 0.0) -> tuple[str, dict[str, Any] | None]:
         """The agent's view of one instance; a hash-blocking query when `content_hash` is set."""
         params: list[tuple[str, str]] = []

@@ -40,11 +40,16 @@ class Instance:
 
     @property
     def readiness_check_id(self) -> str:
-        return f"{self.service_id}:readiness"
+        return check_ids(self.service_id)[0]
 
     @property
     def liveness_check_id(self) -> str:
-        return f"{self.service_id}:liveness"
+        return check_ids(self.service_id)[1]
+
+
+def check_ids(service_id: str) -> tuple[str, str]:
+    """(readiness, liveness) check IDs of an instance."""
+    return f"{service_id}:readiness", f"{service_id}:liveness"
 
 
 @dataclass(frozen=True)

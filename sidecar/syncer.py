@@ -17,6 +17,7 @@ from dataclasses import dataclass, field, replace
 from typing import Any
 
 from readiness_gate import state as status_state
+from sidecar.adoption import all_passing, found_statuses, is_this_pod
 from sidecar.backoff import Backoff
 from sidecar.config import Config
 from sidecar.consul_api import ConsulAgent
@@ -40,7 +41,9 @@ from sidecar.registration import (
     CheckState,
     Instance,
     build_instances,
+    check_ids,
     registration_payload,
+    service_id,
     wanted_checks,
 )
 from sidecar.status import StatusWriter
@@ -76,7 +79,8 @@ class SyncState:
 class Syncer:
     def __init__(self, config: Config, agent: ConsulAgent, status: StatusWriter, *,
                  clock: Callable[[], float] = time.monotonic, metrics: Metrics | None = None,
-                 supervisor: Supervisor | None = None) -> None:
+                 supervisor: Supervisor | None = None, previous_ever_confirmed: bool = False) -> None:
+        """`previous_ever_confirmed`: the previous process of this pod had confirmed (sidecar.adoption)."""
         self.config = config
         self.supervisor = supervisor or Supervisor()  # runs the watcher threads below
         self.agent = agent
@@ -102,6 +106,11 @@ class Syncer:
         self._confirmer = Confirmer(agent, config.confirm_wait, self._post, supervisor=self.supervisor)
         self._watchers: list[AgentWatcher] = []
         self._drained: int | None = None  # the exit code, once drained before SIGTERM
+        # Adoption (sidecar.adoption): statuses found on the agent, kept alive until the first
+        # observation (None: not looked yet); needs this pod's UID to tell its instance apart.
+        self._adopting = bool(config.pod_uid)
+        self._found: dict[str, CheckState] | None = None
+        self._adopt_latch = previous_ever_confirmed and config.gate_mode == "latch"
         self._status_problem: str | None = None
         self.last_loop = clock()  # for the liveness endpoint: a stuck loop stops updating it
 
@@ -164,6 +173,8 @@ class Syncer:
         else:
             if self.state.observation is not None and self.state.registered:
                 deadlines.append(self._next_refresh)
+            if self.state.observation is None and self._adopting:
+                deadlines.append(self._next_refresh)  # keeping found statuses alive
             if self._reconfirms():
                 deadlines.append(self._next_reconfirm)
         return min(deadlines)
@@ -242,6 +253,8 @@ class Syncer:
         s = self.state
         now = self.clock()
         if s.observation is None:
+            if self._adopting and now >= self._next_refresh and (self._retry_at is None or now >= self._retry_at):
+                self._keep_found_alive(now)
             self._maybe_heartbeat(now)
             return
         if not s.instances:
@@ -299,10 +312,63 @@ class Syncer:
             removed=False,
         )
 
+    def _keep_found_alive(self, now: float) -> None:
+        """Before the first readiness observation: refresh, unchanged, the statuses a previous
+        process of this pod left on the agent, so its instance is not reaped meanwhile."""
+        try:
+            if self._found is None:
+                found: dict[str, CheckState] = {}
+                for spec in self.config.services:
+                    sid = service_id(self.config, spec.name)
+                    if is_this_pod(self.agent.agent_service(sid)[1], self.config.pod_uid):
+                        found.update(found_statuses(self.agent.service_checks(sid), check_ids(sid)))
+                self._found = found
+                if found:
+                    log.info("adopting the registration on the agent: keeping its statuses (%s) until the first "
+                             "readiness observation", ", ".join(f"{k} {v.status}" for k, v in sorted(found.items())))
+            for check_id, check in self._found.items():
+                self.agent.update_ttl_check(check_id, check.status, check.output)
+        except ConsulNotFound:
+            self._found = {}  # gone meanwhile: nothing left to keep alive
+        except ConsulError as exc:
+            delay = self._retry_backoff.next_delay()
+            if self._last_error != str(exc):
+                log.warning("cannot keep the adopted statuses alive: %s; retrying in %.1fs", exc, delay)
+            self._last_error = str(exc)
+            self._retry_at = now + delay
+            return
+        self._retry_at = None
+        self._retry_backoff.reset()
+        if not self._found:
+            self._adopting = False  # nothing of ours on the agent
+        self._next_refresh = now + self.config.check_ttl / 3
+
+    def _latch_adoptable(self, readiness: CheckState) -> bool:
+        """The previous process confirmed, and the agent still holds every instance of this pod
+        (its UID) with every check passing, and the app is ready now (sidecar.adoption)."""
+        s = self.state
+        uid = (s.observation.pod_uid if s.observation is not None else None) or self.config.pod_uid
+        if readiness.status != PASSING or not s.instances:
+            return False
+        for inst in s.instances:
+            if not is_this_pod(self.agent.agent_service(inst.service_id)[1], uid):
+                return False
+            ids = (inst.readiness_check_id, inst.liveness_check_id)
+            if not all_passing(found_statuses(self.agent.service_checks(inst.service_id), ids), ids):
+                return False
+        return True
+
     def _register_missing(self) -> bool:
         s = self.state
         readiness, liveness = self.wanted()
         changed = False
+        if self._adopt_latch:
+            adopt = self._latch_adoptable(readiness)  # may raise: then tried again with the retry
+            self._adopt_latch = False
+            if adopt:
+                s.ever_confirmed = True
+                log.info("latch adopted: the previous sidecar process of this pod confirmed %s, and the agent "
+                         "still holds it with this pod's UID, passing", ", ".join(i.name for i in s.instances))
         for inst in s.instances:
             if inst.service_id in s.registered:
                 continue
