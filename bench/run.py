@@ -75,6 +75,8 @@ class Params:
     gate_samples: int = 200  # fig 6: runs of each of gate and bare interpreter
     settle_seconds: float = 3.0  # after a fleet is confirmed, before an idle window
     rollouts: bool = True  # fig 8: the two rolling updates of bench/rollout.py
+    fault_window_s: float = 20.0  # fig 9: the window measured in each fault state (0: skip fig 9)
+    fault_settle_s: float = 6.0  # fig 9: in the fault state this long first (past one TTL refresh, 5 s)
 
     def flips_per_pod(self, n: int) -> int:
         if n == 1:
@@ -86,12 +88,12 @@ PRESETS: dict[str, Params] = {
     "full": Params(),
     "quick": Params(flips_single=100, scale_min_flips=50, scale_min_flips_per_pod=2, idle_seconds=30.0,
                     scale_idle_seconds=10.0, termination_pods=10, restarts=3, gate_samples=100,
-                    settle_seconds=2.0),
+                    settle_seconds=2.0, fault_window_s=10.0),
     # For tests/test_bench_smoke.py: every figure present, seconds instead of minutes.
     "smoke": Params(flips_single=6, scale_sizes=(1, 2), scale_min_flips=4, scale_min_flips_per_pod=2,
                     flip_pause=(0.01, 0.02), idle_pods=2, idle_seconds=3.0, scale_idle_seconds=2.0,
                     termination_pods=2, restarts=1, restart_down_s=0.5, gate_samples=10, settle_seconds=0.5,
-                    rollouts=False),
+                    rollouts=False, fault_window_s=0.0),
 }
 
 
@@ -710,6 +712,197 @@ def code_state() -> dict[str, Any]:
                                                           "setup.cfg").splitlines() if line.strip()],
             "fingerprint": {str(p.relative_to(REPO)): p.stat().st_mtime_ns for p in sources}}
 
+# --- fig 9: what each fault state costs ------------------------------------------------------
+# A fault must never cost more than steady state by orders of magnitude (ARCHITECTURE.md). One
+# sidecar per state, confirmed first, then put into the fault; after `settle` seconds in it, its
+# CPU (utime+stime, and schedstat) and the requests that reach Consul and the API server are
+# counted over a window. Requests are counted where they arrive: a counting proxy in front of
+# the Consul agent (tests/counting_proxy.py; "agent" = /v1/agent/*, "servers" = what the agent
+# forwards), and the fake API's request log, or, while the API is down, a listener on its port
+# that counts and resets every connection.
+
+TARGET_FAULT_CPU_PCT = 0.5
+TARGET_FAULT_RPS = 1.0
+FAULT_STATES = ("agent down", "servers down", "Kubernetes API down", "403 from Consul", "403 from the API",
+                "drained, waiting for SIGTERM")
+
+
+class _CountingRefuser:
+    """Listens on a port and resets every connection, counting them: an API server that is gone,
+    seen from its side."""
+
+    def __init__(self, port: int) -> None:
+        import socket
+
+        self._socket_mod = socket
+        self.sock = socket.socket()
+        self.sock.setsockopt(socket.SOL_SOCKET, socket.SO_REUSEADDR, 1)
+        self.sock.bind(("127.0.0.1", port))
+        self.sock.listen(64)
+        self.times: list[float] = []
+        threading.Thread(target=self._accept, name="refuser", daemon=True).start()
+
+    def _accept(self) -> None:
+        import struct
+
+        socket = self._socket_mod
+        while True:
+            try:
+                conn, _ = self.sock.accept()
+            except OSError:
+                return
+            self.times.append(time.monotonic())
+            conn.setsockopt(socket.SOL_SOCKET, socket.SO_LINGER, struct.pack("ii", 1, 0))
+            conn.close()
+
+    def close(self) -> None:
+        try:
+            self.sock.shutdown(self._socket_mod.SHUT_RDWR)  # wakes the blocked accept(), freeing the port
+        except OSError:
+            pass
+        self.sock.close()
+
+
+def measure_faults(window: float, settle: float, log: Callable[[str], None] = print) -> dict[str, Any]:
+    """Fig 9: per fault state, CPU % of a core and requests/s of one sidecar."""
+    from consul_agents import AclDevAgent, ServerAndClient, write_token_file  # tests/ is on sys.path via harness
+    from counting_proxy import CountingProxy
+
+    binary = provide_consul()
+    out: dict[str, Any] = {"window_s": window, "settle_s": settle, "states": {}}
+    with tempfile.TemporaryDirectory(prefix="katalog-bench-faults-") as tmp:
+        work = Path(tmp)
+        pair = ServerAndClient(binary, work)
+        acl = AclDevAgent(binary, work, host="127.0.0.1")
+        kube = FakeKube(work / "kube-token")
+        proxies: list[CountingProxy] = []
+        pods: list[PodSidecar] = []
+
+        def confirmed_pod(label: str, consul: CountingProxy, **env: str) -> PodSidecar:
+            pod = PodSidecar(work, consul, kube, f"fault-{label}", namespace=NS, service=SERVICE,
+                             pod_ip=f"10.43.0.{len(pods) + 1}", KATALOG_HEARTBEAT_INTERVAL="5s", **env)
+            pod.create_pod(ready=True)
+            pods.append(pod)
+            pod.start()
+            pod.wait_gate(passing=True, timeout=60)
+            return pod
+
+        def measure(state: str, pod: PodSidecar, consul: CountingProxy, api: Callable[[float, float], int],
+                    in_effect: Callable[[], bool] = lambda: True) -> None:
+            deadline = time.monotonic() + 60
+            while not in_effect():  # the sidecar has met the fault (e.g. its next TTL refresh failed)
+                if time.monotonic() > deadline:
+                    raise TimeoutError(f"{state}: the sidecar never met the fault: {pod.gate()[1]}\n{tail(pod)}")
+                time.sleep(0.2)
+            time.sleep(settle)
+            assert pod.proc is not None
+            pid = pod.proc.pid
+            c0, p0, t0 = cpu_seconds(pid), cpu_seconds_precise(pid), time.monotonic()
+            time.sleep(window)
+            c1, p1, t1 = cpu_seconds(pid), cpu_seconds_precise(pid), time.monotonic()
+            if pod.proc.poll() is not None:
+                raise RuntimeError(f"{state}: the sidecar exited {pod.proc.returncode}: {tail(pod)}")
+            seen = consul.between(t0, t1)
+            agent = sum(1 for s in seen if s.target == "agent")
+            api_n = api(t0, t1)
+            span = t1 - t0
+            entry = {"cpu_pct_of_core": (c1 - c0) / span * 100, "cpu_pct_of_core_schedstat": (p1 - p0) / span * 100,
+                     "consul_agent_requests": agent, "consul_server_requests": len(seen) - agent,
+                     "api_requests": api_n, "requests_per_s": (len(seen) + api_n) / span, "window_s": span,
+                     "gate": pod.gate()[1]}
+            out["states"][state] = entry
+            log(f"[fault: {state}] CPU {entry['cpu_pct_of_core_schedstat']:.3f} % of a core, "
+                f"{entry['requests_per_s']:.2f} req/s (agent {agent}, servers {len(seen) - agent}, API {api_n} "
+                f"in {span:.0f}s)")
+
+        def api_log(t0: float, t1: float) -> int:
+            return sum(1 for r in kube.requests if t0 <= r.time <= t1)
+
+        try:
+            pair.start()
+            kube.start()
+            proxy = CountingProxy(pair.client.host, pair.client.http_port).start()
+            proxies.append(proxy)
+            log(f"fault states: one sidecar each, {settle:g}s in the fault, then {window:g}s measured")
+
+            pod = confirmed_pod("agent", proxy)
+            pair.client.stop()  # the proxy stays: it counts, and resets what it cannot forward
+            measure("agent down", pod, proxy, api_log, lambda: "waiting for the agent" in pod.gate()[1])
+            pair.client.start()
+            pod.kill()
+
+            pod = confirmed_pod("servers", proxy)
+            pair.server.stop()
+            measure("servers down", pod, proxy, api_log)
+            pair.server.start()
+            pod.kill()
+
+            pod = confirmed_pod("api", proxy)
+            port = int(kube.url.rsplit(":", 1)[1])
+            kube.stop()
+            refuser = _CountingRefuser(port)
+            try:
+                measure("Kubernetes API down", pod, proxy, lambda t0, t1: sum(1 for t in refuser.times if t0 <= t <= t1),
+                        lambda: bool(refuser.times))
+            finally:
+                refuser.close()
+            kube.start()
+            pod.kill()
+
+            pod = confirmed_pod("drained", proxy)
+            kube.set_deletion_timestamp(NS, pod.name, grace_seconds=30)
+            pod.wait_gate(passing=False, contains="drained and deregistered", timeout=30)
+            measure("drained, waiting for SIGTERM", pod, proxy, api_log)
+            pod.kill()
+
+            pod = confirmed_pod("api403", proxy)
+            kube.fail_next(403, n=1_000_000)  # every request from now on; the last state on this API
+            kube.break_watches()
+            measure("403 from the API", pod, proxy, api_log,
+                    lambda: any(r.status == 403 and r.query.get("fieldSelector") == f"metadata.name={pod.name}"
+                                for r in kube.requests))
+            pod.kill()
+
+            acl.start()
+            acl_proxy = CountingProxy(acl.host, acl.http_port).start()
+            proxies.append(acl_proxy)
+            token_file = work / "consul-token"
+            write_token_file(token_file, acl.create_token((REPO / "examples" / "consul-acl-policy.hcl").read_text(),
+                                                          "katalog-web"))
+            kube.stop()  # a fresh API for the last pod: the previous state left every request failing
+            kube = FakeKube(work / "kube-token-2").start()
+            pod = confirmed_pod("consul403", acl_proxy, CONSUL_HTTP_TOKEN_FILE=str(token_file))
+            # The token is rotated to one without service:write: every write is a 403 from now on.
+            write_token_file(token_file, acl.create_token(f'service "{SERVICE}" {{ policy = "read" }}', "read-only"))
+            measure("403 from Consul", pod, acl_proxy, api_log, lambda: "Consul refused" in pod.gate()[1])
+            pod.kill()
+        finally:
+            for pod in pods:
+                pod.kill()
+            for proxy in proxies:
+                proxy.stop()
+            kube.stop()
+            acl.stop()
+            pair.stop()
+    return out
+
+
+def fault_rows(faults: dict[str, Any] | None) -> list[dict[str, Any]]:
+    if not faults:
+        return []
+    rows = []
+    for state in FAULT_STATES:
+        e = faults["states"].get(state)
+        if e is None:
+            continue
+        rows.append(_row(f"9. fault: {state}: sidecar CPU, % of one core ({e['window_s']:.0f}s)", "mean",
+                         e["cpu_pct_of_core_schedstat"], f"from /proc stat ticks {e['cpu_pct_of_core']:.3f} %",
+                         TARGET_FAULT_CPU_PCT, "%"))
+        rows.append(_row(f"9. fault: {state}: requests per second", "mean", e["requests_per_s"],
+                         f"to the agent {e['consul_agent_requests']}, to the servers {e['consul_server_requests']}, "
+                         f"to the API server {e['api_requests']}", TARGET_FAULT_RPS, "/s"))
+    return rows
+
 
 def run(params: Params, out_dir: Path, charts_dir: Path | None, preset: str = "custom",
         command: str = "", log: Callable[[str], None] = print) -> dict[str, Any]:
@@ -783,6 +976,8 @@ def run(params: Params, out_dir: Path, charts_dir: Path | None, preset: str = "c
             raise
         finally:
             world.stop()
+    if params.fault_window_s > 0:
+        figs["faults"] = measure_faults(params.fault_window_s, params.fault_settle_s, log)
     if params.rollouts:
         log("rolling updates (3 replicas, maxSurge 1, maxUnavailable 0) on a server + client pair")
         scenarios = rollout.run_scenarios(provide_consul(), log)
@@ -913,6 +1108,7 @@ def target_rows(f: dict[str, Any]) -> list[dict[str, Any]]:
             rows.append(_row("8. ... old pods deleted while the server was down", "max",
                              r["deleted_while_servers_down"], "", 0, ""))
         rows.append(_row("8. ... rollout duration", "total", r["duration_s"], "", None, "s"))
+    rows += fault_rows(f.get("faults"))
     return rows
 
 
@@ -923,8 +1119,8 @@ def _fmt(value: float | None, unit: str) -> str:
         return f"{value:.3f} %"
     if unit == "x":
         return f"{value:.2f}x"
-    if unit == "s":
-        return f"{value:.2f} s"
+    if unit in ("s", "/s"):
+        return f"{value:.2f} {unit}"
     if unit in ("", "req"):
         return f"{value:g}"
     return f"{value:.1f} {unit}"

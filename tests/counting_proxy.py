@@ -105,13 +105,16 @@ def _handler(proxy: CountingProxy) -> type[BaseHTTPRequestHandler]:
                 return
             finally:
                 upstream.close()
-            self.send_response(response.status, response.reason)
-            for key, value in response.getheaders():
-                if key.lower() not in _HOP_BY_HOP | {"content-length"}:
-                    self.send_header(key, value)
-            self.send_header("Content-Length", str(len(data)))
-            self.end_headers()
-            self.wfile.write(data)
+            try:
+                self.send_response(response.status, response.reason)
+                for key, value in response.getheaders():
+                    if key.lower() not in _HOP_BY_HOP | {"content-length"}:
+                        self.send_header(key, value)
+                self.send_header("Content-Length", str(len(data)))
+                self.end_headers()
+                self.wfile.write(data)
+            except OSError:
+                self.close_connection = True  # the client went away (a sidecar killed mid-request)
 
         do_GET = do_PUT = do_POST = do_DELETE = _forward  # noqa: N815 - http.server's naming
 
