@@ -33,7 +33,7 @@ SETTINGS: tuple[Setting, ...] = (
     Setting("POD_NAMESPACE", "", "Pod namespace (downward API `metadata.namespace`). Required."),
     Setting("POD_IP", "", "Pod IP, registered as the service address (downward API `status.podIP`). Required."),
     Setting("HOST_IP", "", "Node IP (downward API `status.hostIP`); the agent is reached at `http://$HOST_IP:8500` unless `CONSUL_HTTP_ADDR` is set."),
-    Setting("POD_UID", "", "Pod UID (downward API `metadata.uid`); added to the service meta when set."),
+    Setting("POD_UID", "", "Pod UID (downward API `metadata.uid`); added to the service meta when set. A restarted sidecar needs it to recognise its pod's instance before it sees the pod (keeping its statuses alive through an API outage)."),
     # Consul agent connection: the standard variables of Consul's own tools.
     Setting("CONSUL_HTTP_ADDR", "", "Agent address: `host:port`, `http://host:port` or `https://host:port`. Empty: `http://$HOST_IP:8500`."),
     Setting("CONSUL_HTTP_TOKEN", "", "ACL token. Never logged or written anywhere."),

@@ -440,7 +440,7 @@ class Syncer:
             text = f"waiting for the agent at {self.agent.address}: {exc}"
             delay = self._retry_backoff.next_delay()
             if isinstance(exc, ConsulUnavailable) and self._watchers and all(w.failing for w in self._watchers):
-                # The agent watchers probe it about once a second and post "agent-back" when it
+                # The agent watchers probe it every 0.8-1.6 s and post "agent-back" when it
                 # answers, which retries at once: a retry of our own would only add requests.
                 delay = AGENT_DOWN_RETRY
         self._last_error = text

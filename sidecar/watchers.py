@@ -2,7 +2,7 @@
 
 - AgentWatcher: one hash-blocking query on the *local agent's* view of an instance. It is the
   only long-poll a steady sidecar keeps open, costs the servers nothing, and notices within
-  about a second that the agent lost the instance or came back after a restart.
+  two seconds that the agent lost the instance or came back after a restart.
 - Confirmer: blocking queries on the servers' view (health endpoint), held only while a change
   waits for confirmation; idle (no open query) once the catalog matches.
 """
@@ -45,8 +45,8 @@ class AgentWatcher:
         self._post = post
         self._wait = wait
         self._stop_event = threading.Event()
-        # Capped at 1s: while the agent is down we retry a cheap local connection, so its
-        # return is noticed within about a second.
+        # Capped at AGENT_RETRY_CAP: while the agent is down we retry a cheap local connection, so its
+        # return is noticed within two seconds.
         self._backoff = Backoff(initial=0.1, cap=AGENT_RETRY_CAP)
         # Read by the sync loop: while its watchers see the agent down, it leaves the probing
         # to them ("agent-back" wakes it) instead of retrying on its own as well.
