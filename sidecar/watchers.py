@@ -27,6 +27,7 @@ log = logging.getLogger("katalog.watch")
 Post = Callable[[str, Any], None]
 
 AGENT_WATCH_WAIT = 300.0  # seconds; the agent answers early on any change to the instance
+AGENT_WATCH_MIN_INTERVAL = 1.0  # seconds between two queries that saw no change
 # Seconds between retries while the agent is down: 0.8-1.6 s once backed off, so a sidecar
 # makes under one request a second while its agent is away (the fault-cost target), and still
 # notices the agent's return within 2 s (the restart target).
@@ -61,6 +62,7 @@ class AgentWatcher:
     def _run(self) -> None:
         content_hash = ""
         while not self._stop_event.is_set():
+            asked = time.monotonic()
             try:
                 new_hash, service = self._agent.agent_service(self._service_id, content_hash, self._wait)
             except ConsulError:
@@ -78,6 +80,11 @@ class AgentWatcher:
                 self._stop_event.wait(self._backoff.next_delay())
                 content_hash = ""
                 continue
+            if not new_hash or new_hash == content_hash:
+                # Nothing changed, yet the agent answered: a blocking query returns early only on
+                # a change, and without a hash it does not block at all (a proxy that drops the
+                # header). Keep a minimum interval, or that would be a hot loop.
+                self._stop_event.wait(max(0.0, AGENT_WATCH_MIN_INTERVAL - (time.monotonic() - asked)))
             content_hash = new_hash
 
 

@@ -145,3 +145,29 @@ def test_status_write_error_at_sigterm_does_not_skip_the_drain(dev_agent, run_si
     assert sidecar.terminate(timeout=30) == 0
     assert dev_agent.agent_services() == {}
     assert "Traceback" not in sidecar.logs()
+
+
+class _AgentAnsweringAtOnce:
+    """An agent (or a proxy in front of it) whose blocking query returns at once, unchanged."""
+
+    def __init__(self, content_hash: str) -> None:
+        self.content_hash = content_hash
+        self.calls = 0
+
+    def agent_service(self, service_id: str, content_hash: str = "", wait: float = 0.0) -> tuple[str, dict[str, str]]:
+        self.calls += 1
+        return self.content_hash, {"ID": service_id}
+
+
+@pytest.mark.parametrize("content_hash", ["", "f00d"], ids=["no hash header", "same hash at once"])
+def test_agent_watch_keeps_a_minimum_interval_when_nothing_changes(content_hash: str) -> None:
+    """Loop iterations, in-process: a watch that cannot block must not turn into a poll loop."""
+    from sidecar.watchers import AgentWatcher
+
+    agent = _AgentAnsweringAtOnce(content_hash)
+    watcher = AgentWatcher(agent, SID, lambda _kind, _payload: None)  # type: ignore[arg-type]
+    watcher.start()
+    time.sleep(2.5)
+    calls = agent.calls
+    watcher.stop()
+    assert calls <= 4, f"{calls} queries in 2.5 s"
