@@ -116,7 +116,7 @@ def test_servers_down_5xx_and_incomplete_drain(server_client: ServerAndClient, r
         assert "GET /v1/health/service/web" in line
         leaks.snapshot()
         assert 'katalog_consul_errors_total{kind="servererror"}' in requests.get(metrics + "/metrics", timeout=5).text
-        assert sidecar.terminate() == 1  # drain cannot be confirmed without servers: left to the TTL
+        assert sidecar.terminate() == 1  # removal cannot be confirmed without servers: left to the agent's sync
         leaks.snapshot(metrics=False)
     leaks.assert_absent(secret)
 
