@@ -332,8 +332,9 @@ class Syncer:
             self._found = {}  # gone meanwhile: nothing left to keep alive
         except ConsulError as exc:
             delay = self._retry_backoff.next_delay()
+            what = "look for this pod's instance on the agent" if self._found is None else "keep the adopted statuses alive"
             if self._last_error != str(exc):
-                log.warning("cannot keep the adopted statuses alive: %s; retrying in %.1fs", exc, delay)
+                log.warning("cannot %s: %s; retrying in %.1fs", what, exc, delay)
             self._last_error = str(exc)
             self._retry_at = now + delay
             return
