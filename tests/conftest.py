@@ -6,6 +6,7 @@ import os
 import sys
 from collections.abc import Callable, Iterator
 from pathlib import Path
+from typing import Any
 
 import pytest
 
@@ -67,3 +68,38 @@ def run_sidecar(tmp_path: Path) -> Iterator[Callable[..., Sidecar]]:
     yield start
     for sidecar in started:
         sidecar.stop()
+
+
+# --- a real Kubernetes control plane (tests/kube_control_plane.py, tests/pod_runner.py) -----
+
+
+@pytest.fixture(scope="session")
+def kube_binaries() -> dict[str, str]:
+    from kube_control_plane import find_kube_binaries
+
+    found = find_kube_binaries()
+    if found is None:
+        message = ("no Kubernetes control-plane binaries: run `eval \"$(scripts/provide-kube.sh)\"` "
+                   "or set ETCD_BIN, KUBE_APISERVER_BIN, KUBE_CONTROLLER_MANAGER_BIN and KUBECTL_BIN")
+        if os.environ.get("CI"):
+            pytest.fail(message + " (integration tests may not be skipped in CI)")
+        pytest.skip(message)
+    return found
+
+
+@pytest.fixture
+def control_plane(kube_binaries: dict[str, str], tmp_path: Path) -> Iterator[Any]:
+    """etcd + kube-apiserver + kube-controller-manager, stopped after the test."""
+    from kube_control_plane import ControlPlane
+
+    with ControlPlane(kube_binaries, tmp_path) as cp:
+        yield cp
+
+
+@pytest.fixture
+def katalog_cluster(kube_binaries: dict[str, str], consul_bin: str, tmp_path: Path) -> Iterator[Any]:
+    """A control plane, a Consul server + the node's client agent, and a pod runner on that node."""
+    from katalog_cluster import KatalogCluster
+
+    with KatalogCluster(kube_binaries, consul_bin, tmp_path) as cluster:
+        yield cluster
