@@ -26,7 +26,8 @@ from fakekube import FakeKube, make_pod  # noqa: E402
 SIDECAR = shutil.which("katalog-sidecar") or "katalog-sidecar"
 GATE = shutil.which("readiness-gate") or "readiness-gate"
 
-__all__ = ["ConsulAgent", "ServerAndClient", "FakeKube", "PodSidecar", "find_consul", "make_pod", "wait_catalog", "provide_consul"]
+__all__ = ["ConsulAgent", "ServerAndClient", "FakeKube", "PodSidecar", "find_consul", "make_pod", "wait_catalog", "provide_consul",
+           "provide_kube"]
 
 
 def provide_consul() -> str:
@@ -36,6 +37,20 @@ def provide_consul() -> str:
     out = subprocess.run(["bash", str(REPO / "scripts" / "provide-consul.sh")], check=True,
                          capture_output=True, text=True)
     return out.stdout.strip().splitlines()[-1]
+
+
+def provide_kube() -> dict[str, str]:
+    """etcd, kube-apiserver, kube-controller-manager and kubectl: found, or built once by
+    scripts/provide-kube.sh (about 5 minutes on 2 cores, then cached)."""
+    from kube_control_plane import BINARIES, find_kube_binaries
+
+    found = find_kube_binaries()
+    if found:
+        return found
+    out = subprocess.run(["bash", str(REPO / "scripts" / "provide-kube.sh")], check=True, stdout=subprocess.PIPE,
+                         text=True)
+    exports = dict(line.removeprefix("export ").split("=", 1) for line in out.stdout.splitlines() if "=" in line)
+    return {name: exports[var] for name, var in BINARIES.items()}
 
 
 def wait_catalog(agent: ConsulAgent, service: str, predicate: Callable[[list[dict[str, Any]]], bool],

@@ -1,4 +1,6 @@
-"""A rolling update of 3 replicas (maxSurge 1, maxUnavailable 0) with real sidecars and gates."""
+"""The headline, with the real Deployment controller: a rolling update of the example
+Deployment (3 replicas, maxSurge 1, maxUnavailable 0) never leaves Consul's catalog with fewer
+passing instances than replicas, and holds while the Consul servers are down."""
 
 from __future__ import annotations
 
@@ -6,45 +8,44 @@ import os
 from pathlib import Path
 
 import pytest
-from fakekube import FakeKube
+from katalog_cluster import KatalogCluster
 
-from bench.rollout import run_rollout, save
+from bench.rollout import REPLICAS, SERVERS_DOWN_FOR, RolloutResult, run_rollout, save
 
-pytestmark = pytest.mark.consul
+pytestmark = [pytest.mark.consul, pytest.mark.kube]
 
 
-def _keep(result, name: str) -> None:
+def _keep(result: RolloutResult, name: str) -> None:
     """Samples feed the README's rollout chart (bench/run.py renders them)."""
     out = os.environ.get("KATALOG_ROLLOUT_SAMPLES_DIR")
     if out:
         save(result, Path(out) / f"{name}.json")
 
 
-def test_rollout_with_consul_healthy_never_empties_the_catalog(server_client, tmp_path: Path) -> None:
-    with FakeKube(tmp_path / "token") as kube:
-        result = run_rollout(server_client, kube, tmp_path)
+def test_rollout_with_consul_healthy_never_empties_the_catalog(katalog_cluster: KatalogCluster) -> None:
+    result = run_rollout(katalog_cluster)
     _keep(result, "rollout-healthy")
-    assert result.completed
-    assert result.min_healthy >= 3, result.events
+    assert result.completed, result.events
+    assert result.min_healthy >= REPLICAS, result.events
+    assert len(result.new_ids) == REPLICAS
     assert result.final_ids == result.new_ids  # exactly the new pods, nothing else
-    assert server_client.server.health("web") and {e["Service"]["ID"] for e in server_client.server.health("web")} \
-        == result.new_ids
+    assert max(s.deleted for s in result.samples) == REPLICAS  # the controller replaced every old pod
 
 
-def test_rollout_holds_while_consul_servers_are_down(server_client, tmp_path: Path) -> None:
-    with FakeKube(tmp_path / "token") as kube:
-        result = run_rollout(server_client, kube, tmp_path, servers_down_for=8.0)
+def test_rollout_holds_while_consul_servers_are_down(katalog_cluster: KatalogCluster) -> None:
+    result = run_rollout(katalog_cluster, servers_down_for=SERVERS_DOWN_FOR)
     _keep(result, "rollout-servers-down")
-    assert result.completed
+    assert result.completed, result.events
     down = [s for s in result.samples if not s.servers_up]
     assert down, "the server was never seen down"
-    # While the servers were down no new pod became available, so no old pod was deleted,
+    # While the servers were down no new pod became Ready, so the controller deleted no old pod,
     # and the old instances stayed passing (in the agent, which syncs them when servers return).
-    assert all(s.deleted == 0 for s in down)
+    assert any(s.created >= 1 for s in down), "the controller never started the rollout"
+    assert all(s.deleted == 0 for s in down), result.events
     seen = [s.agent_healthy for s in down if s.agent_healthy is not None]  # None: a sample that timed out
-    assert seen and min(seen) >= 3
-    first_available = next(t for t, e in result.events if e == "web-new-0 available")
+    assert seen and min(seen) >= REPLICAS
     back = next(t for t, e in result.events if e == "Consul server starting")
-    assert first_available > back
-    assert result.min_healthy >= 3
+    first_ready = min(t for t, e in result.events if e.startswith("new pod ") and e.endswith(" ready"))
+    assert first_ready > back, result.events
+    assert result.min_healthy >= REPLICAS
     assert result.final_ids == result.new_ids
