@@ -245,17 +245,32 @@ def run_scenarios(binary: str, log: Callable[[str], None] = print) -> dict[str, 
     return results
 
 
-def main() -> int:
-    """Runs both rollout scenarios and renders docs/img/rollout.png."""
+def load(path: Path) -> RolloutResult:
+    data = json.loads(path.read_text())
+    return RolloutResult(samples=[Sample(**s) for s in data["samples"]], events=[tuple(e) for e in data["events"]],
+                         completed=data["completed"], duration=data["duration"], final_ids=set(data["final_ids"]),
+                         kube_version=data.get("kube_version", ""))
+
+
+def main(argv: list[str]) -> int:
+    """Runs both rollout scenarios and renders docs/img/rollout.png (`--render-only`: from the
+    samples the last run saved in bench/out/)."""
     from bench.harness import provide_consul
 
-    results = run_scenarios(provide_consul())
-    for (_title, down_for), result in zip(SCENARIOS, results.values(), strict=True):
-        save(result, REPO / "bench" / "out" / f"rollout-{'healthy' if down_for is None else 'servers-down'}.json")
+    paths = [REPO / "bench" / "out" / f"rollout-{'healthy' if down is None else 'servers-down'}.json"
+             for _title, down in SCENARIOS]
+    if "--render-only" in argv:
+        results = {title: load(path) for (title, _down), path in zip(SCENARIOS, paths, strict=True)}
+    else:
+        results = run_scenarios(provide_consul())
+        for result, path in zip(results.values(), paths, strict=True):
+            save(result, path)
     render(results, REPO / "docs" / "img" / "rollout.png")
     print("chart: docs/img/rollout.png")
     return 0
 
 
 if __name__ == "__main__":
-    raise SystemExit(main())
+    import sys
+
+    raise SystemExit(main(sys.argv[1:]))
