@@ -29,6 +29,9 @@ from pathlib import Path
 from typing import Any
 from urllib.parse import parse_qsl, urlsplit
 
+BOOKMARK_EVERY = 60.0  # the watch cache's bookmark frequency
+BOOKMARK_BEFORE_END = 2.0  # ... and it sends one this long before `timeoutSeconds` ends a watch
+
 _REASONS = {
     400: "BadRequest",
     401: "Unauthorized",
@@ -48,7 +51,8 @@ def _now() -> str:
 
 def status_object(code: int, message: str, reason: str | None = None,
                   details: dict[str, Any] | None = None) -> dict[str, Any]:
-    """A `Status` as the API returns it for errors (also the object of an ERROR event)."""
+    """A `Status` as the API returns it for errors (also the object of an ERROR event), keys in
+    the real server's order; a 403 for pods carries `details` naming the resource."""
     status: dict[str, Any] = {
         "kind": "Status",
         "apiVersion": "v1",
@@ -57,8 +61,10 @@ def status_object(code: int, message: str, reason: str | None = None,
         "message": message,
         "reason": reason or _REASONS.get(code, "Unknown"),
     }
+    if details is None and code == 403:
+        details = {"kind": "pods"}
     if details is not None:
-        status["details"] = details  # before "code", in the API server's field order
+        status["details"] = details
     status["code"] = code
     return status
 
@@ -187,6 +193,10 @@ class _Watch:
     namespace: str
     selector: dict[str, str]
     bookmarks: bool
+    # The pods resourceVersion the client has seen (its start, the last event or bookmark sent):
+    # the real watch cache sends a bookmark only when pods moved past it.
+    seen_rv: int = 0
+    next_bookmark: float = 0.0  # monotonic time of the next periodic bookmark
     # Events and injected faults in the order they happened, so a stall or a break cuts
     # the stream exactly where the test called it.
     commands: deque[tuple[str, Any]] = field(default_factory=deque)
@@ -203,9 +213,14 @@ class _Failure:
 class FakeKube:
     """The fake API server. Thread-safe; every mutator wakes the open watches."""
 
-    def __init__(self, token_file: Path, token: str = "token-1", *, require_name_selector: bool = True) -> None:
+    def __init__(self, token_file: Path, token: str = "token-1", *, require_name_selector: bool = True,
+                 service_account: str = "default", pod_names: set[str] | None = None) -> None:
         self.token_file = token_file
         self.require_name_selector = require_name_selector
+        # Who the token belongs to (named in 403 messages) and, like a Role with
+        # `resourceNames`, the only pod names it may list and watch (None: any).
+        self.service_account = service_account
+        self.pod_names = pod_names
         self._cond = threading.Condition()
         self._token = token
         token_file.write_text(token + "\n")
@@ -326,8 +341,15 @@ class FakeKube:
         return self.update_pod(namespace, name, mutate)
 
     def delete_pod(self, namespace: str, name: str) -> None:
+        """Removal from the API, as the real server does it even at gracePeriodSeconds=0: a
+        MODIFIED that marks the pod (unless it already was), then DELETED with that state."""
         with self._cond:
-            pod = self._pods.pop((namespace, name))
+            pod = self._pods[(namespace, name)]
+            if not pod["metadata"].get("deletionTimestamp"):
+                pod["metadata"]["deletionTimestamp"] = _now()
+                pod["metadata"]["deletionGracePeriodSeconds"] = 0
+                self._record("MODIFIED", pod)
+            del self._pods[(namespace, name)]
             self._record("DELETED", pod)
 
     # -- watch faults -----------------------------------------------------------------------
@@ -477,16 +499,32 @@ class FakeKube:
                         continue
                     elif command == "event":
                         lines.append(_watch_event_line(arg))
+                        watch.seen_rv = max(watch.seen_rv, arg.rv)
                     elif command == "raw":
                         lines.append(arg)
                     elif command == "bookmark" and watch.bookmarks:
                         lines.append(_event_line("BOOKMARK", _bookmark_object(arg)))
+                        watch.seen_rv = max(watch.seen_rv, arg)
                 if lines:
                     return lines, None
-                remaining = deadline - time.monotonic()
+                now = time.monotonic()
+                remaining = deadline - now
                 if remaining <= 0 or self._end_at_once:
                     return [], "end"
-                self._cond.wait(remaining)
+                # The real watch cache's bookmark timing: one every minute, and one 2 s before
+                # `timeoutSeconds` runs out, each only if some pod changed since the client's
+                # last event or bookmark.
+                due = min(watch.next_bookmark, deadline - BOOKMARK_BEFORE_END)
+                if watch.bookmarks and not watch.stalled and now >= due:
+                    watch.next_bookmark = now + BOOKMARK_EVERY if now >= watch.next_bookmark else watch.next_bookmark
+                    if now >= deadline - BOOKMARK_BEFORE_END:
+                        watch.next_bookmark = deadline  # nothing more before the end
+                    if self._rv > watch.seen_rv:
+                        watch.seen_rv = self._rv
+                        return [_event_line("BOOKMARK", _bookmark_object(self._rv))], None
+                    continue
+                wake = remaining if not watch.bookmarks else min(remaining, max(0.0, due - now))
+                self._cond.wait(wake)
 
     def _open_watch(self, namespace: str, selector: dict[str, str], query: dict[str, str]) -> tuple[_Watch | None, list[bytes], int]:
         """Register a watch: (watch, first lines, HTTP status). A 410 may end it before it starts."""
@@ -515,7 +553,8 @@ class FakeKube:
                     for p in self._pods.values()
                     if _matches(p, namespace, selector)
                 ]
-            watch = _Watch(namespace, selector, query.get("allowWatchBookmarks") in ("true", "1"))
+            watch = _Watch(namespace, selector, query.get("allowWatchBookmarks") in ("true", "1"),
+                           seen_rv=self._rv, next_bookmark=time.monotonic() + BOOKMARK_EVERY)
             self._watches.add(watch)
             return watch, first, 200
 
@@ -523,23 +562,32 @@ class FakeKube:
         with self._cond:
             self._watches.discard(watch)
 
-    def _check_access(self, auth: str | None, verb: str, namespace: str, selector: dict[str, str]) -> tuple[int, str] | None:
+    def _check_access(self, auth: str | None, verb: str, namespace: str,
+                      selector: dict[str, str]) -> tuple[int, str, dict[str, Any] | None] | None:
+        """None, or the error's code, message and details (a named request's 403 names the pod)."""
         with self._cond:
             token = self._token
         if auth != f"Bearer {token}":
-            return 401, "Unauthorized"
-        if self.require_name_selector and "metadata.name" not in selector:
-            return 403, _forbidden(verb, namespace, None)
+            return 401, "Unauthorized", None
+        name = selector.get("metadata.name")
+        if (self.require_name_selector and name is None) or (self.pod_names is not None and name not in self.pod_names):
+            details = {"name": name, "kind": "pods"} if name else {"kind": "pods"}
+            return 403, _forbidden(verb, namespace, self.service_account, name), details
         return None
 
 
-def _forbidden(verb: str, namespace: str, name: str | None) -> str:
-    # With a metadata.name field selector the API server authorizes (and names) that one pod.
+def _forbidden(verb: str, namespace: str, account: str = "default", name: str | None = None) -> str:
+    """The real authorizer's message (a named request names the pod)."""
     what = f'pods "{name}"' if name else "pods"
     return (
-        f'{what} is forbidden: User "system:serviceaccount:{namespace}:default" cannot {verb} '
+        f'{what} is forbidden: User "system:serviceaccount:{namespace}:{account}" cannot {verb} '
         f'resource "pods" in API group "" in the namespace "{namespace}"'
     )
+
+
+def _json_bytes(body: Mapping[str, Any]) -> bytes:
+    """The API server's encoding: compact JSON, then a newline."""
+    return json.dumps(body, separators=(",", ":")).encode() + b"\n"
 
 
 def _event_line(event_type: str, obj: Mapping[str, Any]) -> bytes:
@@ -556,7 +604,7 @@ def _bookmark_object(rv: int) -> dict[str, Any]:
     return {
         "kind": "Pod",
         "apiVersion": "v1",
-        "metadata": {"resourceVersion": str(rv), "creationTimestamp": None},
+        "metadata": {"resourceVersion": str(rv)},
         "spec": {"containers": None},
         "status": {},
     }
@@ -614,13 +662,15 @@ def _handler_for(fake: FakeKube) -> type[BaseHTTPRequestHandler]:
             name = (selector or {}).get("metadata.name")
             injected = fake._take_failure(verb)
             if injected is not None:
-                message = _forbidden(verb, namespace, name) if injected == 403 else f"injected failure {injected}"
-                return self._status(injected, "Unauthorized" if injected == 401 else message, name)
+                if injected == 403:  # as the authorizer words it, naming the pod a request names
+                    return self._status(403, _forbidden(verb, namespace, fake.service_account, name),
+                                        {"name": name, "kind": "pods"} if name else None)
+                return self._status(injected, "Unauthorized" if injected == 401 else f"injected failure {injected}")
             if selector is None:
                 return self._status(400, f"unable to parse requested fieldSelector {query.get('fieldSelector')!r}")
             denied = fake._check_access(self.headers.get("Authorization"), verb, namespace, selector)
             if denied is not None:
-                return self._status(*denied, name)
+                return self._status(*denied)
             if verb == "list":
                 return self._json(200, fake._list_body(namespace, selector))
             self._watch(namespace, selector, query)
@@ -676,14 +726,12 @@ def _handler_for(fake: FakeKube) -> type[BaseHTTPRequestHandler]:
             self.close_connection = True
             self.connection.shutdown(socket.SHUT_RDWR)
 
-        def _status(self, code: int, message: str, name: str | None = None) -> None:
-            # A real 403 names the pod in `details` (its body is over 300 bytes); a 401 does not.
-            details = {"name": name, "kind": "pods"} if code == 403 and name else ({"kind": "pods"} if code == 403 else None)
+        def _status(self, code: int, message: str, details: dict[str, Any] | None = None) -> None:
             self._json(code, status_object(code, message, details=details))
 
         def _json(self, code: int, body: Mapping[str, Any]) -> None:
             self.record.status = code
-            data = json.dumps(body, separators=(",", ":")).encode() + b"\n"  # as the API server writes it
+            data = _json_bytes(body)
             self.send_response(code)
             self.send_header("Content-Type", "application/json")
             self.send_header("Content-Length", str(len(data)))
