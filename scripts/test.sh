@@ -1,6 +1,6 @@
 #!/usr/bin/env bash
-# Runs every check on a fresh machine: installs what it needs, provides a real Consul, then
-# lint, type check and the test suite. Extra arguments go to pytest.
+# Runs every check on a fresh machine: installs what it needs, provides a real Consul and a real
+# Kubernetes control plane, then lint, type check and the test suite. Extra arguments go to pytest.
 set -euo pipefail
 cd "$(dirname "$0")/.."
 source scripts/venv.sh
@@ -8,6 +8,10 @@ source scripts/venv.sh
 CONSUL_BIN="$(bash scripts/provide-consul.sh)"
 export CONSUL_BIN
 echo "consul: $CONSUL_BIN ($("$CONSUL_BIN" version | head -1))"
+# The real Kubernetes control plane (etcd, kube-apiserver, kube-controller-manager, kubectl):
+# built once (~5-10 min on 2 cores), then cached. With CI set, its tests fail when it is missing.
+eval "$(bash scripts/provide-kube.sh)"
+echo "kube-apiserver: $KUBE_APISERVER_BIN ($("$KUBE_APISERVER_BIN" --version)); etcd: $("$ETCD_BIN" --version | head -1)"
 
 echo "== ruff"; ruff check sidecar readiness_gate tests bench scripts
 echo "== mypy"; mypy
