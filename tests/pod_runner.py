@@ -136,7 +136,8 @@ class ProcessContainer:
             pass
 
     def exit_code(self) -> int | None:
-        return self.proc.poll()
+        code = self.proc.poll()
+        return 128 - code if code is not None and code < 0 else code  # killed by signal N: 128+N, as a runtime reports
 
 
 def process_image(entrypoint: Iterable[str]) -> ImageFn:
@@ -288,6 +289,7 @@ class RunningPod:
         self.lock = threading.RLock()
         self.stopping = threading.Event()
         self._threads: list[threading.Thread] = []
+        self._hooks: list[subprocess.Popen[bytes]] = []  # preStop processes, killed on teardown
         self._last_status: Any = None
 
     # -- test-facing -------------------------------------------------------------------------
@@ -338,7 +340,8 @@ class RunningPod:
                 self._start_container(state)
                 if state.kind == "init":  # runs to completion before the next one starts
                     assert isinstance(state.handle, ProcessContainer)
-                    code = state.handle.proc.wait()
+                    state.handle.proc.wait()
+                    code = state.handle.exit_code() or 0
                     self._finished(state, code)
                     if code != 0:
                         return
@@ -622,10 +625,17 @@ class RunningPod:
         pre_stop = ((state.spec.get("lifecycle") or {}).get("preStop") or {}).get("exec")
         if pre_stop and state.handle.alive():
             try:
-                subprocess.run(pre_stop["command"], env=state.ctx.env, cwd=self.workdir, capture_output=True,
-                               timeout=max(0.1, deadline - time.monotonic()))
-            except (subprocess.TimeoutExpired, OSError):
-                pass
+                hook = subprocess.Popen(pre_stop["command"], env=state.ctx.env, cwd=self.workdir,
+                                        stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL, start_new_session=True)
+            except OSError:
+                hook = None
+            if hook is not None:
+                self._hooks.append(hook)
+                try:  # the hook may use the whole grace period; the countdown started before it
+                    hook.wait(timeout=max(0.1, deadline - time.monotonic()))
+                except subprocess.TimeoutExpired:
+                    os.killpg(hook.pid, signal.SIGKILL)
+                    hook.wait()
         state.handle.signal(signal.SIGTERM)
         while state.handle.alive() and time.monotonic() < deadline:
             time.sleep(0.05)
@@ -639,6 +649,10 @@ class RunningPod:
     def kill(self) -> None:
         """Test teardown: SIGKILL to everything at once, no status writes."""
         self.stopping.set()
+        for hook in self._hooks:
+            if hook.poll() is None:
+                os.killpg(hook.pid, signal.SIGKILL)
+                hook.wait()
         for state in self.containers:
             if state.handle is not None and state.handle.alive():
                 state.handle.signal(signal.SIGKILL)
