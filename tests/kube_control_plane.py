@@ -25,6 +25,7 @@ import time
 from collections.abc import Iterator, Mapping
 from pathlib import Path
 from typing import Any
+from urllib.parse import parse_qsl, urlsplit
 
 import requests
 from consul_agents import free_port
@@ -242,6 +243,12 @@ class KubeApiserver(_Process):
         tokens = workdir / "tokens.csv"
         tokens.write_text(f'{ADMIN_TOKEN},katalog-admin,katalog-admin,"system:masters"\n')
         self.token_file = tokens
+        # An audit log of pod watches only: it shows the resourceVersion each watch resumes from.
+        self.audit_policy, self.audit_log = workdir / "audit-policy.json", workdir / "audit.log"
+        self.audit_policy.write_text(json.dumps({
+            "apiVersion": "audit.k8s.io/v1", "kind": "Policy", "omitStages": ["ResponseStarted", "ResponseComplete"],
+            "rules": [{"level": "Metadata", "verbs": ["watch"], "resources": [{"group": "", "resources": ["pods"]}]},
+                      {"level": "None"}]}))
 
     def args(self) -> list[str]:
         p = self.pki
@@ -256,8 +263,20 @@ class KubeApiserver(_Process):
             # A graceful stop answers no new requests at once and ends open watches within a few
             # seconds, instead of the defaults' 60 s wait (which only load balancers need).
             "--shutdown-delay-duration=0s", "--shutdown-watch-termination-grace-period=2s",
+            f"--audit-policy-file={self.audit_policy}", f"--audit-log-path={self.audit_log}",
             "--v=1", *self.extra,
         ]
+
+    def pod_watches(self, user: str) -> list[dict[str, str]]:
+        """Pod watch requests `user` made, oldest first: their query parameters (from the audit log)."""
+        found = []
+        if self.audit_log.exists():
+            for line in self.audit_log.read_text().splitlines():
+                event = json.loads(line)
+                if event.get("user", {}).get("username") == user and event.get("verb") == "watch":
+                    query = dict(parse_qsl(urlsplit(event["requestURI"]).query))
+                    found.append({**query, "received": event.get("requestReceivedTimestamp", "")})
+        return found
 
     def api(self) -> KubeApi:
         return KubeApi(self.url, ADMIN_TOKEN, self.pki.ca_crt)

@@ -5,6 +5,7 @@ example's pod template, run by the pod runner."""
 from __future__ import annotations
 
 import copy
+import signal
 import time
 from collections.abc import Callable
 from typing import Any
@@ -138,10 +139,40 @@ def test_410_after_etcd_compaction_relists_and_follows(katalog_cluster: KatalogC
     for i in range(5):
         cp.api.post(f"/api/v1/namespaces/{NS}/configmaps",
                     {"apiVersion": "v1", "kind": "ConfigMap", "metadata": {"name": f"churn-{i}"}})
-    cp.apiserver.stop(__import__("signal").SIGKILL)
+    cp.apiserver.stop(signal.SIGKILL)
     cp.etcd.compact()
     cp.apiserver.start_and_wait()
     _follows_readiness(katalog_cluster, False)
     log = katalog_cluster.runner.pod(NS, POD).log("katalog-sidecar")
     assert "410" in log or "expired" in log.lower() or "too old" in log, log[-3000:]
     _follows_readiness(katalog_cluster, True)
+
+
+def test_real_bookmarks_move_the_resume_point(katalog_cluster: KatalogCluster) -> None:
+    """The real watch cache sends a bookmark about a minute into a watch once other pods have
+    changed; the sidecar takes its resourceVersion, so after an API server crash it resumes
+    from there, not from its own pod's last change (seen in the API server's audit log)."""
+    cp = katalog_cluster.control_plane
+    user = f"system:serviceaccount:{NS}:web"
+    pod = start_pod(katalog_cluster, *rbac())
+    wait_until(lambda: pod.ready(), 60, "the pod Ready (its last status change)")
+    wait_until(lambda: cp.apiserver.pod_watches(user), 30, "the sidecar's watch")
+    time.sleep(1)  # the runner's last status write has reached the sidecar
+    pod_rv = int(cp.api.get(f"/api/v1/namespaces/{NS}/pods/{POD}")["metadata"]["resourceVersion"])
+    # Our own watch, opened alongside the sidecar's, tells when the cache sends bookmarks.
+    ours = cp.api.watch_lines(f"/api/v1/namespaces/{NS}/pods", timeout=150.0, allowWatchBookmarks="true",
+                              fieldSelector=f"metadata.name={POD}", resourceVersion=str(pod_rv))
+    # Another pod changes (on a node the runner does not serve, so nothing runs it).
+    other = cp.api.post(f"/api/v1/namespaces/{NS}/pods", {
+        "apiVersion": "v1", "kind": "Pod", "metadata": {"name": "elsewhere"},
+        "spec": {"nodeName": "not-served", "containers": [{"name": "c", "image": "example.invalid/c:1"}]}})
+    bookmark = next(e for e in ours if e["type"] == "BOOKMARK")
+    assert int(bookmark["object"]["metadata"]["resourceVersion"]) >= int(other["metadata"]["resourceVersion"])
+    time.sleep(3)  # the sidecar's watch started within a second or two of ours
+    # The sidecar's pod itself has not changed: only a bookmark can have moved its resume point.
+    assert int(cp.api.get(f"/api/v1/namespaces/{NS}/pods/{POD}")["metadata"]["resourceVersion"]) == pod_rv
+    watches = cp.apiserver.pod_watches(user)
+    cp.apiserver.stop(signal.SIGKILL)
+    cp.apiserver.start_and_wait()
+    resumed = wait_until(lambda: cp.apiserver.pod_watches(user)[len(watches):], 60, "the sidecar's next watch")
+    assert int(resumed[0]["resourceVersion"]) >= int(other["metadata"]["resourceVersion"]) > pod_rv, resumed
