@@ -53,6 +53,7 @@ from __future__ import annotations
 import base64
 import itertools
 import os
+import random
 import shutil
 import signal
 import socket
@@ -688,8 +689,11 @@ class PodRunner:
         self.workdir.mkdir(parents=True, exist_ok=True)
         host, port = self.api.url.removeprefix("https://").rsplit(":", 1)
         self.service_host, self.service_port = host, port
+        # Pod IPs from a random /16 of 127.0.0.0/8, so runners of concurrent test runs on one
+        # machine do not collide on a pod IP's ports.
+        a = random.randint(64, 191)
         self._ips = iter(self.pod_ips) if self.pod_ips is not None else (
-            f"127.{a}.{b}.{c}" for a in (77,) for b in range(1, 255) for c in range(2, 255))
+            f"127.{a}.{b}.{c}" for b in range(1, 255) for c in range(2, 255))
         self._next_node = itertools.cycle(sorted(self.nodes))
         self.pods: dict[str, RunningPod] = {}  # by UID, running or terminating
         self.finished: list[RunningPod] = []
