@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import base64
 import logging
 import os
 import signal
@@ -41,6 +42,10 @@ def _on_terminate(callback: object) -> None:
 
 def _secrets() -> list[str | None]:
     secrets: list[str | None] = [os.environ.get("CONSUL_HTTP_TOKEN")]
+    auth = os.environ.get("CONSUL_HTTP_AUTH")
+    if auth:
+        # The whole `user:password`, the password alone, and both as a Basic header carries them.
+        secrets += [auth, auth.partition(":")[2], base64.b64encode(auth.encode("latin-1", "replace")).decode()]
     token_file = os.environ.get("CONSUL_HTTP_TOKEN_FILE")
     if token_file:
         try:
@@ -111,8 +116,9 @@ def _run(config: Config) -> int:
     _without_charset_guessing()
     # Imported here so `status`, `check-config` and `--help` stay quick.
     from sidecar.consul_api import ConsulAgent
+    from sidecar.live_config import ConfigFollower
     from sidecar.metrics import Metrics
-    from sidecar.readiness import make_source
+    from sidecar.readiness import ReadinessSink, make_source
     from sidecar.status import StatusWriter
     from sidecar.supervision import Supervisor
     from sidecar.syncer import Syncer
@@ -135,12 +141,17 @@ def _run(config: Config) -> int:
     if config.metrics_addr is not None:
         metrics.serve(config.metrics_addr, syncer, workers=supervisor.statuses)
     source = make_source(config, metrics)
+    sink: ReadinessSink = syncer
+    if config.readiness.source == "kubernetes":
+        # The pod watch also carries the pod's annotations: configuration that may change.
+        sink = ConfigFollower(os.environ, config, syncer)
     stop_sources = threading.Event()
     _on_terminate(syncer.request_shutdown)
+    services = ", ".join(s.name for s in config.services) or config.service_source
     log.info("starting: pod %s/%s, services %s, agent %s, readiness from %s, gate mode %s",
-             config.pod_namespace, config.pod_name, ", ".join(s.name for s in config.services),
+             config.pod_namespace, config.pod_name, services,
              agent.address, config.readiness.source, config.gate_mode)
-    supervisor.start("readiness", lambda: source.run(stop_sources, syncer), stop_sources)
+    supervisor.start("readiness", lambda: source.run(stop_sources, sink), stop_sources)
     code = syncer.run(stop_sources)
     log.info("exiting with code %d", code)
     return code
@@ -169,6 +180,9 @@ def check_config() -> None:
         for problem in error.problems:
             click.echo(f"config error: {problem}", err=True)
         sys.exit(EXIT_CONFIG_ERROR)
+    if not config.services:
+        click.echo(f"ok: services from the {config.service_source}")
+        return
     click.echo(f"ok: {len(config.services)} service(s): " + ", ".join(s.name for s in config.services))
 
 

@@ -1,9 +1,18 @@
 """Configuration: every setting, its default and its documentation, in one place.
 
-`load_config(environ)` builds one frozen `Config` and validates it in a single pass that
-collects every problem, each naming the variable and the offending value. The README's
-configuration table is generated from `SETTINGS` (`katalog-sidecar config-reference`) and a
-test keeps the two identical.
+`load_config(environ, annotations)` builds one frozen `Config` and validates it in a single
+pass that collects every problem, each naming the variable (or pod annotation) and the
+offending value. The README's configuration tables are generated from `SETTINGS` and
+`sidecar.annotations` (`katalog-sidecar config-reference`) and a test keeps them identical.
+
+Where the services come from, in this order (the first that applies wins, nothing is mixed):
+1. `KATALOG_SERVICES` in the environment, with the other `KATALOG_*` variables; the pod's
+   annotations are then ignored.
+2. The pod's `katalog-sidecar.io/` annotations (`…/services` present).
+3. The pod's `katalog-sync.wish.com/` annotations (`…/service-names` present), with
+   katalog-sync's meaning.
+Annotations are read from the pod watch, so (2) and (3) need the `kubernetes` readiness source;
+they are re-read whenever they change, and the running pod's registration follows.
 """
 
 from __future__ import annotations
@@ -12,10 +21,11 @@ import ipaddress
 import math
 import re
 from collections.abc import Mapping
-from dataclasses import dataclass, field
+from dataclasses import dataclass, field, replace
 from pathlib import Path
 from urllib.parse import SplitResult, urlsplit
 
+from sidecar import annotations as pod_annotations
 from sidecar.durations import parse_duration
 from sidecar.errors import ConfigError
 
@@ -44,13 +54,18 @@ SETTINGS: tuple[Setting, ...] = (
     Setting("CONSUL_CLIENT_CERT", "", "Client certificate for agents that require one; needs `CONSUL_CLIENT_KEY`."),
     Setting("CONSUL_CLIENT_KEY", "", "Key of `CONSUL_CLIENT_CERT`."),
     Setting("CONSUL_TLS_SERVER_NAME", "", "Name to verify in the agent's certificate instead of the host in the address."),
+    Setting("CONSUL_CAPATH", "", "Directory of CA certificates (every PEM file in it) used to verify the agent's certificate; `CONSUL_CACERT` wins when both are set, as in Consul's own client."),
+    Setting("CONSUL_HTTP_AUTH", "", "`user:password` for HTTP basic authentication (e.g. a proxy in front of the agent). Never logged."),
+    Setting("CONSUL_NAMESPACE", "", "Consul Enterprise namespace, sent as the `ns` parameter of every call. The open-source agent refuses it (HTTP 400)."),
+    Setting("CONSUL_PARTITION", "", "Consul Enterprise admin partition, sent as the `partition` parameter of every call. The open-source agent refuses it (HTTP 400)."),
     Setting("KATALOG_CONSUL_TIMEOUT", "5s", "Timeout of one call to the agent. Blocking queries get their wait plus a margin on top."),
     # What to register.
-    Setting("KATALOG_SERVICES", "", "Services of this pod, comma-separated `name:port`; port is a number or a named container port (`web:8080,admin:http-admin`). Required."),
+    Setting("KATALOG_SERVICES", "", "Services of this pod, comma-separated `name:port`; port is a number or a named container port (`web:8080,admin:http-admin`). Unset: the pod's annotations name them (see [Pod annotations](#pod-annotations))."),
     Setting("KATALOG_TAGS", "", "Tags for every service, comma-separated."),
     Setting("KATALOG_META", "", "Meta for every service, comma-separated `key=value`. The tool's own keys cannot be set."),
     Setting("KATALOG_SERVICE_<NAME>_TAGS", "", "Tags for one service, replacing `KATALOG_TAGS` (`<NAME>`: the service name upper-cased, `-` and `.` as `_`)."),
     Setting("KATALOG_SERVICE_<NAME>_META", "", "Meta for one service, merged over `KATALOG_META` key by key."),
+    Setting("KATALOG_SERVICE_<NAME>_HEALTH", "", "Fixed health of one service: `passing`, `warning` or `critical`, whatever the app's readiness (e.g. a DNS-only service). Draining at termination still turns it critical."),
     Setting("KATALOG_CLUSTER_NAME", "", "Cluster name, added to service IDs and meta; set it when several clusters share Consul agents."),
     Setting("KATALOG_CHECK_TTL", "15s", "TTL of the liveness check: a dead or hung sidecar's instance turns critical this long after its last refresh. The readiness check gets ten times it. Each is refreshed every third of its TTL."),
     Setting("KATALOG_DEREGISTER_CRITICAL_AFTER", "1m", "`DeregisterCriticalServiceAfter` of the liveness check: how long after the sidecar stops the agent reaps the instance (Consul's minimum is 1m)."),
@@ -89,6 +104,9 @@ TOOL_NAME = "katalog-sidecar"
 RESERVED_META_KEYS = frozenset(
     {"external-source", "managed-by", "k8s-namespace", "k8s-pod", "k8s-pod-uid", "k8s-cluster"}
 )
+# katalog-sync deregisters every instance on its agent that carries this key with value
+# `katalog-sync` and that it does not sync itself: an instance of ours must never carry it.
+KATALOG_SYNC_MARKER = "external-sync-source"
 
 GATE_MODES = ("latch", "continuous")
 READINESS_SOURCES = ("kubernetes", "http", "tcp", "fixed")
@@ -118,6 +136,7 @@ class ServiceSpec:
     port_name: str | None
     tags: tuple[str, ...]
     meta: tuple[tuple[str, str], ...]
+    health: str | None = None  # a fixed status; None: follows the app's readiness
 
 
 @dataclass(frozen=True)
@@ -133,6 +152,10 @@ class ConsulSettings:
     client_key: Path | None
     tls_server_name: str | None
     timeout: float
+    ca_path: Path | None = None
+    auth: tuple[str, str] | None = field(default=None, repr=False)
+    namespace: str | None = None
+    partition: str | None = None
 
     @property
     def address(self) -> str:
@@ -183,6 +206,10 @@ class Config:
     log_format: str
     log_level: str
     metrics_addr: tuple[str, int] | None
+    # "environment", or the annotation namespace the services came from, or PENDING before
+    # the pod's annotations have been read.
+    service_source: str = "environment"
+    notices: tuple[str, ...] = field(default=(), compare=False)  # said once in the log
 
 
 class _Collector:
@@ -191,6 +218,8 @@ class _Collector:
     def __init__(self, environ: Mapping[str, str]) -> None:
         self.environ = environ
         self.problems: list[str] = []
+        self.notices: list[str] = []
+        self.annotated: pod_annotations.PodAnnotations | None = None
 
     def raw(self, name: str) -> str:
         return self.environ.get(name, _DEFAULTS.get(name, "")).strip()
@@ -306,13 +335,16 @@ def _parse_port(c: _Collector, name: str, value: str, text: str) -> int | None:
     return port
 
 
-def _parse_meta(c: _Collector, name: str, value: str) -> dict[str, str]:
+def _parse_meta(c: _Collector, name: str, value: str, separator: str = "=") -> dict[str, str]:
     meta: dict[str, str] = {}
     for item in _split_list(value):
-        key, sep, val = item.partition("=")
+        key, sep, val = item.partition(separator)
         key, val = key.strip(), val.strip()
         if not sep:
-            c.bad(name, value, f"meta item {item!r} is not key=value")
+            c.bad(name, value, f"meta item {item!r} is not key{separator}value")
+        elif separator == ":" and ":" in val:
+            # katalog-sync silently drops such an item; refusing it says so instead.
+            c.bad(name, value, f"meta item {item!r} has more than one ':' (katalog-sync would drop it)")
         elif not _META_KEY.match(key):
             c.bad(name, value, f"meta key {key!r} may only contain letters, digits, '_' and '-'")
         elif len(key) > 128:
@@ -321,6 +353,8 @@ def _parse_meta(c: _Collector, name: str, value: str) -> dict[str, str]:
             c.bad(name, value, f"meta key {key!r}: the prefix 'consul-' is reserved by Consul")
         elif key in RESERVED_META_KEYS:
             c.bad(name, value, f"meta key {key!r} is set by katalog-sidecar itself")
+        elif key == KATALOG_SYNC_MARKER:
+            c.bad(name, value, f"meta key {key!r} marks katalog-sync's instances (katalog-sync deregisters instances carrying it)")
         elif len(val) > _MAX_META_VALUE_BYTES:
             c.bad(name, value, f"meta value of {key!r} is longer than 512 characters")
         elif len(val.encode("utf-8", "surrogatepass")) > _MAX_META_VALUE_BYTES:
@@ -360,18 +394,8 @@ def _parse_services(c: _Collector, pod_meta_count: int) -> tuple[ServiceSpec, ..
         if not sep or not port_text:
             c.bad(name, value, f"service {svc_name!r} has no port (write {svc_name if svc_name.isprintable() else 'NAME'}:PORT)")
             continue
-        if not _SERVICE_NAME.match(svc_name) or len(svc_name) > 63:
-            c.bad(
-                name,
-                value,
-                f"service name {svc_name!r} must be a DNS label: letters, digits and '-', "
-                "at most 63 characters",
-            )
+        if not _check_service_name(c, name, value, svc_name, seen_names):
             continue
-        if svc_name in seen_names:
-            c.bad(name, value, f"service {svc_name!r} is listed twice")
-            continue
-        seen_names.add(svc_name)
         env_key = service_env_key(svc_name)
         if env_key in seen_keys:
             c.bad(name, value, f"services {seen_keys[env_key]!r} and {svc_name!r} share the variable prefix KATALOG_SERVICE_{env_key}_")
@@ -386,18 +410,96 @@ def _parse_services(c: _Collector, pod_meta_count: int) -> tuple[ServiceSpec, ..
             c.bad(name, value, f"port {port_text!r} of {svc_name!r} is neither a number nor a container port name")
         tags_var = f"KATALOG_SERVICE_{env_key}_TAGS"
         meta_var = f"KATALOG_SERVICE_{env_key}_META"
+        health_var = f"KATALOG_SERVICE_{env_key}_HEALTH"
         tags = _parse_tags(c, tags_var, c.environ[tags_var]) if tags_var in c.environ else pod_tags
         meta = dict(pod_meta)
         meta.update(_parse_meta(c, meta_var, c.environ.get(meta_var, "")))
         if len(meta) + pod_meta_count > 64:
             c.bad(meta_var, c.environ.get(meta_var, ""), f"service {svc_name!r} would carry more than 64 meta pairs (Consul's limit, counting the tool's own)")
-        services.append(ServiceSpec(svc_name, port, port_name, tags, tuple(sorted(meta.items()))))
+        health = _parse_health(c, health_var, c.environ[health_var]) if health_var in c.environ else None
+        services.append(ServiceSpec(svc_name, port, port_name, tags, tuple(sorted(meta.items())), health))
     # A per-service variable for a service that is not listed is almost always a typo.
-    known = {f"KATALOG_SERVICE_{service_env_key(s.name)}_{kind}" for s in services for kind in ("TAGS", "META")}
+    known = {f"KATALOG_SERVICE_{service_env_key(s.name)}_{kind}" for s in services for kind in ("TAGS", "META", "HEALTH")}
     for var in sorted(c.environ):
         if var.startswith("KATALOG_SERVICE_") and var not in known and services:
             c.bad(var, c.environ[var], "names no service listed in KATALOG_SERVICES")
     return tuple(services)
+
+
+def _check_service_name(c: _Collector, name: str, value: str, svc_name: str, seen: set[str]) -> bool:
+    if not _SERVICE_NAME.match(svc_name) or len(svc_name) > 63:
+        c.bad(name, value, f"service name {svc_name!r} must be a DNS label: letters, digits and '-', at most 63 characters")
+        return False
+    if svc_name in seen:
+        c.bad(name, value, f"service {svc_name!r} is listed twice")
+        return False
+    seen.add(svc_name)
+    return True
+
+
+def _parse_health(c: _Collector, name: str, value: str) -> str | None:
+    health = value.strip().lower()
+    if health not in pod_annotations.HEALTH_STATUSES:
+        c.bad(name, value, "expected one of " + ", ".join(pod_annotations.HEALTH_STATUSES))
+        return None
+    return health
+
+
+# The services are named by the pod's annotations, which have not been read yet.
+PENDING = "pod annotations (not read yet)"
+_ENV_ONLY = ("KATALOG_TAGS", "KATALOG_META")
+
+
+def _services_from_annotations(c: _Collector, annotations: Mapping[str, str] | None,
+                               default_port: int | None, pod_meta_count: int) -> tuple[tuple[ServiceSpec, ...], str]:
+    """Services from the pod's annotations (KATALOG_SERVICES is unset): (specs, source)."""
+    # Registration settings of the environment apply only with KATALOG_SERVICES: ignoring
+    # them silently would hide a half-finished migration.
+    for var in sorted(c.environ):
+        if var in _ENV_ONLY or var.startswith("KATALOG_SERVICE_"):
+            c.bad(var, c.environ[var], "applies only with KATALOG_SERVICES; with services from pod annotations "
+                  "use the annotations (see the README's Pod annotations)")
+    if annotations is None:
+        return (), PENDING
+    pod = pod_annotations.read(annotations)
+    if pod is None:
+        c.problems.append(
+            "no services to register: set KATALOG_SERVICES in the sidecar's environment, or annotate the pod "
+            f"with {pod_annotations.OURS}services (or katalog-sync's {pod_annotations.KATALOG_SYNC}service-names)")
+        return (), PENDING
+    c.problems.extend(pod.problems)
+    c.notices.extend(pod.notices)
+    c.annotated = pod
+    services: list[ServiceSpec] = []
+    seen: set[str] = set()
+    for entry in pod.entries:
+        if not _check_service_name(c, pod.services.key, pod.services.value, entry.name, seen):
+            continue
+        port: int | None = None
+        port_name: str | None = None
+        if entry.port is None or entry.port_text is None:
+            port = default_port
+            if port is None:
+                c.bad(pod.services.key, pod.services.value,
+                      f"service {entry.name!r} has no port: no {pod_annotations.KATALOG_SYNC}service-port annotation "
+                      "and no containerPort in the pod spec")
+        elif entry.port_text.isdigit() or pod.namespace == pod_annotations.KATALOG_SYNC:
+            port = _parse_port(c, entry.port.key, entry.port.value, entry.port_text)
+        elif _PORT_NAME.match(entry.port_text) and len(entry.port_text) <= 15:
+            port_name = entry.port_text
+        else:
+            c.bad(entry.port.key, entry.port.value,
+                  f"port {entry.port_text!r} of {entry.name!r} is neither a number nor a container port name")
+        tags = _parse_tags(c, entry.tags.key, entry.tags.value) if entry.tags else ()
+        meta: dict[str, str] = {}
+        for raw in entry.meta:
+            meta.update(_parse_meta(c, raw.key, raw.value, pod.meta_separator))
+        if len(meta) + pod_meta_count > 64:
+            last = entry.meta[-1]
+            c.bad(last.key, last.value, f"service {entry.name!r} would carry more than 64 meta pairs (Consul's limit, counting the tool's own)")
+        health = _parse_health(c, entry.health.key, entry.health.value) if entry.health else None
+        services.append(ServiceSpec(entry.name, port, port_name, tags, tuple(sorted(meta.items())), health))
+    return tuple(services), pod.namespace + " annotations"
 
 
 def _parse_consul(c: _Collector, host_ip: str) -> ConsulSettings:
@@ -437,6 +539,13 @@ def _parse_consul(c: _Collector, host_ip: str) -> ConsulSettings:
     if (cert is None) != (key is None):
         missing, present = ("CONSUL_CLIENT_KEY", "CONSUL_CLIENT_CERT") if key is None else ("CONSUL_CLIENT_CERT", "CONSUL_CLIENT_KEY")
         c.bad(present, c.raw(present), f"needs {missing} as well")
+    ca_path = _parse_ca_path(c)
+    auth = _parse_auth(c)
+    namespace = c.raw("CONSUL_NAMESPACE") or None
+    partition = c.raw("CONSUL_PARTITION") or None
+    for var, name in (("CONSUL_NAMESPACE", namespace), ("CONSUL_PARTITION", partition)):
+        if name and (not _CONSUL_NAME.match(name) or len(name) > 64):
+            c.bad(var, name, "expected letters, digits and '-', at most 64 characters")
     return ConsulSettings(
         scheme=scheme,
         host=host,
@@ -449,7 +558,62 @@ def _parse_consul(c: _Collector, host_ip: str) -> ConsulSettings:
         client_key=key,
         tls_server_name=c.raw("CONSUL_TLS_SERVER_NAME") or None,
         timeout=c.duration("KATALOG_CONSUL_TIMEOUT"),
+        ca_path=ca_path,
+        auth=auth,
+        namespace=namespace,
+        partition=partition,
     )
+
+
+_CONSUL_NAME = re.compile(r"^[a-zA-Z0-9]([a-zA-Z0-9-]*[a-zA-Z0-9])?$")
+
+
+def _parse_auth(c: _Collector) -> tuple[str, str] | None:
+    """`user:password` (or `user` alone), split as Consul's client does. Problems never show it."""
+    value = c.environ.get("CONSUL_HTTP_AUTH", "")
+    if not value:
+        return None
+    user, _sep, password = value.partition(":")
+    try:
+        (user + password).encode("latin-1")  # what HTTP basic authentication can carry
+    except UnicodeEncodeError:
+        c.problems.append("CONSUL_HTTP_AUTH (value not shown): only Latin-1 characters can be sent in basic authentication")
+        return None
+    return user, password
+
+
+def load_ca_dir(path: Path) -> str:
+    """Every certificate of every file in `path`, as one PEM text (Consul's client loads a
+    CA directory the same way: any file name, every file). Raises ValueError naming a file
+    without certificates, OSError when the directory cannot be read."""
+    pems = []
+    # Names starting with "." are a mounted Secret's or ConfigMap's own `..data` links.
+    for entry in sorted(p for p in path.iterdir() if not p.name.startswith(".")):
+        if not entry.is_file():
+            continue
+        text = entry.read_text(encoding="ascii", errors="replace")
+        if "-----BEGIN CERTIFICATE-----" not in text:
+            raise ValueError(f"{entry.name} holds no PEM certificate")
+        pems.append(text)
+    if not pems:
+        raise ValueError("no certificate file in the directory")
+    return "\n".join(pems)
+
+
+def _parse_ca_path(c: _Collector) -> Path | None:
+    value = c.raw("CONSUL_CAPATH")
+    if not value:
+        return None
+    path = Path(value)
+    try:
+        load_ca_dir(path)
+    except NotADirectoryError:
+        c.bad("CONSUL_CAPATH", value, "not a directory (use CONSUL_CACERT for a single file)")
+    except OSError as exc:
+        c.bad("CONSUL_CAPATH", value, f"cannot read the directory ({exc.strerror or exc})")
+    except ValueError as exc:
+        c.bad("CONSUL_CAPATH", value, str(exc))
+    return path
 
 
 def _parse_host_port(c: _Collector, name: str, value: str) -> tuple[str, int] | None:
@@ -538,8 +702,14 @@ def _watch_inactivity(c: _Collector) -> float:
     return seconds
 
 
-def load_config(environ: Mapping[str, str]) -> Config:
-    """Build the configuration, or raise ConfigError listing every problem."""
+def load_config(environ: Mapping[str, str], annotations: Mapping[str, str] | None = None, *,
+                default_port: int | None = None) -> Config:
+    """Build the configuration, or raise ConfigError listing every problem.
+
+    `annotations` are the pod's (None: not read yet; then, without KATALOG_SERVICES, the
+    Config names no services and `service_source` is PENDING). `default_port` is the first
+    containerPort of the pod spec, katalog-sync's port when no annotation gives one.
+    """
     c = _Collector(environ)
     pod_name = c.required("POD_NAME")
     if pod_name and (not _DNS_SUBDOMAIN.match(pod_name) or len(pod_name) > 253):
@@ -564,16 +734,32 @@ def load_config(environ: Mapping[str, str]) -> Config:
         c.bad("POD_UID", pod_uid, "not a pod UID (downward API `metadata.uid`): longer than a meta value may be")
     tool_meta_count = 4 + (pod_uid is not None) + (cluster is not None)
     consul = _parse_consul(c, host_ip)
-    services = _parse_services(c, tool_meta_count)
-    check_ttl = c.duration("KATALOG_CHECK_TTL")
-    if 0 < check_ttl < 3:
-        c.bad("KATALOG_CHECK_TTL", c.raw("KATALOG_CHECK_TTL"), "must be at least 3s (it is refreshed every third of it)")
-    elif check_ttl > _MAX_CHECK_TTL:
-        c.bad("KATALOG_CHECK_TTL", c.raw("KATALOG_CHECK_TTL"), "at most 24h (a dead pod's instance stays passing this long)")
+    source_name = c.raw("KATALOG_READINESS_SOURCE").lower()
+    if c.raw("KATALOG_SERVICES"):
+        services, service_source = _parse_services(c, tool_meta_count), "environment"
+        if annotations and pod_annotations.has_services(annotations):
+            c.notices.append("KATALOG_SERVICES is set: the pod's katalog-sidecar.io/ and katalog-sync.wish.com/ "
+                             "annotations are ignored")
+    elif source_name != "kubernetes":
+        c.problems.append(
+            "KATALOG_SERVICES is not set: set it, or leave KATALOG_READINESS_SOURCE at kubernetes and annotate the "
+            f"pod with {pod_annotations.OURS}services (or {pod_annotations.KATALOG_SYNC}service-names); "
+            "annotations are read through the pod watch")
+        services, service_source = (), PENDING
+    else:
+        services, service_source = _services_from_annotations(c, annotations, default_port, tool_meta_count)
+    ttl_raw = c.annotated.check_ttl if c.annotated else None
+    if ttl_raw is not None and "KATALOG_CHECK_TTL" not in environ:
+        check_ttl = _check_ttl(c, ttl_raw.key, ttl_raw.value)
+    else:
+        check_ttl = _check_ttl(c, "KATALOG_CHECK_TTL", None)
     dereg = c.duration("KATALOG_DEREGISTER_CRITICAL_AFTER")
     if 0 < dereg < _MIN_DEREGISTER_AFTER:
         c.bad("KATALOG_DEREGISTER_CRITICAL_AFTER", c.raw("KATALOG_DEREGISTER_CRITICAL_AFTER"), "Consul's minimum is 1m")
     readiness = _parse_readiness(c)
+    if c.annotated and c.annotated.exclude:
+        readiness = replace(readiness, exclude_containers=tuple(
+            dict.fromkeys(readiness.exclude_containers + c.annotated.exclude)))
     kubernetes = _parse_kubernetes(c, readiness.source)
     if readiness.source != "kubernetes":
         for svc in services:
@@ -594,7 +780,7 @@ def load_config(environ: Mapping[str, str]) -> Config:
     log_format = c.choice("KATALOG_LOG_FORMAT", LOG_FORMATS)
     log_level = c.choice("KATALOG_LOG_LEVEL", LOG_LEVELS)
     if c.problems:
-        raise ConfigError(c.problems)
+        raise ConfigError(list(dict.fromkeys(c.problems)))  # a pod-wide annotation shared by services: once
     return Config(
         pod_name=pod_name,
         pod_namespace=namespace,
@@ -616,7 +802,27 @@ def load_config(environ: Mapping[str, str]) -> Config:
         log_format=log_format,
         log_level=log_level,
         metrics_addr=metrics_addr,
+        service_source=service_source,
+        notices=tuple(c.notices),
     )
+
+
+def _check_ttl(c: _Collector, name: str, value: str | None) -> float:
+    """KATALOG_CHECK_TTL (value None: read it) or the annotation that stands in for it."""
+    if value is None:
+        check_ttl = c.duration(name)
+        value = c.raw(name)
+    else:
+        try:
+            check_ttl = parse_duration(value)
+        except ValueError as exc:
+            c.bad(name, value, str(exc))
+            return parse_duration(_DEFAULTS["KATALOG_CHECK_TTL"])
+    if 0 < check_ttl < 3 or (check_ttl <= 0 and name != "KATALOG_CHECK_TTL"):
+        c.bad(name, value, "must be at least 3s (it is refreshed every third of it)")
+    elif check_ttl > _MAX_CHECK_TTL:
+        c.bad(name, value, "at most 24h (a dead pod's instance stays passing this long)")
+    return check_ttl
 
 
 def status_file_path(environ: Mapping[str, str]) -> Path:
@@ -631,3 +837,14 @@ def reference_table() -> str:
         default = f"`{s.default}`" if s.default else ""
         lines.append(f"| `{s.env}` | {default} | {s.help} |")
     return "\n".join(lines)
+
+
+def annotation_reference() -> str:
+    """The README's pod annotation tables, generated so they cannot drift from the code."""
+    lines: list[str] = []
+    for title, table in (("katalog-sidecar's own (`katalog-sidecar.io/`)", pod_annotations.OUR_ANNOTATIONS),
+                         ("katalog-sync's (`katalog-sync.wish.com/`), with katalog-sync's meaning",
+                          pod_annotations.KATALOG_SYNC_ANNOTATIONS)):
+        lines += ["", f"**{title}**", "", "| Annotation | Meaning | Environment equivalent |", "|---|---|---|"]
+        lines += [f"| `{a.key}` | {a.meaning} | {a.environment} |" for a in table]
+    return "\n".join(lines).strip("\n")

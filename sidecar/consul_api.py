@@ -8,21 +8,22 @@ agent answers turned into typed errors that keep the agent's own message.
 
 from __future__ import annotations
 
+import base64
 import json
 import logging
 import os
 import ssl
-from collections.abc import Callable, Mapping
+from collections.abc import Callable, Mapping, Sequence
 from dataclasses import dataclass
 from pathlib import Path
-from typing import Any
+from typing import Any, cast
 
 import consul.std
 import requests
 import urllib3
 from requests.adapters import HTTPAdapter
 
-from sidecar.config import ConsulSettings
+from sidecar.config import ConsulSettings, load_ca_dir
 from sidecar.errors import (
     ConsulError,
     ConsulForbidden,
@@ -78,19 +79,36 @@ class TokenProvider:
         return self._file_token
 
 
-class _ServerNameAdapter(HTTPAdapter):
-    """Verifies the agent's certificate against CONSUL_TLS_SERVER_NAME and sends it as SNI."""
+class _AgentTLSAdapter(HTTPAdapter):
+    """TLS to the agent beyond what `verify=` can say: CONSUL_TLS_SERVER_NAME (verified and sent
+    as SNI) and the certificates of a CONSUL_CAPATH directory (trusted instead of the system's)."""
 
-    def __init__(self, server_name: str) -> None:
+    def __init__(self, server_name: str | None, ca_data: str | None) -> None:
         self._server_name = server_name
+        self._ca_data = ca_data
         super().__init__()
 
     def init_poolmanager(self, *args: Any, **kwargs: Any) -> None:
         # server_hostname alone: the ssl module then checks the certificate against it (and
         # sends it as SNI). assert_hostname would make urllib3 check it instead, and log the
         # whole peer certificate at WARNING on every failed attempt.
-        kwargs["server_hostname"] = self._server_name
+        if self._server_name:
+            kwargs["server_hostname"] = self._server_name
         super().init_poolmanager(*args, **kwargs)
+
+    def build_connection_pool_key_attributes(self, request: Any, verify: Any, cert: Any = None) -> Any:
+        host_params, pool_kwargs = super().build_connection_pool_key_attributes(request, verify, cert)
+        kwargs: dict[str, Any] = dict(pool_kwargs)
+        if self._ca_data is not None and verify is True:
+            kwargs["ca_cert_data"] = self._ca_data
+        return host_params, kwargs
+
+    def cert_verify(self, conn: Any, url: str, verify: Any, cert: Any) -> None:
+        cast(Any, super()).cert_verify(conn, url, verify, cert)
+        if self._ca_data is not None and verify is True:
+            # requests would add its own CA bundle; the directory's CAs are the only trusted ones.
+            conn.ca_certs = conn.ca_cert_dir = None
+            conn.ca_cert_data = self._ca_data
 
 
 @dataclass(frozen=True)
@@ -130,8 +148,18 @@ class _Transport(consul.std.HTTPClient):  # type: ignore[misc]
         # for the app must not route our token through a proxy, and reading them from the
         # environment on every call was a quarter of the sidecar's idle CPU.
         self.session.trust_env = False
-        if settings.tls_server_name and settings.scheme == "https":
-            self.session.mount("https://", _ServerNameAdapter(settings.tls_server_name))
+        # CONSUL_CACERT wins over CONSUL_CAPATH, as in Consul's own client.
+        ca_data = load_ca_dir(settings.ca_path) if settings.ca_path and not settings.ca_cert and settings.verify else None
+        if settings.scheme == "https" and (settings.tls_server_name or ca_data is not None):
+            self.session.mount("https://", _AgentTLSAdapter(settings.tls_server_name, ca_data))
+        self._secrets: list[str] = []
+        if settings.auth is not None:
+            self.session.auth = settings.auth
+            user_pass = ":".join(settings.auth)
+            self._secrets = [s for s in (user_pass, settings.auth[1],
+                                         base64.b64encode(user_pass.encode("latin-1")).decode()) if len(s) >= 4]
+        # Consul Enterprise: every call names the namespace and partition, as Consul's client does.
+        self._scope = [(k, v) for k, v in (("ns", settings.namespace), ("partition", settings.partition)) if v]
         self._settings = settings
         self._tokens = tokens
         self._address = settings.address
@@ -145,7 +173,7 @@ class _Transport(consul.std.HTTPClient):  # type: ignore[misc]
         if token:
             headers["X-Consul-Token"] = token
         data = "" if body is None else json.dumps(body)
-        uri = self.uri(path, params)
+        uri = self.uri(path, (params or []) + self._scope)
         try:
             # No redirects: the agent API never redirects, and requests would carry the
             # X-Consul-Token header along to whatever host a redirect names.
@@ -175,7 +203,7 @@ class _Transport(consul.std.HTTPClient):  # type: ignore[misc]
             raise ConsulTLSError(f"TLS with the agent at {self._address} failed: {exc}") from exc
         self._answered = True
         reply = Reply(response.status_code, response.headers, response.text)
-        _raise_for_status(reply, method, path, token, self._address)
+        _raise_for_status(reply, method, path, [token, *self._secrets] if token else self._secrets, self._address)
         return reply
 
 
@@ -215,7 +243,8 @@ def _tls_reason(exc: BaseException, settings: ConsulSettings) -> str:
     detail = _ssl_detail(exc)
     low = detail.lower()
     name = settings.tls_server_name or settings.host
-    ca = "the CA in CONSUL_CACERT" if settings.ca_cert else "a CA of the system bundle (CONSUL_CACERT is not set)"
+    ca = ("the CA in CONSUL_CACERT" if settings.ca_cert else "a CA in CONSUL_CAPATH" if settings.ca_path
+          else "a CA of the system bundle (CONSUL_CACERT is not set)")
     has_client_cert = settings.client_cert is not None
     if "key values mismatch" in low or "[pem" in low or "[x509" in low or "pem lib" in low:
         return f"cannot use CONSUL_CLIENT_CERT and CONSUL_CLIENT_KEY: {detail}"
@@ -241,7 +270,7 @@ def _tls_reason(exc: BaseException, settings: ConsulSettings) -> str:
     return detail[:_MAX_MESSAGE]
 
 
-def _raise_for_status(reply: Reply, method: str, path: str, token: str | None = None, address: str = "") -> None:
+def _raise_for_status(reply: Reply, method: str, path: str, secrets: Sequence[str] = (), address: str = "") -> None:
     if reply.status < 300:
         return
     if reply.status < 400:
@@ -250,10 +279,10 @@ def _raise_for_status(reply: Reply, method: str, path: str, token: str | None = 
         raise ConsulError(f"{method} {path}: unexpected redirect (HTTP {reply.status}) from {address}; "
                           "not followed (check CONSUL_HTTP_ADDR)", status=reply.status)
     message = " ".join(reply.body.split())
-    if token:
-        # Consul never echoes a token, but a proxy or a misbehaving agent might; this text
-        # reaches logs, the status file and the gate.
-        message = message.replace(token, _REDACTED)
+    for secret in secrets:
+        # Consul never echoes a token (or basic auth), but a proxy or a misbehaving agent
+        # might; this text reaches logs, the status file and the gate.
+        message = message.replace(secret, _REDACTED)
     message = message[:_MAX_MESSAGE] or f"HTTP {reply.status}"
     what = f"{method} {path}: {message}"
     if reply.status == 400 and "HTTP request to an HTTPS server" in message:

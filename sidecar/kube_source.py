@@ -17,6 +17,7 @@ import time
 from collections.abc import Callable, Collection
 from typing import Any, Protocol
 
+from sidecar import annotations as pod_annotations
 from sidecar.backoff import Backoff
 from sidecar.config import Config
 from sidecar.errors import ConfigError, KubernetesError
@@ -87,8 +88,12 @@ class KubernetesSource:
         clock: Callable[[], float] = time.monotonic,
         reconnect_max: float = RECONNECT_MAX,
         metrics: KubeMetrics | None = None,
+        annotated_exclusions: bool = False,
     ) -> None:
         self._client = client
+        # With services from the pod's annotations, their excluded containers count too, and
+        # an edit to them applies to the very event that carries it.
+        self._annotated_exclusions = annotated_exclusions
         self._namespace = namespace
         self._name = pod_name
         self._own = own_container
@@ -131,6 +136,7 @@ class KubernetesSource:
             k.watch_inactivity,
             expected_uid=config.pod_uid,
             metrics=metrics,
+            annotated_exclusions=config.service_source != "environment",
         )
 
     @property
@@ -279,7 +285,11 @@ class KubernetesSource:
             # Same name, new pod (e.g. a StatefulSet): ours is gone, and we missed its DELETED.
             self._deleted(pod, sink)
         self._uid = self._uid or uid
-        self._send(observe_pod(pod, self._own, self._excluded), sink)
+        excluded = self._excluded
+        if self._annotated_exclusions:
+            annotations = (pod.get("metadata") or {}).get("annotations")
+            excluded += pod_annotations.excluded_containers(annotations if isinstance(annotations, dict) else {})
+        self._send(observe_pod(pod, self._own, excluded), sink)
 
     def _deleted(self, pod: dict[str, Any], sink: ReadinessSink) -> None:
         meta = pod.get("metadata")

@@ -11,6 +11,7 @@ import math
 from collections.abc import Collection, Mapping
 from typing import Any
 
+from sidecar import annotations as pod_annotations
 from sidecar.readiness import Observation
 
 
@@ -21,6 +22,8 @@ def observe_pod(pod: Mapping[str, Any], own_container: str, excluded: Collection
     status = _mapping(pod.get("status"))
     uid = metadata.get("uid") if isinstance(metadata.get("uid"), str) else None
     ports = container_ports(pod)
+    annotations = pod_annotations.relevant(_mapping(metadata.get("annotations")))
+    first = first_container_port(pod, own_container)
     if metadata.get("deletionTimestamp"):
         grace = metadata.get("deletionGracePeriodSeconds")
         return Observation(
@@ -30,6 +33,8 @@ def observe_pod(pod: Mapping[str, Any], own_container: str, excluded: Collection
             grace_period=grace_seconds(grace),
             pod_uid=uid,
             container_ports=ports,
+            annotations=annotations,
+            first_port=first,
         )
     skipped = {own_container, *excluded}
     checked = sorted({name for name in _app_container_names(spec) if name not in skipped})
@@ -47,7 +52,8 @@ def observe_pod(pod: Mapping[str, Any], own_container: str, excluded: Collection
     else:
         ready = True
         detail = "1 container ready" if len(checked) == 1 else f"all {len(checked)} containers ready"
-    return Observation(ready=ready, detail=detail, pod_uid=uid, container_ports=ports)
+    return Observation(ready=ready, detail=detail, pod_uid=uid, container_ports=ports,
+                       annotations=annotations, first_port=first)
 
 
 def container_ports(pod: Mapping[str, Any]) -> dict[str, int]:
@@ -61,6 +67,20 @@ def container_ports(pod: Mapping[str, Any]) -> dict[str, int]:
             if isinstance(name, str) and name and type(number) is int and 1 <= number <= 65535:
                 ports.setdefault(name, number)
     return ports
+
+
+def first_container_port(pod: Mapping[str, Any], own_container: str) -> int | None:
+    """katalog-sync's default port: the first containerPort of the pod's containers, in
+    order. This sidecar's own container is left out: it replaces katalog-sync's sidecar, whose
+    ports katalog-sync users never meant to register."""
+    for container in _dicts(_mapping(pod.get("spec")).get("containers")):
+        if container.get("name") == own_container:
+            continue
+        for port in _dicts(container.get("ports")):
+            number = port.get("containerPort")
+            if isinstance(number, int) and not isinstance(number, bool):
+                return number
+    return None
 
 
 def _app_container_names(spec: Mapping[str, Any]) -> list[str]:

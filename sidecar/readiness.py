@@ -34,6 +34,10 @@ class Observation:
     grace_period: float | None = None  # deletionGracePeriodSeconds, when known
     pod_uid: str | None = None
     container_ports: Mapping[str, int] | None = field(default=None, compare=False)
+    # The pod's katalog-sidecar.io/ and katalog-sync.wish.com/ annotations (None: not a pod
+    # watch), and the first containerPort of its spec: configuration that may change.
+    annotations: tuple[tuple[str, str], ...] | None = None
+    first_port: int | None = None
 
 
 class ReadinessSink(Protocol):

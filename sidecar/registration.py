@@ -16,6 +16,7 @@ from sidecar.config import TOOL_NAME, Config, ServiceSpec
 from sidecar.durations import format_duration
 
 PASSING = "passing"
+WARNING = "warning"
 CRITICAL = "critical"
 
 LIVENESS_RUNNING = "katalog-sidecar is running"
@@ -37,6 +38,7 @@ class Instance:
     port: int
     tags: tuple[str, ...]
     meta: tuple[tuple[str, str], ...]
+    fixed_health: str | None = None  # the readiness check's status whatever the app's readiness
 
     @property
     def readiness_check_id(self) -> str:
@@ -56,6 +58,9 @@ def check_ids(service_id: str) -> tuple[str, str]:
 class CheckState:
     status: str
     output: str
+
+
+DRAINING_STATE = CheckState(CRITICAL, TERMINATING)
 
 
 def service_id(config: Config, service_name: str) -> str:
@@ -114,6 +119,7 @@ def build_instances(config: Config, pod_uid: str | None,
                 port=resolve_port(spec, container_ports),
                 tags=spec.tags,
                 meta=tuple(sorted(meta.items())),
+                fixed_health=spec.health,
             )
         )
     return tuple(instances)
@@ -158,7 +164,22 @@ def registration_payload(instance: Instance, config: Config) -> dict[str, Any]:
 
 
 def wanted_checks(instance: Instance, readiness: CheckState, liveness: CheckState) -> dict[str, CheckState]:
+    """The checks' states; a fixed health replaces the app's readiness, except while draining."""
+    if instance.fixed_health is not None and readiness != DRAINING_STATE:
+        readiness = CheckState(instance.fixed_health, fixed_health_output(instance.fixed_health))
     return {instance.readiness_check_id: readiness, instance.liveness_check_id: liveness}
+
+
+def fixed_health_output(status: str) -> str:
+    return f"fixed health {status} (configured; not following the app's readiness)"
+
+
+def confirmed_summary(instances: Sequence[Instance], statuses: Mapping[str, str]) -> str:
+    """`web, api passing in the catalog`, or each status when they differ (fixed health)."""
+    shown = [(inst.name, statuses.get(inst.service_id, PASSING)) for inst in instances]
+    if len({status for _name, status in shown}) <= 1:
+        return f"{', '.join(name for name, _s in shown)} {shown[0][1] if shown else PASSING} in the catalog"
+    return ", ".join(f"{name} {status}" for name, status in shown) + " in the catalog"
 
 
 def compare_with_catalog(instance: Instance, entries: Sequence[Mapping[str, Any]],
@@ -178,6 +199,12 @@ def compare_with_catalog(instance: Instance, entries: Sequence[Mapping[str, Any]
             f"catalog lists {instance.service_id} at {address}:{port}, "
             f"expected {instance.address}:{instance.port}"
         )
+    # A re-registration with new tags or meta (an annotation edit) is confirmed only once the
+    # servers have it too.
+    if list(service.get("Tags") or []) != list(instance.tags):
+        return f"catalog lists {instance.service_id} with tags {service.get('Tags') or []}, expected {list(instance.tags)}"
+    if dict(service.get("Meta") or {}) != dict(instance.meta):
+        return f"catalog lists {instance.service_id} with other meta than registered"
     seen = {c.get("CheckID"): c.get("Status") for c in entries[0].get("Checks") or []}
     for check_id, status in sorted(checks.items()):
         if seen.get(check_id) != status:

@@ -42,6 +42,7 @@ from sidecar.registration import (
     Instance,
     build_instances,
     check_ids,
+    confirmed_summary,
     registration_payload,
     service_id,
     wanted_checks,
@@ -74,6 +75,8 @@ class SyncState:
     draining: bool = False
     drain_reason: str = ""
     port_problem: str | None = None
+    config_problem: str | None = None  # the pod's annotations do not make a valid configuration
+    retired: list[Instance] = field(default_factory=list)  # no longer configured: to deregister
 
 
 class Syncer:
@@ -126,6 +129,14 @@ class Syncer:
 
     def request_shutdown(self, reason: str = "SIGTERM") -> None:
         self._post("shutdown", reason)
+
+    def reconfigure(self, config: Config) -> None:
+        """A new configuration (the pod's annotations changed): re-register what differs."""
+        self._post("reconfigure", config)
+
+    def config_problem(self, problems: list[str] | None) -> None:
+        """The pod's annotations make no valid configuration (None: that is over)."""
+        self._post("config-problem", "; ".join(problems) if problems else None)
 
     # --- the loop -----------------------------------------------------------------------
     def run(self, stop_sources: threading.Event) -> int:
@@ -227,6 +238,8 @@ class Syncer:
             if payload in s.registered:
                 log.warning("agent no longer knows %s: registering it again", payload)
                 s.registered.discard(payload)
+        elif kind in ("reconfigure", "config-problem"):
+            self._apply_config(kind, payload)
         elif kind == "agent-back":
             # The agent answered again after failing: it may have restarted with or without
             # its state. Re-register (idempotent, keeps the same ID) and re-push the status,
@@ -252,10 +265,11 @@ class Syncer:
     def _reconcile(self) -> None:
         s = self.state
         now = self.clock()
-        if s.observation is None:
-            if self._adopting and now >= self._next_refresh and (self._retry_at is None or now >= self._retry_at):
+        if s.observation is None or not self.config.services:  # nothing seen, or services not named yet
+            if (s.observation is None and self._adopting and now >= self._next_refresh
+                    and (self._retry_at is None or now >= self._retry_at)):
                 self._keep_found_alive(now)
-            self._maybe_heartbeat(now)
+            self._maybe_heartbeat(now, force=s.observation is not None)
             return
         if not s.instances:
             try:
@@ -273,15 +287,15 @@ class Syncer:
             return
         self._retry_at = None
         try:
-            changed = self._register_missing()
+            changed = self._retire()
+            changed |= self._register_missing()
             changed |= self._push_changes()
             if now >= self._next_refresh:
                 self._refresh_ttls()
         except ConsulError as exc:
             self._agent_failed(exc)
         else:
-            if not self._watchers:
-                self._start_watchers()  # only now: before registration they would see a 404
+            self._start_watchers()  # only now: before registration they would see a 404
             if s.agent_problem:
                 log.info("agent at %s accepts our writes again", self.agent.address)
             s.agent_problem = None
@@ -434,6 +448,10 @@ class Syncer:
         s = self.state
         if isinstance(exc, (ConsulRejected, ConsulForbidden)):
             fix = "CONSUL_HTTP_TOKEN / CONSUL_HTTP_TOKEN_FILE (ACL policy)" if isinstance(exc, ConsulForbidden) else "KATALOG_SERVICES, KATALOG_TAGS, KATALOG_META"
+            if "Consul Enterprise feature" in str(exc):
+                fix = "CONSUL_NAMESPACE / CONSUL_PARTITION: this agent is not Consul Enterprise"
+            elif fix.startswith("KATALOG_SERVICES") and self.config.service_source != "environment":
+                fix = f"the pod's {self.config.service_source}"
             text = f"Consul refused {', '.join(i.name for i in s.instances)}: {exc} (fix {fix})"
             delay = 60.0  # a permission or validation error does not fix itself: no retry storm
             s.agent_problem_fatal = True
@@ -457,20 +475,28 @@ class Syncer:
         s = self.state
         if s.draining:
             return status_state.DRAINING, f"{s.drain_reason}: instances critical, deregistering"
+        if s.config_problem and not s.instances:
+            return status_state.CONFIG_ERROR, s.config_problem
         if s.port_problem:
             return status_state.SYNCING, s.port_problem
         if s.observation is None:
             if s.source_problem:
                 return status_state.SYNCING, f"waiting for the first readiness observation: {s.source_problem}"
             return status_state.SYNCING, f"waiting for the first readiness observation ({self.config.readiness.source})"
+        if not self.config.services:
+            return status_state.SYNCING, "waiting for the pod's annotations"
         if s.agent_problem:
             return status_state.SYNCING, s.agent_problem
-        if not s.observation.ready:
+        # Services with a fixed health do not wait for the app.
+        if not s.observation.ready and any(i.fixed_health is None for i in s.instances):
             return status_state.SYNCING, f"check critical because the app is not ready: {s.observation.detail}"
         if s.confirmed_generation != s.generation:
             return status_state.SYNCING, s.confirm_message or "waiting for the catalog to confirm the registration"
-        names = ", ".join(i.name for i in s.instances)
-        return status_state.CONFIRMED, f"{names} passing in the catalog"
+        summary = confirmed_summary(s.instances, {
+            i.service_id: s.pushed[i.readiness_check_id].status for i in s.instances if i.readiness_check_id in s.pushed})
+        if s.config_problem:
+            summary += f"; annotation edit not applied: {s.config_problem}"
+        return status_state.CONFIRMED, summary
 
     def _maybe_heartbeat(self, now: float, force: bool = False) -> None:
         if not (force or now >= self._next_heartbeat):
@@ -541,10 +567,73 @@ class Syncer:
         }
 
     def _start_watchers(self) -> None:
+        watched = {w.service_id for w in self._watchers}
         for inst in self.state.instances:
+            if inst.service_id in watched:
+                continue
             watcher = AgentWatcher(self.agent, inst.service_id, self._post, supervisor=self.supervisor)
             watcher.start()
             self._watchers.append(watcher)
+
+    # --- configuration changes (the pod's annotations were edited) --------------------------
+    def _apply_config(self, kind: str, payload: Any) -> None:
+        """The one entry point for a new configuration: instances whose registration differs
+        are registered again (status re-pushed, confirmed again), services no longer
+        configured are deregistered. An invalid edit keeps the last valid registration."""
+        s = self.state
+        if s.draining:
+            return
+        if kind == "config-problem":
+            if payload and payload != s.config_problem:
+                kept = "keeping the registration as it was" if s.instances else "nothing registered"
+                log.error("config error in the pod's annotations (%s): %s", kept, payload)
+            elif not payload and s.config_problem:
+                log.info("the pod's annotations are valid again")
+            s.config_problem = payload
+            return
+        config: Config = payload
+        previous, self.config = self.config, config
+        s.config_problem = None
+        obs = s.observation
+        if obs is None or not s.instances:
+            s.instances, s.port_problem = (), None  # built from the new config by _reconcile
+            return
+        try:
+            instances = build_instances(config, obs.pod_uid, obs.container_ports)
+        except ValueError as exc:
+            self.config, s.config_problem = previous, str(exc)
+            log.error("config error in the pod's annotations (keeping the registration as it was): %s", exc)
+            return
+        before = {i.service_id: i for i in s.instances}
+        for inst in instances:
+            old = before.pop(inst.service_id, None)
+            if old is None or registration_payload(old, previous) != registration_payload(inst, config):
+                s.registered.discard(inst.service_id)
+        s.retired.extend(before.values())
+        s.instances = instances
+        log.info("configuration changed (services from %s): %s", config.service_source,
+                 ", ".join(f"{i.name} {i.address}:{i.port}" for i in instances))
+
+    def _retire(self) -> bool:
+        """Deregister instances no longer configured; True if any was."""
+        s = self.state
+        changed = False
+        while s.retired:
+            inst = s.retired[0]
+            for watcher in [w for w in self._watchers if w.service_id == inst.service_id]:
+                watcher.stop()
+                self._watchers.remove(watcher)
+            try:
+                self.agent.deregister_service(inst.service_id)
+            except ConsulNotFound:
+                pass
+            s.retired.pop(0)
+            s.registered.discard(inst.service_id)
+            for check_id in (inst.readiness_check_id, inst.liveness_check_id):
+                s.pushed.pop(check_id, None)
+            log.info("deregistered %s: no longer configured", inst.service_id)
+            changed = True
+        return changed
 
     # --- termination --------------------------------------------------------------------
     def _drain_and_deregister(self, reason: str) -> int:

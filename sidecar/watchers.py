@@ -56,6 +56,10 @@ class AgentWatcher:
     def start(self) -> None:
         self._supervisor.start(self.name, self._run, self._stop_event)
 
+    @property
+    def service_id(self) -> str:
+        return self._service_id
+
     def stop(self) -> None:
         self._stop_event.set()
 

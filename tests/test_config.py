@@ -32,7 +32,7 @@ BAD_CONFIGS = [
     ("no agent address", {"HOST_IP": None}, "CONSUL_HTTP_ADDR and HOST_IP are both unset: set HOST_IP from the downward API (status.hostIP) or CONSUL_HTTP_ADDR"),
     ("bad agent scheme", {"CONSUL_HTTP_ADDR": "unix:///var/run/consul.sock"}, "CONSUL_HTTP_ADDR='unix:///var/run/consul.sock': scheme must be http:// or https://"),
     ("bad agent port", {"CONSUL_HTTP_ADDR": "localhost:85x0"}, "CONSUL_HTTP_ADDR='localhost:85x0': expected host:port, http://host:port or https://host:port"),
-    ("no services", {"KATALOG_SERVICES": None}, "KATALOG_SERVICES is not set: Services of this pod, comma-separated `name:port`; port is a number or a named container port (`web:8080,admin:http-admin`). Required."),
+    ("no services", {"KATALOG_SERVICES": None}, "KATALOG_SERVICES is not set: set it, or leave KATALOG_READINESS_SOURCE at kubernetes and annotate the pod with katalog-sidecar.io/services (or katalog-sync.wish.com/service-names); annotations are read through the pod watch"),
     ("port out of range", {"KATALOG_SERVICES": "web:70000"}, "KATALOG_SERVICES='web:70000': port must be between 1 and 65535"),
     ("port missing", {"KATALOG_SERVICES": "web"}, "KATALOG_SERVICES='web': service 'web' has no port (write web:PORT)"),
     ("empty service name", {"KATALOG_SERVICES": "web:80,,api:81"}, "KATALOG_SERVICES='web:80,,api:81': empty service name"),

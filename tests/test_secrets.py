@@ -1,9 +1,10 @@
-"""The ACL token never leaks: not into logs (debug level included), the status file, the
+"""The ACL token (and CONSUL_HTTP_AUTH) never leaks: not into logs (debug level included), the status file, the
 gate, `katalog-sidecar status` or the metrics page, through registration, 403s, filtered
 reads, 5xx, timeouts, a hostile agent that echoes headers or redirects, and shutdown."""
 
 from __future__ import annotations
 
+import base64
 import threading
 import uuid
 from collections.abc import Iterator, Mapping
@@ -243,3 +244,35 @@ def test_timeouts(run_sidecar, tmp_path: Path) -> None:
         leaks.assert_absent(secret)
     finally:
         hole.close()
+
+
+@pytest.mark.parametrize("hostile_agent", ["echo"], indirect=True)
+def test_basic_auth_is_never_shown(hostile_agent: HostileAgent, run_sidecar, tmp_path: Path) -> None:
+    """CONSUL_HTTP_AUTH reaches the agent as a Basic header; an agent (or proxy) echoing it back
+    gets it redacted, in every encoding the sidecar could leak it in."""
+    password = "pw-" + uuid.uuid4().hex
+    auth = f"katalog-ops:{password}"
+    env, metrics = secret_env(tmp_path, hostile_agent.addr, CONSUL_HTTP_AUTH=auth)
+    sidecar = run_sidecar(env)
+    with Leaks(sidecar, env, metrics) as leaks:
+        line = sidecar.wait_gate(passing=False, contains="rpc error: request was")
+        assert "Authorization=Basic [redacted]" in line  # it was sent, and the echo was caught
+        leaks.snapshot()
+        assert sidecar.terminate() == 1
+        leaks.snapshot(metrics=False)
+    leaks.assert_absent(password, base64.b64encode(auth.encode()).decode())
+
+
+def test_basic_auth_with_a_real_agent(server_client: ServerAndClient, run_sidecar, tmp_path: Path) -> None:
+    """The open-source agent ignores basic authentication (a proxy in front of it would check it):
+    with it set, the sidecar's whole life works as without, and nothing shows it."""
+    password = "pw-" + uuid.uuid4().hex
+    env, metrics = secret_env(tmp_path, server_client.client.addr, CONSUL_HTTP_AUTH=f"ops:{password}")
+    sidecar = run_sidecar(env)
+    with Leaks(sidecar, env, metrics) as leaks:
+        sidecar.wait_gate(passing=True)
+        leaks.snapshot()
+        assert sidecar.terminate() == 0
+        leaks.snapshot(metrics=False)
+    assert server_client.client.health("web") == []
+    leaks.assert_absent(password)

@@ -182,3 +182,28 @@ def test_https_to_a_plain_http_port_says_so(dev_agent: ConsulAgent, pki: TlsMate
                          "or the agent's HTTPS port)")
     assert dev_agent.agent_services() == {}
     stop_unreached(sidecar)
+
+
+def ca_directory(path: Path, *cas: Path) -> Path:
+    """A CA directory as a mounted ConfigMap makes it: any file names, plus `..data` entries."""
+    path.mkdir()
+    for index, ca in enumerate(cas):
+        (path / f"ca-{index}.crt").write_bytes(ca.read_bytes())
+    (path / "..data").mkdir()
+    return path
+
+
+def test_a_ca_directory_verifies_the_agent(start_agent, pki: TlsMaterial, other_pki: TlsMaterial, run_sidecar,
+                                           tmp_path: Path) -> None:
+    agent = start_agent()
+    # Every file of the directory is loaded (Consul's client does the same): the right CA may be any of them.
+    cas = ca_directory(tmp_path / "cas", other_pki.ca, pki.ca)
+    sidecar = run_sidecar(tls_env(tmp_path, agent.http, CONSUL_CAPATH=str(cas)))
+    full_life(sidecar, agent)
+
+
+def test_a_ca_directory_is_the_only_trust(start_agent, other_pki: TlsMaterial, run_sidecar, tmp_path: Path) -> None:
+    agent = start_agent()
+    sidecar = run_sidecar(tls_env(tmp_path, agent.http, CONSUL_CAPATH=str(ca_directory(tmp_path / "cas", other_pki.ca))))
+    line = refused(sidecar, agent, "certificate verification failed")
+    assert line.endswith("certificate verification failed: the agent's certificate is not signed by a CA in CONSUL_CAPATH")
