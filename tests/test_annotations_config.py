@@ -276,3 +276,18 @@ def test_readme_annotation_tables_match_the_code() -> None:
     assert block.group(1) == annotation_reference(), "regenerate with: python scripts/update_readme.py"
     for annotation in OUR_ANNOTATIONS + KATALOG_SYNC_ANNOTATIONS:
         assert f"`{annotation.key}`" in block.group(1)
+
+
+def test_the_migration_guide_maps_every_annotation_and_flag_and_the_readme_links_it() -> None:
+    repo = Path(__file__).resolve().parent.parent
+    guide = (repo / "docs" / "migrating-from-katalog-sync.md").read_text()
+    assert "(docs/migrating-from-katalog-sync.md)" in (repo / "README.md").read_text()
+    for annotation in KATALOG_SYNC_ANNOTATIONS:
+        assert f"| `{annotation.key.removeprefix(KS)}` |" in guide, annotation.key
+    # katalog-sync-daemon's and katalog-sync-sidecar's flags (from katalog-sync's README).
+    flags = ["--log-level", "--bind-address", "--pprof-bind-address", "--min-sync-interval", "--max-sync-interval",
+             "--default-sync-interval", "--default-check-ttl", "--sync-ttl-buffer-duration", "--kubelet-api",
+             "--kubelet-api-insecure-skip-verify", "--katalog-sync-daemon", "--katalog-sync-daemon-max-backoff",
+             "--namespace", "--pod-name", "--container-name"]
+    for flag in flags:
+        assert f"`{flag}`" in guide, flag
