@@ -18,7 +18,7 @@ from sidecar.supervision import RESTARTING, WorkerStatus
 
 log = logging.getLogger("katalog.metrics")
 
-PHASES = ("starting", "syncing", "confirmed", "draining", "stopped")
+PHASES = ("starting", "syncing", "confirmed", "draining", "stopped", "config-error")
 
 
 class _Loop(Protocol):

@@ -4,6 +4,8 @@ Fake API server (the pod watch), real Consul, real `katalog-sidecar run`, real `
 from __future__ import annotations
 
 import json
+import os
+import re
 import statistics
 import time
 from collections.abc import Iterator
@@ -11,6 +13,8 @@ from pathlib import Path
 from typing import Any
 
 import pytest
+import requests
+from consul_agents import free_port
 from fakekube import FakeKube, make_pod
 from sidecar_process import Sidecar, base_env, wait_until
 from test_katalog_sync_rules import KATALOG_SYNC_KEYS, katalog_sync_expects, katalog_sync_pod, with_our_sidecar
@@ -230,3 +234,34 @@ def test_namespace_and_partition_are_sent_and_the_open_source_agent_refuses_them
         assert line.endswith("(fix CONSUL_NAMESPACE / CONSUL_PARTITION: this agent is not Consul Enterprise)")
         assert dev_agent.agent_services() == {}
         sidecar.terminate()
+
+
+def cpu_seconds(pid: int) -> float:
+    """utime + stime of the process, from /proc/<pid>/stat."""
+    fields = Path(f"/proc/{pid}/stat").read_text().rsplit(")", 1)[1].split()
+    return (int(fields[11]) + int(fields[12])) / os.sysconf("SC_CLK_TCK")
+
+
+def test_waiting_for_valid_annotations_costs_nothing(dev_agent, kube, run_sidecar, tmp_path) -> None:
+    """A fault state like any other: a pod whose annotations are invalid makes no Consul calls,
+    no API requests beyond its open watch, and costs no more than the heartbeat."""
+    pod = make_pod(POD, NS, containers=("hw", "katalog-sidecar"), ports={"http": 8080})
+    pod["metadata"]["annotations"] = {KS + "service-names": "hw", KS + "service-port": "http"}
+    kube.create_pod(pod)
+    port = free_port("127.0.0.1")
+    sidecar = run_sidecar(annotated_env(tmp_path, dev_agent, kube, KATALOG_METRICS_ADDR=f"127.0.0.1:{port}",
+                                        KATALOG_HEARTBEAT_INTERVAL="5s"))
+    sidecar.wait_gate(passing=False, contains="config error")
+    metrics_url = f"http://127.0.0.1:{port}/metrics"
+    assert 'katalog_sync_state{phase="config-error"} 1.0' in requests.get(metrics_url, timeout=5).text
+    kube_requests, cpu = len(kube.requests), cpu_seconds(sidecar.proc.pid)  # type: ignore[union-attr]
+    window = 10.0
+    time.sleep(window)
+    spent = cpu_seconds(sidecar.proc.pid) - cpu  # type: ignore[union-attr]
+    print(f"waiting for valid annotations: {spent * 1000:.0f} ms CPU in {window:.0f} s")
+    assert spent <= 0.005 * window, f"{spent:.3f} s of CPU in {window:.0f} s waiting for valid annotations"
+    assert len(kube.requests) == kube_requests and kube.open_watches == 1
+    text = requests.get(metrics_url, timeout=5).text
+    assert "katalog_consul_requests_total{" not in text or re.search(r"katalog_consul_requests_total\{[^}]*\} [1-9]", text) is None
+    assert dev_agent.agent_services() == {}
+    assert sidecar.terminate() == 0
