@@ -14,6 +14,7 @@ import logging
 from collections.abc import Mapping
 from typing import Protocol
 
+from sidecar import annotations as pod_annotations
 from sidecar.config import Config, load_config
 from sidecar.errors import ConfigError
 from sidecar.readiness import Observation, ReadinessSink
@@ -42,8 +43,19 @@ class ConfigFollower:
         key = (observation.annotations, observation.first_port)
         if observation.annotations is not None and key != self._seen:
             self._seen = key
-            self._reload(dict(observation.annotations), observation.first_port)
+            if self._config.service_source == "environment":
+                # KATALOG_SERVICES is fixed for the process's life: the annotations never apply.
+                if pod_annotations.has_services(dict(observation.annotations)):
+                    self._say("KATALOG_SERVICES is set: the pod's katalog-sidecar.io/ and katalog-sync.wish.com/ "
+                              "annotations are ignored")
+            else:
+                self._reload(dict(observation.annotations), observation.first_port)
         self._sink.observe(observation)
+
+    def _say(self, notice: str) -> None:
+        if notice not in self._said:
+            self._said.add(notice)
+            log.info("%s", notice)
 
     def problem(self, message: str | None) -> None:
         self._sink.problem(message)
@@ -56,9 +68,7 @@ class ConfigFollower:
             self._sink.config_problem(error.problems)
             return
         for notice in config.notices:
-            if notice not in self._said:
-                self._said.add(notice)
-                log.info("%s", notice)
+            self._say(notice)
         if config != self._config:
             self._config = config
             self._sink.reconfigure(config)

@@ -597,6 +597,7 @@ class Syncer:
         obs = s.observation
         if obs is None or not s.instances:
             s.instances, s.port_problem = (), None  # built from the new config by _reconcile
+            log.info("services from the %s: %s", config.service_source, ", ".join(x.name for x in config.services))
             return
         try:
             instances = build_instances(config, obs.pod_uid, obs.container_ports)

@@ -291,3 +291,18 @@ def test_the_migration_guide_maps_every_annotation_and_flag_and_the_readme_links
              "--namespace", "--pod-name", "--container-name"]
     for flag in flags:
         assert f"`{flag}`" in guide, flag
+
+
+def test_with_services_from_the_environment_annotations_are_never_loaded(caplog: pytest.LogCaptureFixture) -> None:
+    env = dict(ENV, KATALOG_SERVICES="web:80")
+    sink = Recorder()
+    follower = ConfigFollower(env, load_config(env), sink)
+    pod = make_pod("web-0", "shop", ports={"http": 8080})
+    for tags in ("a", "b"):
+        pod["metadata"]["annotations"] = {KS + "service-names": "other", KS + "service-tags": tags}
+        with caplog.at_level("INFO", logger="katalog.config"):
+            follower.observe(observe_pod(pod, "katalog-sidecar", ()))
+    assert follower.reloads == 0
+    assert [kind for kind, _ in sink.events] == ["observe", "observe"]
+    assert [r.getMessage() for r in caplog.records].count(
+        "KATALOG_SERVICES is set: the pod's katalog-sidecar.io/ and katalog-sync.wish.com/ annotations are ignored") == 1
