@@ -4,13 +4,17 @@ per-service fixed health, and the new standard Consul settings. Pure: no servers
 from __future__ import annotations
 
 import re
+import threading
+from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
 from pathlib import Path
+from urllib.parse import parse_qs, urlsplit
 
 import pytest
 from fakekube import make_pod
 
 from sidecar.annotations import KATALOG_SYNC_ANNOTATIONS, OUR_ANNOTATIONS
 from sidecar.config import PENDING, annotation_reference, load_config
+from sidecar.consul_api import ConsulAgent
 from sidecar.errors import ConfigError
 from sidecar.live_config import ConfigFollower
 from sidecar.pod_readiness import observe_pod
@@ -306,3 +310,59 @@ def test_with_services_from_the_environment_annotations_are_never_loaded(caplog:
     assert [kind for kind, _ in sink.events] == ["observe", "observe"]
     assert [r.getMessage() for r in caplog.records].count(
         "KATALOG_SERVICES is set: the pod's katalog-sidecar.io/ and katalog-sync.wish.com/ annotations are ignored") == 1
+
+
+class Recording:
+    """An HTTP server that answers every call with an empty JSON list and records the query."""
+
+    def __init__(self) -> None:
+        seen: list[tuple[str, str, dict[str, list[str]], str | None]] = []
+        self.seen = seen
+
+        class Handler(BaseHTTPRequestHandler):
+            def do_GET(self) -> None:  # noqa: N802
+                self.rfile.read(int(self.headers.get("Content-Length") or 0))
+                parts = urlsplit(self.path)
+                seen.append((self.command, parts.path, parse_qs(parts.query, keep_blank_values=True),
+                             self.headers.get("Authorization")))
+                self.send_response(200)
+                self.send_header("Content-Type", "application/json")
+                self.send_header("Content-Length", "2")
+                self.end_headers()
+                self.wfile.write(b"[]")
+
+            do_PUT = do_GET  # noqa: N815
+
+            def log_message(self, *_args: object) -> None:
+                pass
+
+        self.server = ThreadingHTTPServer(("127.0.0.1", 0), Handler)
+        self.addr = f"127.0.0.1:{self.server.server_address[1]}"
+        threading.Thread(target=self.server.serve_forever, daemon=True).start()
+
+    def close(self) -> None:
+        self.server.shutdown()
+        self.server.server_close()
+
+
+def test_every_call_names_the_namespace_partition_and_basic_auth() -> None:
+    """What an Enterprise agent (or a proxy) would receive; the open-source agent refuses
+    `ns` and `partition` (tests/test_e2e_annotations.py), so this part is checked here."""
+    recording = Recording()
+    try:
+        config = load_config(dict(ENV, KATALOG_SERVICES="web:80", CONSUL_HTTP_ADDR=recording.addr,
+                                  CONSUL_NAMESPACE="team-a", CONSUL_PARTITION="eu", CONSUL_HTTP_AUTH="ops:pw"))
+        agent = ConsulAgent(config.consul)
+        agent.register_service({"ID": "x", "Name": "web"})
+        agent.update_ttl_check("x:readiness", "passing", "ok")
+        agent.agent_service("x")
+        agent.health_of_instance("web", "x")
+        agent.deregister_service("x")
+    finally:
+        recording.close()
+    assert [path for _m, path, _q, _a in recording.seen] == [
+        "/v1/agent/service/register", "/v1/agent/check/update/x:readiness", "/v1/agent/service/x",
+        "/v1/health/service/web", "/v1/agent/service/deregister/x"]
+    for _method, _path, query, authorization in recording.seen:
+        assert (query["ns"], query["partition"]) == (["team-a"], ["eu"])
+        assert authorization == "Basic b3BzOnB3"  # ops:pw
