@@ -123,6 +123,8 @@ _HOST_LABEL = re.compile(r"^[A-Za-z0-9_]([A-Za-z0-9_-]{0,61}[A-Za-z0-9_])?$")
 _MIN_DEREGISTER_AFTER = 60.0  # Consul raises smaller values to 1m; we refuse them instead.
 _MAX_DURATION = 9223372036.0  # Go's time.Duration limit (~292 years): Consul rejects anything longer
 _MAX_META_VALUE_BYTES = 512  # Consul counts bytes (Go's len), not characters
+_MAX_SHOWN = 1024  # characters of a bad value quoted in a problem
+_MAX_PROBLEMS = 50
 # Registration derives longer TTLs from KATALOG_CHECK_TTL (the readiness check's is a multiple
 # of it); a day keeps every derived TTL far inside Consul's limit, and is already far longer
 # than anyone should wait for a dead pod's instance to turn critical.
@@ -227,7 +229,10 @@ class _Collector:
     def bad(self, name: str, value: str, why: str) -> None:
         # Variable names are the user's too (KATALOG_SERVICE_*): one line, whatever they hold.
         shown = name if name.isprintable() else repr(name)
-        self.problems.append(f"{shown}={value!r}: {why}")
+        # Every problem repeats the value: a huge one (an annotation may hold 256 KiB, and is
+        # editable at runtime) must not make the report, the log and the gate line huge.
+        text = repr(value) if len(value) <= _MAX_SHOWN else f"{value[:_MAX_SHOWN]!r}... ({len(value)} characters)"
+        self.problems.append(f"{shown}={text}: {why}")
 
     def required(self, name: str) -> str:
         value = self.raw(name)
@@ -461,7 +466,7 @@ def _services_from_annotations(c: _Collector, annotations: Mapping[str, str] | N
                   "use the annotations (see the README's Pod annotations)")
     if annotations is None:
         return (), PENDING
-    pod = pod_annotations.read(annotations)
+    pod = pod_annotations.read(dict(pod_annotations.relevant(annotations)))
     if pod is None:
         c.problems.append(
             "no services to register: set KATALOG_SERVICES in the sidecar's environment, or annotate the pod "
@@ -780,7 +785,11 @@ def load_config(environ: Mapping[str, str], annotations: Mapping[str, str] | Non
     log_format = c.choice("KATALOG_LOG_FORMAT", LOG_FORMATS)
     log_level = c.choice("KATALOG_LOG_LEVEL", LOG_LEVELS)
     if c.problems:
-        raise ConfigError(list(dict.fromkeys(c.problems)))  # a pod-wide annotation shared by services: once
+        # A pod-wide annotation shared by services is reported once; a flood is cut short.
+        problems = list(dict.fromkeys(c.problems))
+        if len(problems) > _MAX_PROBLEMS:
+            problems = problems[:_MAX_PROBLEMS] + [f"... and {len(problems) - _MAX_PROBLEMS} more problems"]
+        raise ConfigError(problems)
     return Config(
         pod_name=pod_name,
         pod_namespace=namespace,

@@ -288,7 +288,8 @@ class KubernetesSource:
         excluded = self._excluded
         if self._annotated_exclusions:
             annotations = (pod.get("metadata") or {}).get("annotations")
-            excluded += pod_annotations.excluded_containers(annotations if isinstance(annotations, dict) else {})
+            relevant = pod_annotations.relevant(annotations if isinstance(annotations, dict) else {})
+            excluded += pod_annotations.excluded_containers(dict(relevant))
         self._send(observe_pod(pod, self._own, excluded), sink)
 
     def _deleted(self, pod: dict[str, Any], sink: ReadinessSink) -> None:

@@ -366,3 +366,19 @@ def test_every_call_names_the_namespace_partition_and_basic_auth() -> None:
     for _method, _path, query, authorization in recording.seen:
         assert (query["ns"], query["partition"]) == (["team-a"], ["eu"])
         assert authorization == "Basic b3BzOnB3"  # ops:pw
+
+
+def test_a_huge_bad_annotation_gives_a_bounded_report() -> None:
+    """Annotations hold up to 256 KiB and can be edited at runtime by anyone who may patch the pod."""
+    junk = ",".join(f"k{n}" for n in range(40000))  # 40000 meta items without a ':'
+    lines = problems(ENV, {KS + "service-names": "web", KS + "service-meta": junk, KS + "container-exclude": 7})  # type: ignore[dict-item]
+    assert len(lines) == 51 and lines[-1] == f"... and {40000 - 50} more problems"
+    assert max(len(line) for line in lines) < 1200
+    assert sum(len(line) for line in lines) < 60_000
+
+
+def test_non_string_annotation_values_are_left_out() -> None:
+    pod = make_pod("web-0", "shop", containers=("app", "katalog-sidecar"), ports={"http": 8080})
+    pod["metadata"]["annotations"] = {KS + "service-names": "web", KS + "container-exclude": ["app"], "x": None}
+    observation = observe_pod(pod, "katalog-sidecar", ())
+    assert observation.annotations == ((KS + "service-names", "web"),)
