@@ -118,7 +118,10 @@ def split_list(value: str) -> list[str]:
 
 
 def _problem(key: str, value: str, why: str) -> str:
-    return f"{key}={value!r}: {why}"
+    # One line, whatever the key holds; the value is cut short like the environment's.
+    shown = key if key.isprintable() else repr(key)
+    text = repr(value) if len(value) <= 1024 else f"{value[:1024]!r}... ({len(value)} characters)"
+    return f"{shown}={text}: {why}"
 
 
 def excluded_containers(annotations: Mapping[str, str]) -> tuple[str, ...]:

@@ -488,6 +488,10 @@ def _services_from_annotations(c: _Collector, annotations: Mapping[str, str] | N
                 c.bad(pod.services.key, pod.services.value,
                       f"service {entry.name!r} has no port: no {pod_annotations.KATALOG_SYNC}service-port annotation "
                       "and no containerPort in the pod spec")
+            elif not 1 <= port <= 65535:
+                c.bad(pod.services.key, pod.services.value,
+                      f"service {entry.name!r}: the pod's first containerPort {port} is not a port")
+                port = None
         elif entry.port_text.isdigit() or pod.namespace == pod_annotations.KATALOG_SYNC:
             port = _parse_port(c, entry.port.key, entry.port.value, entry.port_text)
         elif _PORT_NAME.match(entry.port_text) and len(entry.port_text) <= 15:

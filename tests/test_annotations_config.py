@@ -11,6 +11,8 @@ from urllib.parse import parse_qs, urlsplit
 
 import pytest
 from fakekube import make_pod
+from hypothesis import given, settings
+from hypothesis import strategies as st
 
 from sidecar.annotations import KATALOG_SYNC_ANNOTATIONS, OUR_ANNOTATIONS
 from sidecar.config import PENDING, annotation_reference, load_config
@@ -382,3 +384,24 @@ def test_non_string_annotation_values_are_left_out() -> None:
     pod["metadata"]["annotations"] = {KS + "service-names": "web", KS + "container-exclude": ["app"], "x": None}
     observation = observe_pod(pod, "katalog-sidecar", ())
     assert observation.annotations == ((KS + "service-names", "web"),)
+
+
+_KEYS = st.sampled_from([KS + k for k in ("service-names", "service-port", "service-tags", "service-meta",
+                                          "service-health", "container-exclude", "sidecar", "service-check-ttl",
+                                          "sync-interval", "service-port-web", "service-meta-web", "service-x")]
+                        + [OURS + k for k in ("services", "tags", "meta", "tags-web", "meta-web", "health-web",
+                                              "exclude-containers", "check-ttl", "other")])
+
+
+@settings(max_examples=300, deadline=None)
+@given(annotations=st.dictionaries(_KEYS | st.text(max_size=30), st.text(max_size=60), max_size=8),
+       default_port=st.none() | st.integers(min_value=-5, max_value=70000))
+def test_any_annotations_give_a_config_or_one_line_problems(annotations: dict[str, str], default_port: int | None) -> None:
+    try:
+        config = load_config(ENV, annotations, default_port=default_port)
+    except ConfigError as error:
+        assert error.problems and all("\n" not in p and "\r" not in p for p in error.problems)
+    else:
+        assert config.services
+        for spec in config.services:
+            assert spec.port_name or (spec.port is not None and 1 <= spec.port <= 65535)
