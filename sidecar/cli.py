@@ -17,7 +17,7 @@ import click
 
 from readiness_gate import state as status_state
 from sidecar import logs
-from sidecar.config import LOG_FORMATS, Config, load_config, reference_table, status_file_path
+from sidecar.config import LOG_FORMATS, Config, annotation_reference, load_config, reference_table, status_file_path
 from sidecar.errors import ConfigError
 
 log = logging.getLogger("katalog")
@@ -188,8 +188,10 @@ def check_config() -> None:
 
 @main.command("config-reference")
 def config_reference() -> None:
-    """Print the configuration table the README embeds."""
+    """Print the configuration tables the README embeds (variables, then pod annotations)."""
     click.echo(reference_table())
+    click.echo()
+    click.echo(annotation_reference())
 
 
 @main.command()
