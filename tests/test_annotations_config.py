@@ -405,3 +405,13 @@ def test_any_annotations_give_a_config_or_one_line_problems(annotations: dict[st
         assert config.services
         for spec in config.services:
             assert spec.port_name or (spec.port is not None and 1 <= spec.port <= 65535)
+
+
+def test_the_guide_lists_every_metric() -> None:
+    from sidecar.metrics import Metrics
+
+    guide = (Path(__file__).resolve().parent.parent / "docs" / "migrating-from-katalog-sync.md").read_text()
+    names = {family.name for family in Metrics().registry.collect()}
+    assert names
+    for name in names:
+        assert f"`{name}`" in guide or f"`{name}_total`" in guide, name
