@@ -79,12 +79,10 @@ def test_no_binding_gives_the_403_gate_line(katalog_cluster: KatalogCluster) -> 
     assert katalog_cluster.consul.client.agent_services() == {}  # nothing registered without the pod
 
 
-@pytest.mark.xfail(strict=True, reason="issue 10 item 8: the real 403 body is longer than the sidecar's 300-byte "
-                                       "cut, so the gate shows raw JSON instead of the API server's message")
 def test_403_gate_line_quotes_the_api_servers_message(katalog_cluster: KatalogCluster) -> None:
     start_pod(katalog_cluster, *rbac(bind=False))
     line = wait_gate_line(katalog_cluster, "forbidden")
-    assert line.endswith(f'(API server: pods is forbidden: User "system:serviceaccount:{NS}:web" cannot list '
+    assert line.endswith(f'(API server: pods "{POD}" is forbidden: User "system:serviceaccount:{NS}:web" cannot list '
                          f'resource "pods" in API group "" in the namespace "{NS}")'), line
 
 
