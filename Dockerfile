@@ -6,10 +6,15 @@
 #
 # Runs as uid 65532 with a read-only root filesystem: the only path it writes is the status
 # file, /run/katalog/status.json, which the examples mount as an emptyDir.
-# tests/test_image_install.py runs this file's pip commands outside a container engine.
+# tests/test_image_install.py runs this file's pip commands outside a container engine;
+# scripts/image-smoke.sh builds and runs it for real with podman (in CI).
+
+# The base of both stages. Any image with `python` (3.10+) and pip on PATH works; CI, which
+# cannot reach an image registry, passes a Debian rootfs it builds (scripts/image-smoke.sh).
+ARG BASE_IMAGE=python:3.12-slim
 
 # -- build: wheels of the package and of every dependency ------------------------------------
-FROM python:3.12-slim AS build
+FROM ${BASE_IMAGE} AS build
 WORKDIR /src
 COPY pyproject.toml setup.cfg README.md LICENSE ./
 COPY sidecar ./sidecar
@@ -19,7 +24,7 @@ RUN python -m pip wheel --no-cache-dir --no-deps -w /wheels . \
  && python -m pip wheel --no-cache-dir -w /wheels /wheels/katalog_sidecar-*.whl
 
 # -- runtime --------------------------------------------------------------------------------
-FROM python:3.12-slim
+FROM ${BASE_IMAGE}
 ENV PYTHONDONTWRITEBYTECODE=1 \
     PYTHONUNBUFFERED=1 \
     PIP_DISABLE_PIP_VERSION_CHECK=1

@@ -82,8 +82,8 @@ class Stage:
         return values
 
 
-def parse_dockerfile(path: Path = DOCKERFILE) -> list[Stage]:
-    """Stages with their instructions; comments dropped, continuation lines joined."""
+def logical_lines(path: Path = DOCKERFILE) -> list[str]:
+    """The instructions: comments dropped, continuation lines joined."""
     logical: list[str] = []
     pending = ""
     for raw in path.read_text(encoding="utf-8").splitlines():
@@ -97,16 +97,45 @@ def parse_dockerfile(path: Path = DOCKERFILE) -> list[Stage]:
         if pending.strip():
             logical.append(pending.strip())
         pending = ""
+    return logical
+
+
+def global_args(path: Path = DOCKERFILE) -> dict[str, str]:
+    """`ARG NAME=default` before the first FROM: the build arguments FROM lines may use."""
+    found: dict[str, str] = {}
+    for line in logical_lines(path):
+        keyword, _, rest = line.partition(" ")
+        if keyword.upper() == "FROM":
+            break
+        assert keyword.upper() == "ARG", f"{line!r} before the first FROM"
+        key, sep, default = rest.strip().partition("=")
+        assert sep, f"ARG {rest!r}: give it a default, so a build without --build-arg works"
+        found[key] = default
+    return found
+
+
+def expand_args(word: str, args: dict[str, str]) -> str:
+    """`${NAME}` and `$NAME` replaced by the ARG's default, as a build without --build-arg does."""
+    def value(match: re.Match[str]) -> str:
+        key = match.group(1) or match.group(2)
+        assert key in args, f"FROM uses ${key}, which no ARG before the first FROM declares"
+        return args[key]
+
+    return re.sub(r"\$\{(\w+)\}|\$(\w+)", value, word)
+
+
+def parse_dockerfile(path: Path = DOCKERFILE) -> list[Stage]:
+    """Stages with their instructions, each FROM with the build arguments' defaults."""
+    args = global_args(path)
     stages: list[Stage] = []
-    for line in logical:
+    for line in logical_lines(path):
         keyword, _, rest = line.partition(" ")
         keyword, rest = keyword.upper(), rest.strip()
         if keyword == "FROM":
             words = rest.split()
             name = words[2] if len(words) == 3 and words[1].lower() == "as" else None
-            stages.append(Stage(words[0], name))
-        else:
-            assert stages, f"{line!r} before the first FROM"
+            stages.append(Stage(expand_args(words[0], args), name))
+        elif stages:
             stages[-1].instructions.append((keyword, rest))
     return stages
 
@@ -130,6 +159,15 @@ def exec_form(rest: str) -> list[str]:
 
 
 # -- the Dockerfile says what the test does ---------------------------------------------------------
+
+
+def test_base_image_is_a_build_argument_defaulting_to_python_slim() -> None:
+    """Both stages share one base, `python:3.12-slim` unless `--build-arg BASE_IMAGE=...` says
+    otherwise (CI passes a local Debian base: no image registry is reachable there)."""
+    assert global_args() == {"BASE_IMAGE": BASE_IMAGE}
+    froms = [line.split()[1] for line in logical_lines() if line.upper().startswith("FROM ")]
+    assert froms == ["${BASE_IMAGE}", "${BASE_IMAGE}"]
+    assert [stage.base for stage in parse_dockerfile()] == [BASE_IMAGE, BASE_IMAGE]
 
 
 def test_dockerfile_builds_wheels_then_installs_them_as_non_root() -> None:
