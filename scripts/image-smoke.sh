@@ -175,7 +175,7 @@ else
 fi
 timeout 300 podman import --quiet \
   --change 'ENV PATH=/usr/local/sbin:/usr/local/bin:/usr/sbin:/usr/bin:/sbin:/bin' \
-  --change 'ENV LANG=C.UTF-8' --change 'CMD ["python3"]' \
+  --change 'ENV LANG=C.UTF-8' \
   "$BASE_TAR" "$BASE" >/dev/null || fail "podman import of the base failed"
 log "base imported: $BASE"
 
