@@ -50,7 +50,9 @@ def interpreter_of(script: str) -> tuple[str, list[str]]:
         first = handle.readline().decode(errors="replace").strip()
     words = first[2:].split() if first.startswith("#!") else []
     if words and os.path.basename(words[0]) == "env":
-        words = [w for w in words[1:] if w != "-S"]
+        words = words[1:]
+        if words and words[0] in ("-S", "--split-string"):  # env's own option, not the interpreter's
+            words = words[1:]
     if not words:
         return sys.executable, []
     return shutil.which(words[0]) or words[0], words[1:]
