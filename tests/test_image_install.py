@@ -9,7 +9,8 @@ probe). Only the steps a virtualenv cannot do (the user, the directories) are ch
 reading the Dockerfile.
 
 Needs the network: pip fetches the build backend and the dependencies from PyPI (CI has it).
-Offline and outside CI, those tests skip; in CI they fail.
+Offline and outside CI, those tests skip; in CI they fail. CI also builds the real image with
+podman and runs it (scripts/image-smoke.sh); this module is the fast check of the same steps.
 """
 
 from __future__ import annotations
