@@ -4,6 +4,8 @@
 #
 #   scripts/image-smoke.sh            # build + smoke test (about a minute once the base is cached)
 #   scripts/image-smoke.sh --measure  # also measure size, RSS and the gate's cost (bench/image.py)
+#   scripts/image-smoke.sh --e2e      # also the example on a real control plane, its sidecar
+#                                     # container from this image (tests/image_e2e.py)
 #
 # The smoke test, with the examples' security settings (read-only root, uid 65532, every
 # capability dropped, no new privileges):
@@ -38,10 +40,12 @@ cd "$(dirname "$0")/.."
 REPO=$(pwd)
 
 MEASURE=0
+E2E=0
 for arg in "$@"; do
   case "$arg" in
     --measure) MEASURE=1 ;;
-    -h|--help) sed -n '2,8p' "$0" | sed 's/^# \{0,1\}//'; exit 0 ;;
+    --e2e) E2E=1 ;;
+    -h|--help) sed -n '2,10p' "$0" | sed 's/^# \{0,1\}//'; exit 0 ;;
     *) echo "image-smoke: unknown argument $arg (see --help)" >&2; exit 2 ;;
   esac
 done
@@ -280,3 +284,12 @@ sidecar_log=$(podman logs "$CONTAINER" 2>&1)
 grep -q "removed from the catalog" <<<"$sidecar_log" || fail "the sidecar's log does not show the drain"
 grep -q "exiting with code 0" <<<"$sidecar_log" || fail "the sidecar's log does not say it exited 0"
 log "ok: SIGTERM: drained, exit 0, the catalog lists no instance"
+
+# -- 5. (--e2e) the example on a real control plane, its sidecar container from this image ------
+if [ "$E2E" = 1 ]; then
+  log "end to end: tests/image_e2e.py (the pod runner runs the sidecar container from $IMAGE)"
+  source scripts/venv.sh >/dev/null
+  KATALOG_TEST_IMAGE="$IMAGE" CONSUL_BIN="$CONSUL_BIN" timeout 900 python -m pytest -q -p no:cacheprovider \
+    tests/image_e2e.py || fail "the end-to-end test from the image failed"
+  log "ok: end to end from the image"
+fi

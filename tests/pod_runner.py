@@ -22,7 +22,7 @@ What it does with every pod the API server holds (it polls the pod list, 4 times
   runs the image's entrypoint as a local process (the manifest's `command`, else the
   entrypoint, then `args`); `stand_in_app` is an HTTP server on the pod IP's container ports
   answering 200 while the test says the app is ready, else 503. Replace an entry to run the
-  real image some other way (e.g. `docker run`).
+  real image some other way: `tests/podman_image.py` runs it with podman (tests/image_e2e.py).
 - **Environment** is what the kubelet gives: `env` literal values and downward-API `fieldRef`s
   (`metadata.name/namespace/uid`, labels and annotations, `spec.nodeName`,
   `spec.serviceAccountName`, `status.podIP`, `status.hostIP`), `KUBERNETES_SERVICE_HOST/PORT`
@@ -310,8 +310,8 @@ class RunningPod:
 
     def exec(self, container: str, argv: list[str], timeout: float = 10.0) -> subprocess.CompletedProcess[str]:
         """Runs a command "in" the container: with its environment (as `kubectl exec`)."""
-        return subprocess.run(argv, env=self.env(container), cwd=self.workdir, capture_output=True, text=True,
-                              timeout=timeout)
+        argv, env = _in_container(self.container(container).handle, argv, self.env(container))
+        return subprocess.run(argv, env=env, cwd=self.workdir, capture_output=True, text=True, timeout=timeout)
 
     def log(self, container: str) -> str:
         path = self.workdir / f"{container}.log"
@@ -472,7 +472,8 @@ class RunningPod:
         assert state.ctx is not None
         if "exec" in spec:
             try:
-                proc = subprocess.Popen(spec["exec"]["command"], env=state.ctx.env, cwd=self.workdir,
+                argv, env = _in_container(state.handle, spec["exec"]["command"], state.ctx.env)
+                proc = subprocess.Popen(argv, env=env, cwd=self.workdir,
                                         stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL, start_new_session=True)
             except OSError:
                 return False
@@ -658,11 +659,19 @@ class RunningPod:
             if state.handle is not None and state.handle.alive():
                 state.handle.signal(signal.SIGKILL)
         for state in self.containers:
-            if isinstance(state.handle, ProcessContainer):
+            proc = getattr(state.handle, "proc", None)  # a process-backed container (podman's too)
+            if isinstance(proc, subprocess.Popen):
                 try:
-                    state.handle.proc.wait(timeout=10)
+                    proc.wait(timeout=10)
                 except subprocess.TimeoutExpired:
                     pass
+
+
+def _in_container(handle: Container | None, argv: list[str], env: dict[str, str]) -> tuple[list[str], dict[str, str]]:
+    """A command "in" a container: a container with its own runtime (podman) says how to exec
+    in it; a process container shares the host, so the command runs here with its env."""
+    exec_command = getattr(handle, "exec_command", None)
+    return exec_command(list(argv)) if exec_command is not None else (list(argv), env)
 
 
 def _rewrite_path(value: str, mounts: Mapping[str, Path]) -> str:
