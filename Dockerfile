@@ -1,6 +1,7 @@
 # syntax=docker/dockerfile:1
 # katalog-sidecar image: the daemon (`katalog-sidecar`, the entrypoint) and its exec
-# readinessProbe (`readiness-gate`, a plain script: see bin/), both on PATH.
+# readinessProbe (`readiness-gate`, a POSIX shell script run by the image's /bin/sh: see bin/),
+# both on PATH.
 #
 #   docker build -t <registry>/katalog-sidecar:0.1.0 .
 #

@@ -1,5 +1,6 @@
-"""readiness-gate: the sidecar container's exec readinessProbe.
+"""readiness-gate: the sidecar container's exec readinessProbe, and the status file it reads.
 
-Imports nothing outside the standard library: kubelet starts it as a new process every
-probe period in every pod, so it must cost about what a bare interpreter start costs.
+Standard library only. The installed probe is a POSIX shell script (bin/readiness-gate): kubelet
+starts it as a new process every probe period in every pod. `python -m readiness_gate` is the
+same check in Python, for images without a shell.
 """

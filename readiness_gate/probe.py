@@ -1,9 +1,11 @@
-"""What readiness-gate runs on every probe: read the gate file, check it is fresh, answer.
+"""The gate's verdict in Python: `python -m readiness_gate`, for images without /bin/sh.
 
-Kept to modules a bare interpreter has already loaded (no json, re or typing): kubelet starts
-this as a new process every probe period in every pod. The sidecar does the deciding when it
-writes the file (readiness_gate.state.gate_file_text); this only adds what can change after
-the write: the heartbeat's age and whether the sidecar process still runs.
+The installed `readiness-gate` is a POSIX shell script (bin/readiness-gate) with the same logic,
+because a shell running only built-ins costs a fraction of any Python start; tests hold the two
+to one table. Kept to modules a bare interpreter has already loaded (no json, re or typing).
+The sidecar does the deciding when it writes the file (readiness_gate.state.gate_file_text);
+this only adds what can change after the write: the heartbeat's age, on the kernel's boot-time
+clock (what /proc/uptime shows the shell script), and whether the sidecar process still runs.
 """
 
 import os
@@ -16,7 +18,7 @@ if TYPE_CHECKING:
     from collections.abc import Callable
 
 DEFAULT_STATUS_FILE = "/run/katalog/status.json"  # keep in step with sidecar.config
-HEADER = "katalog-gate 1"
+HEADER = "katalog-gate 2"
 
 
 def gate_path(status_file: str) -> str:
@@ -35,12 +37,7 @@ def _pid_alive(pid: int) -> bool:
 
 
 def process_start(pid: int) -> str:
-    """When the process started (clock ticks since boot, /proc/<pid>/stat field 22); "" if unknown.
-
-    With the PID it names one process for the life of the node: in its container the sidecar
-    is PID 1 after every container restart, so a PID alone would vouch for a file that the
-    previous process wrote.
-    """
+    """When the process started (clock ticks since boot, /proc/<pid>/stat field 22); "" if unknown."""
     try:
         with open(f"/proc/{pid}/stat", encoding="ascii") as handle:
             return handle.read().rsplit(")", 1)[1].split()[19]
@@ -48,25 +45,34 @@ def process_start(pid: int) -> str:
         return ""
 
 
-def verdict(text: str, now: float, pid_alive: "Callable[[int], bool]" = _pid_alive,
+def boottime_cs() -> int:
+    """Now on the boot-time clock, in centiseconds: what /proc/uptime shows a shell."""
+    return int(time.clock_gettime(time.CLOCK_BOOTTIME) * 100)
+
+
+def verdict(text: str, now_cs: int, pid_alive: "Callable[[int], bool]" = _pid_alive,
             started: "Callable[[int], str]" = process_start) -> tuple[bool, str]:
     """(passes, line) from the gate file's text. Raises ValueError if it is not one."""
-    # Four lines: header; "updated_at stale_after pid verdict [process start]"; the verdict's
-    # line; the sidecar's own message (quoted when the heartbeat or the process is gone).
+    # Four lines: header; "written stale_after pid verdict [start]" (centiseconds of boot time,
+    # centiseconds, pid, 1 or 0, optionally the process's start time); the verdict's line; the
+    # sidecar's own message (quoted when the heartbeat or the process is gone).
     lines = text.split("\n")
     if len(lines) < 4 or lines[0] != HEADER:
         raise ValueError("not a katalog-sidecar gate file of this version")
     fields = lines[1].split(" ")
-    updated_at, stale_after, pid, ok = fields[:4]
+    if len(fields) not in (4, 5) or not all(f.isdigit() for f in fields):
+        raise ValueError("not a katalog-sidecar gate file of this version")
+    written, stale_after, pid, ok = (int(f) for f in fields[:4])
+    start = fields[4] if len(fields) == 5 else ""
     line, message = lines[2], lines[3]
-    age = now - float(updated_at)
     if line.startswith("config error: "):
         return False, line
-    if age > float(stale_after):
-        return False, f"heartbeat stale {age:.0f}s: sidecar hung? (last said: {message})"
-    if int(pid) > 0 and (not pid_alive(int(pid)) or (len(fields) > 4 and fields[4] != started(int(pid)))):
+    age = now_cs - written
+    if age > stale_after:
+        return False, f"heartbeat stale {(age + 50) // 100}s: sidecar hung? (last said: {message})"
+    if pid > 0 and (not pid_alive(pid) or (start and started(pid) != start)):
         return False, f"sidecar process {pid} is not running (last said: {message})"
-    return ok == "1", line
+    return ok == 1, line
 
 
 def main() -> int:
@@ -76,7 +82,7 @@ def main() -> int:
     try:
         with open(gate_path(status_file), encoding="utf-8") as handle:
             text = handle.read()
-        passes, line = verdict(text, time.time())
+        passes, line = verdict(text, boottime_cs())
     except FileNotFoundError:
         print(f"no status file at {status_file}: sidecar not started yet, or KATALOG_STATUS_FILE differs")
         return 1

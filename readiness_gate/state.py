@@ -8,6 +8,7 @@ from __future__ import annotations
 
 import json
 import os
+import time
 from collections.abc import Callable, Mapping
 from typing import Any
 
@@ -33,20 +34,27 @@ def _replace(path: str, text: str) -> None:
     os.replace(tmp, path)
 
 
-def gate_file_text(state: Mapping[str, Any]) -> str:
+def gate_file_text(state: Mapping[str, Any], *, wall: float | None = None, boottime_cs: int | None = None) -> str:
     """The compact file readiness-gate reads: the verdict decided here, once per write.
 
     The gate adds only what can change after the write (heartbeat age, process alive), so it
-    needs no json and no decision logic of its own (readiness_gate.probe).
+    needs no json and no decision logic of its own (bin/readiness-gate, readiness_gate.probe).
+    The heartbeat (`updated_at`, wall clock) is restamped on the boot-time clock in centiseconds,
+    which a shell reads from /proc/uptime without starting a process. `wall` and `boottime_cs`
+    are the two clocks' "now" (default: read them).
     """
     passes, line = evaluate(state, float(state.get("updated_at", 0)), lambda _pid: True, lambda _pid: None)
     pid = state.get("pid") if isinstance(state.get("pid"), int) else 0
     message = str(state.get("message") or "")
-    # The writer's start time, when known, after the verdict: the gate checks the PID is still it.
-    started = str(state.get("pid_start") or "").split()
-    return (f"{probe.HEADER}\n{float(state.get('updated_at', 0))!r} {float(state.get('stale_after', 15))!r} "
-            f"{pid} {1 if passes else 0}{''.join(' ' + s for s in started[:1])}\n{' '.join(line.split())}\n"
-            f"{' '.join(message.split())}\n")
+    now_cs = probe.boottime_cs() if boottime_cs is None else boottime_cs
+    now_wall = time.time() if wall is None else wall
+    written = max(0, now_cs - round((now_wall - float(state.get("updated_at", 0))) * 100))
+    stale_cs = max(0, round(float(state.get("stale_after", 15)) * 100))
+    # The writer's start time, when the document has it: the gate checks the PID is still it.
+    start = str(state.get("pid_start") or "")
+    start = f" {start}" if start.isdigit() else ""
+    return (f"{probe.HEADER}\n{written} {stale_cs} {pid} {1 if passes else 0}{start}\n"
+            f"{' '.join(line.split())}\n{' '.join(message.split())}\n")
 
 
 def write_atomically(path: str, state: Mapping[str, Any]) -> None:

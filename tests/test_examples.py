@@ -83,6 +83,10 @@ def console_scripts() -> dict[str, str]:
         scripts[name.strip()] = target.strip()
     for line in parser["options"].get("scripts", "").strip().splitlines():
         script = ROOT / line.strip()
+        if script.read_text().startswith("#!/bin/sh\n"):
+            # readiness-gate is a shell script; readiness_gate.probe is its Python twin.
+            scripts[script.name] = "readiness_gate.probe:main"
+            continue
         imported = re.search(r"^from ([\w.]+) import (\w+)$", script.read_text(), re.M)
         assert imported, f"{script} imports no entry function"
         scripts[script.name] = f"{imported.group(1)}:{imported.group(2)}"

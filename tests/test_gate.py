@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import os
+import shutil
 import subprocess
 import sys
 import time
@@ -15,6 +16,7 @@ from readiness_gate import state
 from readiness_gate.probe import gate_path, verdict
 
 NOW = 1_800_000_000.0
+ROOT = Path(__file__).resolve().parent.parent
 
 
 def doc(**fields: object) -> dict[str, object]:
@@ -59,18 +61,44 @@ def test_gate_decision(case, status, pid_check, expected) -> None:
     assert state.evaluate(status, NOW, pid_check) == expected
 
 
+BOOT = 12_345_678  # "now" on the boot-time clock, centiseconds
+
+
 @pytest.mark.parametrize(("case", "status", "pid_check", "expected"), GATE_CASES, ids=[c[0] for c in GATE_CASES])
 def test_the_probe_file_gives_the_same_verdict(case, status, pid_check, expected) -> None:
     """The sidecar decides when it writes; the probe adds only heartbeat age and process liveness."""
-    assert verdict(state.gate_file_text(status), NOW, pid_check) == expected
+    assert verdict(state.gate_file_text(status, wall=NOW, boottime_cs=BOOT), BOOT, pid_check) == expected
+
+
+def _dead_pid() -> int:
+    child = subprocess.Popen(["true"])
+    child.wait()
+    return child.pid
+
+
+@pytest.mark.parametrize("gate", ["installed", "repository"])
+@pytest.mark.parametrize(("case", "status", "pid_check", "expected"), GATE_CASES, ids=[c[0] for c in GATE_CASES])
+def test_the_shell_gate_gives_the_same_verdict(case, status, pid_check, expected, gate, tmp_path: Path) -> None:
+    """bin/readiness-gate (a shell script) against the same table, on the real clock and real pids."""
+    pid = os.getpid() if pid_check is alive else _dead_pid()
+    now = time.time()
+    real = dict(status, pid=pid, updated_at=now - (NOW - float(status["updated_at"])))  # type: ignore[arg-type]
+    path = tmp_path / "status.json"
+    state.write_atomically(str(path), real)
+    command = GATE if gate == "installed" else str(ROOT / "bin" / "readiness-gate")
+    done = subprocess.run([command], env={"PATH": "/usr/bin:/bin", "KATALOG_STATUS_FILE": str(path)},
+                          capture_output=True, text=True, timeout=10)
+    passes, line = expected
+    assert (done.returncode == 0, done.stdout, done.stderr) == (passes, line.replace("4242", str(pid)) + "\n", "")
 
 
 def test_a_live_pid_is_not_enough_the_process_start_time_must_match() -> None:
     """In its container the sidecar is PID 1 after every restart: the PID alone would vouch for
     the previous process's file until the new one writes."""
-    text = state.gate_file_text(doc(phase=state.CONFIRMED, ever_confirmed=True, message="web passing", pid_start="777"))
-    assert verdict(text, NOW, alive, lambda _pid: "777") == (True, "ok (latched): web passing")
-    assert verdict(text, NOW, alive, lambda _pid: "912") == (
+    text = state.gate_file_text(doc(phase=state.CONFIRMED, ever_confirmed=True, message="web passing", pid_start="777"),
+                                wall=NOW, boottime_cs=BOOT)
+    assert verdict(text, BOOT, alive, lambda _pid: "777") == (True, "ok (latched): web passing")
+    assert verdict(text, BOOT, alive, lambda _pid: "912") == (
         False, "sidecar process 4242 is not running (last said: web passing)")
 
 
@@ -108,32 +136,50 @@ def _imports(command: list[str], env: dict[str, str]) -> set[str]:
     return names
 
 
-def test_gate_imports_only_the_standard_library(tmp_path: Path) -> None:
-    """Run the installed console script as kubelet does and list every module it loads."""
+def test_installed_gate_is_the_shell_script_as_it_is() -> None:
+    """pip rewrites only a `#!python` first line (dropping any interpreter options); the gate's
+    is `#!/bin/sh`, so the install copies it byte for byte, in a venv and in the image."""
+    assert Path(GATE).read_bytes() == (ROOT / "bin" / "readiness-gate").read_bytes()
+    assert Path(GATE).read_text().startswith("#!/bin/sh\n")
+
+
+def test_gate_starts_no_other_program(tmp_path: Path) -> None:
+    """One execve (the script's own): the shell runs only built-ins, no fork, no Python."""
+    strace = shutil.which("strace")
+    if strace is None:
+        pytest.skip("strace is not installed")
+    path = tmp_path / "status.json"
+    state.write_atomically(str(path), doc(phase=state.CONFIRMED, updated_at=time.time(), pid=os.getpid()))
+    trace = tmp_path / "trace"
+    done = subprocess.run([strace, "-f", "-qq", "-e", "trace=execve,clone,clone3,fork,vfork", "-o", str(trace), GATE],
+                          env={"PATH": "/usr/bin:/bin", "KATALOG_STATUS_FILE": str(path)},
+                          capture_output=True, text=True, timeout=20)
+    if done.returncode != 0 and "ptrace" in done.stderr:
+        pytest.skip(f"strace cannot trace here: {done.stderr.strip()}")
+    assert done.returncode == 0, done.stdout + done.stderr
+    calls = [line.split(None, 1)[1] for line in trace.read_text().splitlines() if line.strip()]
+    assert len(calls) == 1 and calls[0].startswith(f'execve("{GATE}"'), calls
+
+
+def test_python_module_gives_the_same_answer(tmp_path: Path) -> None:
+    """`python -m readiness_gate`, for images without a shell, reads the same file."""
+    path = tmp_path / "status.json"
+    state.write_atomically(str(path), doc(phase=state.CONFIRMED, updated_at=time.time(), pid=os.getpid(),
+                                          message="web passing in the catalog"))
+    env = {"PATH": os.environ["PATH"], "KATALOG_STATUS_FILE": str(path)}
+    for command in ([GATE], [sys.executable, "-m", "readiness_gate"]):
+        done = subprocess.run(command, env=env, capture_output=True, text=True, timeout=20)
+        assert (done.returncode, done.stdout, done.stderr) == (0, "ok: web passing in the catalog\n", ""), command
+
+
+def test_python_gate_imports_only_the_standard_library(tmp_path: Path) -> None:
     path = tmp_path / "status.json"
     state.write_atomically(str(path), doc(phase=state.CONFIRMED, updated_at=time.time(), pid=os.getpid()))
     env = {"PATH": os.environ["PATH"], "KATALOG_STATUS_FILE": str(path)}
-    gate = _imports([GATE], env)
-    # What a bare interpreter loads here (site hooks of this environment included) is not ours.
+    gate = _imports([sys.executable, "-m", "readiness_gate"], env)
     bare = _imports([sys.executable, "-c", "pass"], env)
     assert "readiness_gate" in gate
-    ours = gate - bare - {"readiness_gate"}
+    ours = gate - bare - {"readiness_gate", "runpy"}
     foreign = {name for name in ours if name not in sys.stdlib_module_names}
-    assert foreign == set(), f"readiness-gate imports non-standard modules: {foreign}"
-    assert not {"sidecar", "requests", "consul", "click", "tenacity", "prometheus_client"} & gate
-
-
-def test_gate_loads_nothing_a_bare_interpreter_has_not(tmp_path: Path) -> None:
-    """In a clean environment (no site hooks of this machine, as in the slim image) the probe
-    adds only itself to what a bare interpreter loads: no json, re or typing."""
-    venv = tmp_path / "venv"
-    subprocess.run([sys.executable, "-m", "venv", "--without-pip", str(venv)], check=True, timeout=60)
-    python = str(venv / "bin" / "python")
-    path = tmp_path / "status.json"
-    state.write_atomically(str(path), doc(phase=state.CONFIRMED, updated_at=time.time(), pid=os.getpid()))
-    env = {"PATH": os.environ["PATH"], "KATALOG_STATUS_FILE": str(path),
-           "PYTHONPATH": str(Path(__file__).resolve().parent.parent)}
-    script = (Path(__file__).resolve().parent.parent / "bin" / "readiness-gate").read_text()
-    gate = _imports([python, "-c", script], env)
-    bare = _imports([python, "-c", "pass"], env)
-    assert gate - bare == {"readiness_gate"}
+    assert foreign == set(), f"readiness_gate imports non-standard modules: {foreign}"
+    assert not {"sidecar", "requests", "consul", "click", "tenacity", "prometheus_client", "json", "typing"} & gate - bare
