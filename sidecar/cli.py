@@ -213,3 +213,127 @@ def status(path: Path | None) -> None:
     ok, line = status_state.evaluate(current, time.time())
     click.echo(render(current, ok, line, time.time()))
     sys.exit(0 if ok else 1)
+
+
+# --- manifests: inject and lint (PyYAML is imported here only, never by `run` or the gate) ----
+
+EXIT_LINT_FINDINGS = 1
+EXIT_BAD_INPUT = 2
+DEFAULT_IMAGE = "ghcr.io/katalog-sidecar/katalog-sidecar"
+
+
+def _read_documents(paths: tuple[str, ...]) -> list[tuple[str, int, object]]:
+    """(source, document number, document) of every YAML document in the files ('-': stdin)."""
+    import yaml
+
+    found: list[tuple[str, int, object]] = []
+    for path in paths or ("-",):
+        name = "<stdin>" if path == "-" else path
+        try:
+            text = sys.stdin.read() if path == "-" else Path(path).read_text(encoding="utf-8")
+            docs = list(yaml.safe_load_all(text))
+        except OSError as exc:
+            raise click.ClickException(f"{name}: {exc.strerror or exc}") from exc
+        except yaml.YAMLError as exc:
+            raise click.ClickException(f"{name}: not valid YAML: {' '.join(str(exc).split())}") from exc
+        found += [(name, number, doc) for number, doc in enumerate(docs, 1) if doc is not None]
+    return found
+
+
+def _version() -> str:
+    from importlib.metadata import PackageNotFoundError, version
+
+    try:
+        return version("katalog-sidecar")
+    except PackageNotFoundError:
+        return "latest"
+
+
+@main.command()
+@click.argument("files", nargs=-1)
+@click.option("--services", default=None, help="KATALOG_SERVICES for every pod (`name:port,...`). "
+              "Default: the workload's katalog-sidecar.io/services annotation.")
+@click.option("--native", is_flag=True, help="A native sidecar (initContainers, restartPolicy: Always; Kubernetes 1.29+).")
+@click.option("--gate", type=click.Choice(["exec", "condition", "both"]), default="exec", show_default=True,
+              help="exec: readiness-gate as the sidecar's readinessProbe; condition: a readinessGates entry that "
+                   "the sidecar sets (needs patch on pods/status); both.")
+@click.option("--image", default=None, help=f"Sidecar image. Default: {DEFAULT_IMAGE}:<this version>.")
+@click.option("--token-secret", default=None, help="Secret (key `token`) with the Consul ACL token, mounted and "
+              "read through CONSUL_HTTP_TOKEN_FILE.")
+@click.option("--drain-timeout", default="20s", show_default=True, help="KATALOG_DRAIN_TIMEOUT; the grace period is raised to cover it.")
+def inject(files: tuple[str, ...], services: str | None, native: bool, gate: str, image: str | None,
+           token_secret: str | None, drain_timeout: str) -> None:
+    """Add the sidecar to the workloads in FILES (or stdin, `-`) and write them to stdout.
+
+    kubectl get deploy web -o yaml | katalog-sidecar inject --services web:http - | kubectl apply -f -
+    """
+    import yaml
+
+    from sidecar.durations import parse_duration
+    from sidecar.inject import InjectError, InjectOptions
+    from sidecar.inject import inject as run_inject
+
+    try:
+        drain = parse_duration(drain_timeout)
+    except ValueError as exc:
+        raise click.BadParameter(str(exc), param_hint="--drain-timeout") from exc
+    options = InjectOptions(image=image or f"{DEFAULT_IMAGE}:{_version()}", services=services, native=native,
+                            gate=gate, token_secret=token_secret, drain_timeout=drain)
+    documents = _read_documents(files)
+    try:
+        result = run_inject([doc for _, _, doc in documents], options)  # type: ignore[misc]
+    except InjectError as exc:
+        click.echo(f"inject: {exc}", err=True)
+        sys.exit(1)
+    click.echo(yaml.safe_dump_all(result.documents, sort_keys=False, default_flow_style=False), nl=False)
+    for name in result.injected:
+        click.echo(f"injected {name}", err=True)
+    for name in result.unchanged:
+        click.echo(f"unchanged {name}: it already has the sidecar", err=True)
+
+
+@main.command()
+@click.argument("files", nargs=-1)
+@click.option("--output", type=click.Choice(["text", "json"]), default="text", show_default=True)
+def lint(files: tuple[str, ...], output: str) -> None:
+    """Check manifests in FILES (or stdin, `-`) for known katalog-sidecar mistakes.
+
+    Exit 0: no errors (warnings may be printed); 1: at least one error; 2: unreadable input.
+    """
+    import json
+    from dataclasses import replace
+
+    from sidecar.lint import ERROR
+    from sidecar.lint import lint as run_lint
+
+    try:
+        documents = _read_documents(files)
+    except click.ClickException as exc:
+        click.echo(f"lint: {exc.message}", err=True)
+        sys.exit(EXIT_BAD_INPUT)
+    findings = []
+    # Linted together, so RBAC in one file counts for the workloads of another.
+    all_findings = run_lint([doc for _, _, doc in documents])  # type: ignore[misc]
+    for finding in all_findings:
+        source = next((f"{s}#{n}" for s, n, d in documents if _holds(d, finding.object)), "")
+        findings.append(replace(finding, source=source))
+    if output == "json":
+        click.echo(json.dumps([f.as_dict() for f in findings], indent=2))
+    else:
+        for f in findings:
+            click.echo(f"{f.source}: {f.rule} {f.name} ({f.severity}): {f.object} {f.path}: {f.message}")
+            click.echo("    fix: " + f.fix.replace("\n", "\n         "))
+        errors = sum(f.severity == ERROR for f in findings)
+        click.echo(f"{len(documents)} document(s), {errors} error(s), {len(findings) - errors} warning(s)", err=True)
+    sys.exit(EXIT_LINT_FINDINGS if any(f.severity == ERROR for f in findings) else 0)
+
+
+def _holds(doc: object, obj: str) -> bool:
+    """Whether a document is (or, as a List, contains) the object named `Kind/name`."""
+    if not isinstance(doc, dict):
+        return False
+    kind, _, name = obj.partition("/")
+    meta = doc["metadata"] if isinstance(doc.get("metadata"), dict) else {}
+    if doc.get("kind") == kind and str(meta.get("name")) == name:
+        return True
+    return any(_holds(item, obj) for item in doc.get("items") or []) if str(doc.get("kind", "")).endswith("List") else False

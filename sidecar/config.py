@@ -86,6 +86,8 @@ SETTINGS: tuple[Setting, ...] = (
     # Gate and status.
     Setting("KATALOG_STATUS_FILE", "/run/katalog/status.json", "Status file written by the sidecar and read by `readiness-gate` and `status`. Put it on an emptyDir."),
     Setting("KATALOG_GATE_MODE", "latch", "`latch`: once confirmed, the gate stays open through Consul outages. `continuous`: the gate closes whenever confirmation is lost."),
+    Setting("KATALOG_GATE", "exec", "`exec`: `readiness-gate` (the exec probe) reads the status file. `condition`: the sidecar also sets the pod condition `katalog-sidecar.io/consul-confirmed` on its own pod (PATCH `pods/status`; the pod lists it in `readinessGates`; needs `patch` on `pods/status`). The status file is written either way."),
+    Setting("KATALOG_EVENTS", "true", "Kubernetes Events on the pod: registered, confirmed, confirmation lost, draining, deregistered, and each fault. Needs `create`, `patch` on `events`; without them the sidecar logs that once and carries on."),
     Setting("KATALOG_HEARTBEAT_INTERVAL", "5s", "How often the status file is refreshed; the gate fails when it is older than three intervals, and never sooner than after 10s (a busy node must not flap the gate)."),
     Setting("KATALOG_CONFIRM_WAIT", "10s", "Wait of one blocking catalog query while confirming a change."),
     Setting("KATALOG_RECONFIRM_INTERVAL", "60s", "In `continuous` mode: how often the catalog is read again in steady state."),
@@ -109,6 +111,7 @@ RESERVED_META_KEYS = frozenset(
 KATALOG_SYNC_MARKER = "external-sync-source"
 
 GATE_MODES = ("latch", "continuous")
+GATES = ("exec", "condition")
 READINESS_SOURCES = ("kubernetes", "http", "tcp", "fixed")
 LOG_FORMATS = ("text", "json")
 LOG_LEVELS = ("debug", "info", "warning", "error")
@@ -201,6 +204,8 @@ class Config:
     kubernetes: KubernetesSettings
     status_file: Path
     gate_mode: str
+    gate: str  # "exec" or "condition" (also PATCH the pod condition)
+    events: bool
     heartbeat_interval: float
     confirm_wait: float
     reconfirm_interval: float
@@ -769,7 +774,10 @@ def load_config(environ: Mapping[str, str], annotations: Mapping[str, str] | Non
     if c.annotated and c.annotated.exclude:
         readiness = replace(readiness, exclude_containers=tuple(
             dict.fromkeys(readiness.exclude_containers + c.annotated.exclude)))
-    kubernetes = _parse_kubernetes(c, readiness.source)
+    gate = c.choice("KATALOG_GATE", GATES)
+    events = c.boolean("KATALOG_EVENTS")
+    # The condition is set through the API server: it needs one even without the pod watch.
+    kubernetes = _parse_kubernetes(c, "kubernetes" if gate == "condition" else readiness.source)
     if readiness.source != "kubernetes":
         for svc in services:
             if svc.port_name:
@@ -808,6 +816,8 @@ def load_config(environ: Mapping[str, str], annotations: Mapping[str, str] | Non
         kubernetes=kubernetes,
         status_file=Path(status_file),
         gate_mode=gate_mode,
+        gate=gate,
+        events=events,
         heartbeat_interval=heartbeat,
         confirm_wait=confirm_wait,
         reconfirm_interval=reconfirm_interval,

@@ -28,6 +28,7 @@ from sidecar.config import SETTING_NAMES, SETTINGS, Config, load_config, service
 from sidecar.errors import ConfigError
 from sidecar.kube_client import RBAC_HINT
 from sidecar.kube_source import KubernetesSource
+from sidecar.manifests import CONDITION_TYPE
 from sidecar.readiness import Observation
 
 ROOT = Path(__file__).resolve().parent.parent
@@ -243,9 +244,12 @@ def probe_problems(spec: Doc) -> list[str]:
     sidecar = find_sidecar(spec)
     probe = sidecar.get("readinessProbe") or {}
     command = (probe.get("exec") or {}).get("command")
-    if command != [gate]:
+    # Condition mode: the pod's readiness gate replaces the probe (a pod may have both).
+    condition = effective(sidecar, "KATALOG_GATE") == "condition" and {"conditionType": CONDITION_TYPE} in (
+        spec.get("readinessGates") or [])
+    if command != [gate] and not (condition and not probe):
         problems.append(f"the sidecar's readinessProbe must be exec {[gate]}, not {command}")
-    for key, (low, high) in PROBE_RANGES.items():
+    for key, (low, high) in PROBE_RANGES.items() if probe or not condition else ():
         value = probe.get(key)
         if not isinstance(value, int) or not low <= value <= high:
             problems.append(f"readinessProbe.{key}={value!r}: set it between {low} and {high}")
