@@ -10,6 +10,7 @@ import sys
 import threading
 import time
 import warnings
+from collections.abc import Mapping
 from pathlib import Path
 from types import FrameType
 
@@ -19,6 +20,7 @@ from readiness_gate import state as status_state
 from sidecar import logs
 from sidecar.config import LOG_FORMATS, Config, annotation_reference, load_config, reference_table, status_file_path
 from sidecar.errors import ConfigError
+from sidecar.observers import CONFIG_ERROR, SyncObserver
 
 log = logging.getLogger("katalog")
 
@@ -66,6 +68,9 @@ def _serve_config_error(error: ConfigError) -> int:
         log.error("config error: %s", problem)
     log.error("nothing registered: fix the %d problem(s) above; staying up to report them", len(error.problems))
     message = "; ".join(error.problems)
+    events = _config_error_events(os.environ)
+    if events is not None:
+        events.event(CONFIG_ERROR, message)
     stop = threading.Event()
     _on_terminate(lambda _name: stop.set())
     while not stop.is_set():
@@ -79,7 +84,40 @@ def _serve_config_error(error: ConfigError) -> int:
             log.error("cannot write the status file %s: %s", path, exc.strerror or exc)
             return EXIT_STATUS_UNWRITABLE
         stop.wait(5.0)
+    if events is not None:
+        events.close(2.0)
     return EXIT_CONFIG_ERROR
+
+
+
+def _config_error_events(environ: Mapping[str, str]) -> SyncObserver | None:
+    """Best effort: an Event for the config error, if the pod and the API can still be named."""
+    from sidecar.config import SETTINGS
+
+    defaults = {setting.env: setting.default for setting in SETTINGS}
+
+    def value(name: str) -> str:
+        return environ.get(name, defaults.get(name, "")).strip()
+
+    if value("KATALOG_EVENTS").lower() in ("0", "false", "no", "off"):
+        return None
+    pod, namespace = value("POD_NAME"), value("POD_NAMESPACE")
+    api = value("KATALOG_KUBE_API_URL")
+    if not api and value("KUBERNETES_SERVICE_HOST"):
+        host = value("KUBERNETES_SERVICE_HOST")
+        api = f"https://{f'[{host}]' if ':' in host else host}:{value('KUBERNETES_SERVICE_PORT') or '443'}"
+    if not (pod and namespace and api.startswith(("http://", "https://"))) or "/" in pod + namespace:
+        return None
+    from sidecar.durations import parse_duration
+    from sidecar.kube_client import KubeClient
+    from sidecar.pod_events import PodEventRecorder
+
+    try:
+        timeout = parse_duration(value("KATALOG_KUBE_TIMEOUT"))
+    except ValueError:
+        timeout = 10.0
+    client = KubeClient(api, Path(value("KATALOG_KUBE_TOKEN_FILE")), Path(value("KATALOG_KUBE_CA_FILE")), timeout)
+    return PodEventRecorder(client, namespace, pod, value("POD_UID") or None)
 
 
 def _without_charset_guessing() -> None:
@@ -136,8 +174,9 @@ def _run(config: Config) -> int:
     except OSError as exc:
         log.error("cannot write the status file %s: %s", config.status_file, exc.strerror or exc)
         return EXIT_STATUS_UNWRITABLE
+    observer = _observers(config)
     syncer = Syncer(config, agent, status, metrics=metrics, supervisor=supervisor,
-                    previous_ever_confirmed=previous_ever_confirmed)
+                    previous_ever_confirmed=previous_ever_confirmed, observer=observer)
     if config.metrics_addr is not None:
         metrics.serve(config.metrics_addr, syncer, workers=supervisor.statuses)
     source = make_source(config, metrics)
@@ -153,8 +192,39 @@ def _run(config: Config) -> int:
              agent.address, config.readiness.source, config.gate_mode)
     supervisor.start("readiness", lambda: source.run(stop_sources, sink), stop_sources)
     code = syncer.run(stop_sources)
+    observer.close(2.0)  # the last condition (Draining) and Events, briefly
     log.info("exiting with code %d", code)
     return code
+
+
+def _observers(config: Config) -> SyncObserver:
+    """The pod condition (KATALOG_GATE=condition) and Events (KATALOG_EVENTS), when there is an API."""
+    from sidecar import observers
+    from sidecar.kube_client import KubeClient
+
+    k = config.kubernetes
+    if not k.api_url or not (config.events or config.gate == "condition"):
+        if config.events and not k.api_url:
+            log.info("no Kubernetes API configured: no Events")
+        return observers.NullObserver()
+
+    def client() -> KubeClient:  # one per writer thread: a requests.Session is not shared
+        assert k.api_url is not None
+        return KubeClient(k.api_url, k.token_file, k.ca_file, k.timeout)
+
+    chosen: list[SyncObserver] = []
+    events = None
+    if config.events:
+        from sidecar.pod_events import PodEventRecorder
+
+        events = PodEventRecorder(client(), config.pod_namespace, config.pod_name, config.pod_uid)
+        chosen.append(events)
+    if config.gate == "condition":
+        from sidecar.pod_condition import PodConditionWriter
+
+        on_forbidden = (lambda message: events.event(observers.KUBERNETES_FORBIDDEN, message)) if events else None
+        chosen.append(PodConditionWriter(client(), config.pod_namespace, config.pod_name, on_forbidden=on_forbidden))
+    return observers.Observers(chosen)
 
 
 @main.command()

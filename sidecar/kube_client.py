@@ -28,6 +28,8 @@ TOKEN_MAX_AGE = 60.0  # the kubelet refreshes tokens well before they expire; a 
 _MAX_BODY = 300  # error messages are truncated so nothing sensitive reaches the logs
 _MAX_PARSED = 64 * 1024  # a Status is parsed whole (a real 403 is over 300 bytes), a page of junk is not
 RBAC_HINT = "grant get, list, watch on pods (see examples/rbac.yaml)"
+STRATEGIC_MERGE_PATCH = "application/strategic-merge-patch+json"
+MERGE_PATCH = "application/merge-patch+json"
 
 
 class WatchInactiveError(KubernetesError):
@@ -130,6 +132,52 @@ class KubeClient:
             responses = list(self._open)
         for response in responses:
             _shut_down(response)
+
+    # -- writes: the pod condition and Events (sidecar.pod_condition, sidecar.pod_events) ---
+
+    def patch_pod_status(self, namespace: str, name: str, patch: dict[str, Any]) -> dict[str, Any]:
+        """PATCH pods/<name>/status with a strategic merge patch (conditions merge by type)."""
+        url = f"{self._base}/api/v1/namespaces/{namespace}/pods/{name}/status"
+        return self._write("PATCH", url, patch, STRATEGIC_MERGE_PATCH, "patch", "pods/status", namespace)
+
+    def create_event(self, namespace: str, event: dict[str, Any]) -> dict[str, Any]:
+        return self._write("POST", f"{self._base}/api/v1/namespaces/{namespace}/events", event,
+                           "application/json", "create", "events", namespace)
+
+    def patch_event(self, namespace: str, name: str, patch: dict[str, Any]) -> dict[str, Any]:
+        return self._write("PATCH", f"{self._base}/api/v1/namespaces/{namespace}/events/{name}", patch,
+                           MERGE_PATCH, "patch", "events", namespace)
+
+    def _write(self, method: str, url: str, body: dict[str, Any], content_type: str, verb: str, resource: str,
+               namespace: str) -> dict[str, Any]:
+        data = json.dumps(body, separators=(",", ":")).encode()
+        response = self._send_write(method, url, data, content_type, refresh_token=False)
+        if response.status_code == 401:
+            response.close()
+            response = self._send_write(method, url, data, content_type, refresh_token=True)
+        if not 200 <= response.status_code < 300:
+            raise _write_error(response, verb, resource, namespace)
+        try:
+            answer = response.json()
+        except ValueError:
+            answer = None
+        finally:
+            response.close()
+        return answer if isinstance(answer, dict) else {}
+
+    def _send_write(self, method: str, url: str, data: bytes, content_type: str, *,
+                    refresh_token: bool) -> requests.Response:
+        if self._closed:
+            raise KubernetesError("the Kubernetes client was closed", reason="closed")
+        headers = {"Accept": "application/json", "Content-Type": content_type}
+        token = self._read_token(force=refresh_token)
+        if token:
+            headers["Authorization"] = f"Bearer {token}"
+        try:
+            return self._session.request(method, url, data=data, headers=headers, verify=self._verify,
+                                         timeout=(self._timeout, self._timeout), allow_redirects=False)
+        except requests.RequestException as exc:
+            raise _connection_error(exc, self._base, self._timeout) from exc
 
     # -- internals ----------------------------------------------------------------
 
@@ -272,6 +320,37 @@ def _http_error(response: requests.Response, verb: str, namespace: str) -> Kuber
             reason=reason or "Unauthorized",
         )
     return KubernetesError(f"{verb} pods failed: HTTP {code} {reason}: {message}".rstrip(": "), status=code, reason=reason)
+
+
+WRITE_RBAC_HINTS = {
+    "pods/status": "grant patch on pods/status (see examples/rbac-condition.yaml)",
+    "events": "grant create, patch on events (see examples/rbac-condition.yaml), or set KATALOG_EVENTS=false",
+}
+
+
+def _write_error(response: requests.Response, verb: str, resource: str, namespace: str) -> KubernetesError:
+    """A failed write as a KubernetesError; a 403 names the verb, the resource and the fix."""
+    code = response.status_code
+    text = response.text[:_MAX_BODY]
+    response.close()
+    reason, message = response.reason or "", text
+    try:
+        status = json.loads(text) if text.lstrip().startswith("{") else None
+    except ValueError:
+        status = None
+    if isinstance(status, dict) and status.get("kind") == "Status":
+        reason = str(status.get("reason") or reason)
+        message = str(status.get("message") or text)[:_MAX_BODY]
+    if code == 403:
+        return KubernetesError(
+            f"forbidden: the service account cannot {verb} {resource} in namespace {namespace}; "
+            f"{WRITE_RBAC_HINTS.get(resource, '')}" + (f" (API server: {message})" if message else ""),
+            status=code, reason=reason or "Forbidden")
+    if code == 401:
+        return KubernetesError("unauthorized: the API server rejected the service-account token (HTTP 401)",
+                               status=code, reason=reason or "Unauthorized")
+    return KubernetesError(f"{verb} {resource} failed: HTTP {code} {reason}: {message}".rstrip(": "),
+                           status=code, reason=reason)
 
 
 def _connection_error(exc: requests.RequestException, base: str, timeout: float) -> KubernetesError:

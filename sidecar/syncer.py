@@ -17,6 +17,7 @@ from dataclasses import dataclass, field, replace
 from typing import Any
 
 from readiness_gate import state as status_state
+from sidecar import observers as so
 from sidecar.adoption import all_passing, found_statuses, is_this_pod
 from sidecar.backoff import Backoff
 from sidecar.config import Config
@@ -82,7 +83,8 @@ class SyncState:
 class Syncer:
     def __init__(self, config: Config, agent: ConsulAgent, status: StatusWriter, *,
                  clock: Callable[[], float] = time.monotonic, metrics: Metrics | None = None,
-                 supervisor: Supervisor | None = None, previous_ever_confirmed: bool = False) -> None:
+                 supervisor: Supervisor | None = None, previous_ever_confirmed: bool = False,
+                 observer: so.SyncObserver | None = None) -> None:
         """`previous_ever_confirmed`: the previous process of this pod had confirmed (sidecar.adoption)."""
         self.config = config
         self.supervisor = supervisor or Supervisor()  # runs the watcher threads below
@@ -90,6 +92,8 @@ class Syncer:
         self.status = status
         self.clock = clock
         self.metrics = metrics
+        # Told about the gate's verdict and each transition (pod condition, Events); never blocks.
+        self.observer: so.SyncObserver = observer or so.NullObserver()
         self.state = SyncState()
         # SimpleQueue.put is reentrant, so a signal handler may post into it safely.
         self._events: queue.SimpleQueue[tuple[str, Any]] = queue.SimpleQueue()
@@ -213,6 +217,8 @@ class Syncer:
             if payload != s.source_problem:
                 if payload:
                     log.warning("readiness source: %s (keeping the last known status)", payload)
+                    if "forbidden" in payload:
+                        self.observer.event(so.KUBERNETES_FORBIDDEN, payload)
                 else:
                     log.info("readiness source recovered")
                 # News for the gate (a 401/403 names what to fix): write now, not at the next heartbeat.
@@ -232,6 +238,7 @@ class Syncer:
             if generation == s.generation:
                 if kind == "confirm-lost" and s.confirmed_generation == generation:
                     log.warning("lost confirmation: %s", message)
+                    self.observer.event(so.CONFIRMATION_LOST, message)
                     s.confirmed_generation = -1
                 s.confirm_message = message
         elif kind == "agent-lost":
@@ -394,6 +401,8 @@ class Syncer:
                 s.pushed[check_id] = check
             s.registered.add(inst.service_id)
             log.info("registered %s (%s:%d) with the agent", inst.service_id, inst.address, inst.port)
+            self.observer.event(so.REGISTERED, f"registered {inst.service_id} ({inst.address}:{inst.port}) "
+                                                f"with the Consul agent at {self.agent.address}")
             changed = True
         if changed:
             if len(s.registered) == len(s.instances):
@@ -466,6 +475,8 @@ class Syncer:
         if text != s.agent_problem:
             when = "when it answers again" if delay == AGENT_DOWN_RETRY else f"in {delay:.1f}s"
             log.error("%s; retrying %s", text, when)
+            if s.agent_problem_fatal:
+                self.observer.event(so.CONSUL_REFUSED, text)
         s.agent_problem = text
         self._retry_at = self.clock() + delay
 
@@ -517,6 +528,8 @@ class Syncer:
             self._phase_since = time.time()
             if phase != status_state.CONFIRMED:
                 log.info("%s: %s", phase, message)
+            elif self._phase != status_state.CONFIRMED:
+                self.observer.event(so.CONFIRMED, message)
         self._phase, self._last_logged = phase, message
         # Due again in one interval whether or not this write succeeds: never a spin on a full disk.
         self._next_heartbeat = self.clock() + self.config.heartbeat_interval
@@ -531,6 +544,7 @@ class Syncer:
         )
         if self.metrics is not None:
             self.metrics.phase(phase)
+        self._tell_gate(phase, message)
 
     def _write(self, **fields: Any) -> None:
         """A status write that cannot stop the sidecar or its drain.
@@ -552,6 +566,15 @@ class Syncer:
         if self._status_problem is not None:
             log.info("the status file %s is writable again", self.status.path)
             self._status_problem = None
+
+    def _tell_gate(self, phase: str, message: str) -> None:
+        """The observers get the verdict readiness-gate would give (the same evaluate())."""
+        now = time.time()
+        passes, line = status_state.evaluate(
+            {"phase": phase, "message": message, "gate_mode": self.config.gate_mode,
+             "ever_confirmed": self.state.ever_confirmed, "updated_at": now, "stale_after": float("inf")},
+            now, lambda _pid: True)
+        self.observer.gate(passes, phase, line)
 
     def _service_status(self, inst: Instance) -> dict[str, Any]:
         s = self.state
@@ -648,6 +671,7 @@ class Syncer:
         if not s.draining:
             s.draining, s.drain_reason = True, reason
             log.info("%s: draining %d instance(s) within %.0fs", reason, len(s.instances), budget)
+        self.observer.event(so.DRAINING, f"{s.drain_reason}: instances critical in Consul, then deregistered")
         self._confirmer.stop()
         for watcher in self._watchers:
             watcher.stop()
@@ -658,6 +682,7 @@ class Syncer:
             return EXIT_OK
         result = Drainer(self.agent, self.clock, deadline).run(s.instances)
         if result.complete:
+            self.observer.event(so.DEREGISTERED, f"drained and deregistered {', '.join(i.service_id for i in s.instances)}")
             self._final_status("drained and deregistered")
             return EXIT_OK
         # Say what is really left, and to whom: an instance the agent removed needs no reaper.
@@ -673,6 +698,8 @@ class Syncer:
                 "confirm the removal; the agent removes it from the catalog once it reaches the servers",
                 ", ".join(result.deregistered),
             )
+        self.observer.event(so.DRAIN_INCOMPLETE, "drain incomplete before the deadline: " + (
+            "left to the TTL and the agent's reaper" if result.left else "removal from the catalog not confirmed"))
         if result.left:
             self._final_status("drain incomplete: left to the TTL and the agent's reaper")
         else:
@@ -683,3 +710,4 @@ class Syncer:
         self._final_message = message
         self._write(phase=status_state.STOPPED, message=message, since=time.time(),
                     ever_confirmed=self.state.ever_confirmed, services=[], source_problem=None)
+        self._tell_gate(status_state.STOPPED, message)

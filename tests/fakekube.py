@@ -1,4 +1,4 @@
-"""A fake Kubernetes API server for tests: the pods API only, in memory, on loopback.
+"""A fake Kubernetes API server for tests: pods (list, watch, PATCH status) and Events, in memory, on loopback.
 
 It speaks the real wire format (PodList, `Status` errors, chunked watch streams with one
 JSON event per line, BOOKMARK and ERROR events) and enforces what the real server enforces
@@ -38,7 +38,10 @@ _REASONS = {
     403: "Forbidden",
     404: "NotFound",
     405: "MethodNotAllowed",
+    409: "AlreadyExists",
     410: "Expired",
+    415: "UnsupportedMediaType",
+    422: "Invalid",
     429: "TooManyRequests",
     500: "InternalError",
     503: "ServiceUnavailable",
@@ -238,6 +241,10 @@ class FakeKube:
         self._port = 0
         self._stopping = False
         self._end_at_once = False
+        self._events: dict[tuple[str, str], dict[str, Any]] = {}
+        # Events have their own versions here: the pods watch cache (bookmarks) never sees them move.
+        self._event_rv = 1_000_000
+        self._forbidden: set[tuple[str, str]] = set()
 
     # -- lifecycle ------------------------------------------------------------------------
 
@@ -351,6 +358,98 @@ class FakeKube:
                 self._record("MODIFIED", pod)
             del self._pods[(namespace, name)]
             self._record("DELETED", pod)
+
+    # -- writes: pods/status and Events --------------------------------------------------------
+
+    def forbid(self, verb: str, resource: str) -> None:
+        """RBAC without `verb` on `resource` ("patch", "pods/status"; "create", "events"): 403."""
+        with self._cond:
+            self._forbidden.add((verb, resource))
+
+    def allow(self, verb: str, resource: str) -> None:
+        with self._cond:
+            self._forbidden.discard((verb, resource))
+
+    def events(self, namespace: str, involved: str | None = None) -> list[dict[str, Any]]:
+        """Events of the namespace (for one involved object's name), oldest first."""
+        with self._cond:
+            found = [copy.deepcopy(e) for (ns, _), e in self._events.items()
+                     if ns == namespace and (involved is None or e.get("involvedObject", {}).get("name") == involved)]
+        return sorted(found, key=lambda e: int(e["metadata"]["resourceVersion"]))
+
+    def condition(self, namespace: str, name: str, condition_type: str) -> dict[str, Any] | None:
+        with self._cond:
+            for cond in self._pods[(namespace, name)]["status"].get("conditions", []):
+                if cond.get("type") == condition_type:
+                    return copy.deepcopy(cond)
+        return None
+
+    def _patch_pod_status(self, namespace: str, name: str, content_type: str, patch: Any) -> tuple[int, dict[str, Any]]:
+        with self._cond:
+            pod = self._pods.get((namespace, name))
+            if pod is None:
+                return 404, status_object(404, f'pods "{name}" not found')
+            if not isinstance(patch, dict):
+                return 400, status_object(400, "the patch is not a JSON object")
+            status_patch = patch.get("status") or {}
+            status = pod.setdefault("status", {})
+            for key, value in status_patch.items():
+                if key == "conditions" and content_type == STRATEGIC_MERGE:
+                    # patchMergeKey "type": each condition merges into the one of its type.
+                    conditions = status.setdefault("conditions", [])
+                    for cond in value or []:
+                        current = next((c for c in conditions if c.get("type") == cond.get("type")), None)
+                        if current is None:
+                            conditions.append(dict(cond))
+                        else:
+                            current.update(cond)
+                elif value is None:
+                    status.pop(key, None)
+                else:
+                    status[key] = copy.deepcopy(value)  # merge patch: lists replace
+            self._record("MODIFIED", pod)
+            return 200, dict(copy.deepcopy(pod), kind="Pod", apiVersion="v1")
+
+    def _create_event(self, namespace: str, event: Any) -> tuple[int, dict[str, Any]]:
+        if not isinstance(event, dict) or event.get("kind") not in (None, "Event"):
+            return 400, status_object(400, "the body is not an Event")
+        meta = event.setdefault("metadata", {})
+        name = meta.get("name")
+        involved = event.get("involvedObject") or {}
+        if not name:
+            return 422, status_object(422, 'Event "" is invalid: metadata.name: Required value: name or generateName is required')
+        if involved.get("namespace", namespace) != namespace:
+            return 422, status_object(422, f'Event "{name}" is invalid: involvedObject.namespace: Invalid value: '
+                                           f'"{involved.get("namespace")}": does not match event.namespace')
+        with self._cond:
+            if (namespace, name) in self._events:
+                return 409, status_object(409, f'events "{name}" already exists')
+            self._event_rv += 1
+            meta.update(namespace=namespace, uid=str(uuid.uuid4()), resourceVersion=str(self._event_rv),
+                        creationTimestamp=_now())
+            self._events[(namespace, name)] = copy.deepcopy(event)
+            self._cond.notify_all()
+            return 201, copy.deepcopy(event)
+
+    def _patch_event(self, namespace: str, name: str, patch: Any) -> tuple[int, dict[str, Any]]:
+        with self._cond:
+            event = self._events.get((namespace, name))
+            if event is None:
+                return 404, status_object(404, f'events "{name}" not found')
+            if not isinstance(patch, dict):
+                return 400, status_object(400, "the patch is not a JSON object")
+            for key, value in patch.items():
+                if key != "metadata":
+                    event[key] = value
+            self._event_rv += 1
+            event["metadata"]["resourceVersion"] = str(self._event_rv)
+            self._cond.notify_all()
+            return 200, copy.deepcopy(event)
+
+    def expire_event(self, namespace: str, name: str) -> None:
+        """The API server's event TTL ran out for this one."""
+        with self._cond:
+            self._events.pop((namespace, name), None)
 
     # -- watch faults -----------------------------------------------------------------------
 
@@ -576,6 +675,18 @@ class FakeKube:
         return None
 
 
+STRATEGIC_MERGE = "application/strategic-merge-patch+json"
+PATCH_TYPES = ("application/json-patch+json", "application/merge-patch+json", STRATEGIC_MERGE,
+               "application/apply-patch+yaml")
+
+
+def _forbidden_write(verb: str, resource: str, name: str, namespace: str, account: str = "default") -> str:
+    kind = resource.split("/")[0]
+    what = f'{kind} "{name}"' if name else kind
+    return (f'{what} is forbidden: User "system:serviceaccount:{namespace}:{account}" cannot {verb} '
+            f'resource "{resource}" in API group "" in the namespace "{namespace}"')
+
+
 def _forbidden(verb: str, namespace: str, account: str = "default", name: str | None = None) -> str:
     """The real authorizer's message (a named request names the pod)."""
     what = f'pods "{name}"' if name else "pods"
@@ -654,6 +765,8 @@ def _handler_for(fake: FakeKube) -> type[BaseHTTPRequestHandler]:
             self.record = RecordedRequest("GET", parts.path, query, time.monotonic())
             fake._log_request(self.record)
             segments = parts.path.strip("/").split("/")
+            if len(segments) == 5 and segments[:3] == ["api", "v1", "namespaces"] and segments[4] == "events":
+                return self._events_list(segments[3], query.get("fieldSelector", ""))
             if len(segments) != 5 or segments[:3] != ["api", "v1", "namespaces"] or segments[4] != "pods":
                 return self._status(404, "the server could not find the requested resource")
             namespace = segments[3]
@@ -674,6 +787,16 @@ def _handler_for(fake: FakeKube) -> type[BaseHTTPRequestHandler]:
             if verb == "list":
                 return self._json(200, fake._list_body(namespace, selector))
             self._watch(namespace, selector, query)
+
+        def _events_list(self, namespace: str, selector: str) -> None:
+            """As `kubectl get events --field-selector involvedObject.name=<pod>` reads them."""
+            wanted = dict(term.split("=", 1) for term in selector.split(",") if "=" in term)
+            unknown = set(wanted) - {"involvedObject.name"}
+            if unknown:
+                return self._status(400, f"field label not supported: {sorted(unknown)[0]}")
+            items = fake.events(namespace, wanted.get("involvedObject.name"))
+            self._json(200, {"kind": "EventList", "apiVersion": "v1",
+                             "metadata": {"resourceVersion": fake.resource_version}, "items": items})
 
         def _watch(self, namespace: str, selector: dict[str, str], query: dict[str, str]) -> None:
             try:
@@ -738,12 +861,63 @@ def _handler_for(fake: FakeKube) -> type[BaseHTTPRequestHandler]:
             self.end_headers()
             self.wfile.write(data)
 
+        def _write(self, method: str) -> None:
+            parts = urlsplit(self.path)
+            self.record = RecordedRequest(method, parts.path, dict(parse_qsl(parts.query)), time.monotonic())
+            fake._log_request(self.record)
+            length = int(self.headers.get("Content-Length") or 0)
+            raw = self.rfile.read(length) if length else b""
+            segments = parts.path.strip("/").split("/")
+            content_type = (self.headers.get("Content-Type") or "").split(";")[0].strip()
+            if segments[:3] != ["api", "v1", "namespaces"] or len(segments) < 5:
+                return self._status(404, "the server could not find the requested resource")
+            namespace, resource = segments[3], segments[4]
+            name = segments[5] if len(segments) > 5 else ""
+            sub = segments[6] if len(segments) > 6 else ""
+            if method == "POST" and resource == "events" and not name:
+                verb, target = "create", "events"
+            elif method == "PATCH" and resource == "events" and name and not sub:
+                verb, target = "patch", "events"
+            elif method == "PATCH" and resource == "pods" and name and sub == "status":
+                verb, target = "patch", "pods/status"
+            else:
+                self.close_connection = True
+                return self._status(405, f"the fake API server does not serve {method} {parts.path}")
+            with fake._cond:
+                token, forbidden = fake._token, (verb, target) in fake._forbidden
+            if self.headers.get("Authorization") != f"Bearer {token}":
+                return self._status(401, "Unauthorized")
+            if forbidden:
+                return self._status(403, _forbidden_write(verb, target, name, namespace, fake.service_account))
+            if method == "PATCH" and content_type not in PATCH_TYPES:
+                return self._status(415, "the body of the request was in an unknown format - accepted media types "
+                                         "include: " + ", ".join(PATCH_TYPES))
+            if method == "POST" and content_type != "application/json":
+                return self._status(415, f"the body of the request was in an unknown format: {content_type}")
+            try:
+                body = json.loads(raw or b"null")
+            except ValueError:
+                return self._status(400, "the body of the request is not valid JSON")
+            if target == "pods/status":
+                code, answer = fake._patch_pod_status(namespace, name, content_type, body)
+            elif verb == "create":
+                code, answer = fake._create_event(namespace, body)
+            else:
+                code, answer = fake._patch_event(namespace, name, body)
+            self._json(code, answer)
+
         def do_POST(self) -> None:  # noqa: N802
-            self.record = RecordedRequest("POST", self.path, {}, time.monotonic())
+            self._write("POST")
+
+        def do_PATCH(self) -> None:  # noqa: N802
+            self._write("PATCH")
+
+        def do_PUT(self) -> None:  # noqa: N802
+            self.record = RecordedRequest(self.command, self.path, {}, time.monotonic())
             fake._log_request(self.record)
             self.close_connection = True
-            self._status(405, "the fake API server only lists and watches pods")
+            self._status(405, "the fake API server does not serve this method")
 
-        do_PUT = do_PATCH = do_DELETE = do_POST  # noqa: N815
+        do_DELETE = do_PUT  # noqa: N815
 
     return Handler

@@ -94,6 +94,8 @@ def test_steady_state_makes_no_api_requests_but_the_open_watch(dev_agent, kube, 
     create(kube, app=True, worker=True)
     sidecar = run_sidecar(kube_env(tmp_path, dev_agent, kube))
     sidecar.wait_gate(passing=True)
+    # Its Events (Registered, Confirmed) are sent once, before the steady state.
+    wait_until(lambda: [e["reason"] for e in kube.events(NS, POD)] == ["Registered", "Confirmed"], what="events")
     before = len(kube.requests)
     index = dev_agent.catalog_index("web")
     logged = sidecar.logs()
@@ -101,8 +103,10 @@ def test_steady_state_makes_no_api_requests_but_the_open_watch(dev_agent, kube, 
     assert sidecar.logs() == logged  # nothing changed, so nothing is logged
     assert kube.requests[before:] == []
     assert kube.open_watches == 1
-    assert [r.is_watch for r in kube.requests] == [False, True]  # one list, one watch, nothing else
-    list_request, watch_request = kube.requests
+    reads = [r for r in kube.requests if r.method == "GET"]
+    assert [r.is_watch for r in reads] == [False, True]  # one list, one watch, nothing else
+    assert [r.method for r in kube.requests if r.method != "GET"] == ["POST", "POST"]  # the two Events
+    list_request, watch_request = reads
     assert list_request.query.get("fieldSelector") == f"metadata.name={POD}"
     assert watch_request.query.get("allowWatchBookmarks") == "true"
     assert dev_agent.catalog_index("web") == index  # a steady pod costs zero catalog writes
