@@ -1,0 +1,177 @@
+"""Exec gate vs pod condition: confirmation -> pod Ready, and a rolling update's duration.
+
+    python -m bench.gate_modes [--rollouts 3] [--replicas 3]
+
+Real `katalog-sidecar run` processes and a real Consul dev agent; the Kubernetes side is the
+fake API server (tests/fakekube.py) plus a kubelet timing stand-in in this file:
+
+- exec gate: the kubelet's prober runs the real `readiness-gate` when the container starts and
+  then every `periodSeconds` (2, as in the examples); the pod is Ready at the end of the first
+  run that exits 0;
+- condition: the pod is Ready when the API server holds the condition True (the sidecar's
+  PATCH of pods/status; a kubelet reacts to that update through its own pod watch, which this
+  stand-in does not add).
+
+"Confirmed" is the moment the sidecar's status file turns to phase `confirmed` (its `since`).
+A rolling update is the Deployment controller's maxSurge 1 / maxUnavailable 0 loop: create a new
+pod, wait until it is Ready, delete an old one (deletionTimestamp, then SIGTERM), repeat.
+Prints JSON. Everything it starts is stopped before it returns.
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import sys
+import tempfile
+import threading
+import time
+from collections.abc import Callable
+from pathlib import Path
+from typing import Any
+
+REPO = Path(__file__).resolve().parent.parent
+sys.path.insert(0, str(REPO))
+
+from bench.harness import GATE, ConsulAgent, FakeKube, PodSidecar, provide_consul  # noqa: E402
+from sidecar.manifests import CONDITION_TYPE  # noqa: E402
+
+PERIOD_S = 2.0
+NS = "prod"
+
+
+class Prober(threading.Thread):
+    """kubelet's readiness prober for one container: the gate now, then every period."""
+
+    def __init__(self, pod: PodSidecar, period: float) -> None:
+        super().__init__(daemon=True)
+        self.pod, self.period = pod, period
+        self.ready_at: float | None = None
+        self.runs = 0
+        self.stop_event = threading.Event()
+
+    def run(self) -> None:
+        import subprocess
+
+        while not self.stop_event.is_set():
+            started = time.monotonic()
+            done = subprocess.run([GATE], env=self.pod.env, capture_output=True, timeout=10)
+            self.runs += 1
+            if done.returncode == 0 and self.ready_at is None:
+                self.ready_at = time.time()
+            if self.stop_event.wait(max(0.0, self.period - (time.monotonic() - started))):
+                return
+
+
+def _confirmed_at(pod: PodSidecar) -> float | None:
+    try:
+        status = json.loads((pod.workdir / "status.json").read_text())
+    except (OSError, ValueError):
+        return None
+    return float(status["since"]) if status.get("phase") == "confirmed" else None
+
+
+def _wait(predicate: Callable[[], Any], timeout: float, what: str, interval: float = 0.005) -> Any:
+    deadline = time.monotonic() + timeout
+    while True:
+        value = predicate()
+        if value:
+            return value
+        if time.monotonic() > deadline:
+            raise TimeoutError(what)
+        time.sleep(interval)
+
+
+def _ready_at(kube: FakeKube, pod: PodSidecar, mode: str, prober: Prober | None) -> float:
+    if mode == "exec":
+        assert prober is not None
+        return float(_wait(lambda: prober.ready_at, 60, f"{pod.name}: gate never passed", 0.01))
+    return float(_wait(lambda: time.time() if (kube.condition(NS, pod.name, CONDITION_TYPE) or {}).get("status") == "True"
+                       else None, 60, f"{pod.name}: condition never True"))
+
+
+def rollout(agent: ConsulAgent, kube: FakeKube, workdir: Path, mode: str, replicas: int, round_: int) -> dict[str, Any]:
+    """One rolling update of `replicas` pods in `mode`; (confirmed -> Ready) of each new pod."""
+    env = {"KATALOG_HEARTBEAT_INTERVAL": "1s", "KATALOG_CONFIRM_WAIT": "2s", "KATALOG_EVENTS": "false"}
+    if mode == "condition":
+        env["KATALOG_GATE"] = "condition"
+    pods: list[PodSidecar] = []
+    probers: list[Prober] = []
+
+    def start(name: str, ip: str) -> tuple[PodSidecar, Prober | None]:
+        pod = PodSidecar(workdir, agent, kube, name, namespace=NS, pod_ip=ip, **env)
+        pod.create_pod(ready=True)
+        pod.start()
+        pods.append(pod)
+        prober = Prober(pod, PERIOD_S) if mode == "exec" else None
+        if prober is not None:
+            prober.start()
+            probers.append(prober)
+        return pod, prober
+
+    lags: list[float] = []
+    try:
+        old = [start(f"{mode}-{round_}-old-{i}", f"10.3.{round_}.{10 + i}") for i in range(replicas)]
+        for pod, prober in old:
+            _ready_at(kube, pod, mode, prober)
+        began = time.monotonic()
+        for i in range(replicas):
+            pod, prober = start(f"{mode}-{round_}-new-{i}", f"10.4.{round_}.{10 + i}")
+            ready = _ready_at(kube, pod, mode, prober)
+            confirmed = _wait(lambda pod=pod: _confirmed_at(pod), 10, f"{pod.name}: status file never confirmed")
+            lags.append((ready - confirmed) * 1000)
+            victim = old[i][0]
+            kube.set_deletion_timestamp(NS, victim.name, grace_seconds=30)
+            victim.terminate(timeout=30)
+            kube.delete_pod(NS, victim.name)
+        duration = time.monotonic() - began
+    finally:
+        for prober in probers:
+            prober.stop_event.set()
+        for pod in pods:
+            pod.kill()
+        for prober in probers:
+            prober.join(timeout=15)
+    return {"confirmed_to_ready_ms": lags, "duration_s": duration,
+            "probe_runs": sum(p.runs for p in probers)}
+
+
+def measure(rounds: int, replicas: int, log: Callable[[str], None] = print) -> dict[str, Any]:
+    from bench.run import summarize
+
+    results: dict[str, Any] = {"period_s": PERIOD_S, "replicas": replicas, "rounds": rounds}
+    with tempfile.TemporaryDirectory(prefix="katalog-gate-modes-") as tmp:
+        agent = ConsulAgent(provide_consul(), Path(tmp), "dev", "127.0.0.1", [], dev=True).start()
+        try:
+            with FakeKube(Path(tmp) / "token") as kube:
+                for mode in ("exec", "condition"):
+                    lags: list[float] = []
+                    durations: list[float] = []
+                    runs = 0
+                    for r in range(rounds):
+                        one = rollout(agent, kube, Path(tmp) / mode / str(r), mode, replicas, r)
+                        lags += one["confirmed_to_ready_ms"]
+                        durations.append(one["duration_s"])
+                        runs += one["probe_runs"]
+                        log(f"{mode} round {r}: rollout {one['duration_s']:.2f}s, confirmed->Ready "
+                            + ", ".join(f"{x:.0f}" for x in one["confirmed_to_ready_ms"]) + " ms")
+                    results[mode] = {"confirmed_to_ready_ms": summarize(lags), "rollout_s": summarize(durations),
+                                     "samples_ms": lags, "rollouts_s": durations, "probe_runs": runs}
+        finally:
+            agent.stop()
+    return results
+
+
+def main(argv: list[str] | None = None) -> int:
+    parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
+    parser.add_argument("--rounds", type=int, default=3, help="rolling updates per mode")
+    parser.add_argument("--replicas", type=int, default=3)
+    args = parser.parse_args(argv)
+    results = measure(args.rounds, args.replicas, log=lambda s: print(s, file=sys.stderr, flush=True))
+    print(json.dumps({k: ({kk: vv for kk, vv in v.items() if kk != "samples_ms"} if isinstance(v, dict) else v)
+                      for k, v in results.items()}, indent=1))
+    return 0
+
+
+if __name__ == "__main__":
+    raise SystemExit(main())
