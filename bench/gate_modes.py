@@ -162,12 +162,90 @@ def measure(rounds: int, replicas: int, log: Callable[[str], None] = print) -> d
     return results
 
 
+def measure_with_runner(rounds: int, replicas: int, log: Callable[[str], None] = print) -> dict[str, Any]:
+    """The same two figures through the real control plane and the pod runner (tests/): a plain
+    Deployment injected with `katalog-sidecar inject` (exec gate, or `--gate condition`), then
+    `kubectl rollout restart` timed to `kubectl rollout status`; confirmed -> Ready per new pod,
+    Ready as the runner (kubelet stand-in) reports it, sampled every 20 ms."""
+    import subprocess
+
+    import yaml
+    from katalog_cluster import KatalogCluster  # type: ignore[import-not-found]
+    from kube_control_plane import find_kube_binaries  # type: ignore[import-not-found]
+
+    from bench.harness import SIDECAR, provide_consul
+    from bench.run import summarize
+
+    binaries = find_kube_binaries()
+    if binaries is None:
+        raise SystemExit("no Kubernetes control-plane binaries (scripts/provide-kube.sh)")
+    sys.path.insert(0, str(REPO / "tests"))
+    from test_kube_real_native import PLAIN  # type: ignore[import-not-found]
+
+    results: dict[str, Any] = {"period_s": PERIOD_S, "replicas": replicas, "rounds": rounds, "runner": True}
+    for mode in ("exec", "condition"):
+        lags: list[float] = []
+        durations: list[float] = []
+        with tempfile.TemporaryDirectory(prefix="katalog-gate-modes-runner-") as tmp, \
+                KatalogCluster(binaries, provide_consul(), Path(tmp)) as cluster:
+            kubectl = cluster.control_plane.kubectl
+            cluster.apply_example("rbac-condition.yaml")
+            plain = json.loads(json.dumps(PLAIN))
+            plain["spec"]["replicas"] = replicas
+            kubectl("apply", "-f", "-", stdin=yaml.safe_dump(plain))
+            cluster.runner.wait_for_pods("default", replicas, ready=True, timeout=180)
+            live = kubectl("get", "deploy", "web", "-o", "yaml").stdout
+            flags = ["--gate", "condition"] if mode == "condition" else []
+            injected = subprocess.run([SIDECAR, "inject", "--services", "web:http", "--token-secret",
+                                       "katalog-consul-token", *flags, "-"], input=live, capture_output=True,
+                                      text=True, timeout=60, check=True).stdout
+            kubectl("apply", "-f", "-", stdin=injected)
+            kubectl("rollout", "status", "deploy/web", "--timeout=300s", timeout=320)
+            for r in range(rounds):
+                seen: dict[str, float] = {}
+                stop = threading.Event()
+
+                def sample(seen: dict[str, float] = seen, stop: threading.Event = stop) -> None:
+                    while not stop.is_set():
+                        for pod in cluster.runner.running("default"):
+                            if pod.name not in seen and not pod.terminating and pod.ready():
+                                seen[pod.name] = time.time()
+                        stop.wait(0.02)
+
+                before = {p.name for p in cluster.runner.running("default")}
+                sampler = threading.Thread(target=sample, daemon=True)
+                sampler.start()
+                began = time.monotonic()
+                kubectl("rollout", "restart", "deploy/web")
+                kubectl("rollout", "status", "deploy/web", "--timeout=300s", timeout=320)
+                durations.append(time.monotonic() - began)
+                stop.set()
+                sampler.join(5)
+                for pod in cluster.runner.running("default"):
+                    if pod.name in before or pod.name not in seen or pod.terminating:
+                        continue
+                    try:
+                        status = json.loads(Path(pod.env("katalog-sidecar")["KATALOG_STATUS_FILE"]).read_text())
+                    except (OSError, ValueError, KeyError):
+                        continue
+                    if status.get("phase") == "confirmed":
+                        lags.append((seen[pod.name] - float(status["since"])) * 1000)
+                log(f"runner, {mode} round {r}: rollout {durations[-1]:.2f}s; confirmed->Ready so far "
+                    + ", ".join(f"{x:.0f}" for x in lags) + " ms")
+        results[mode] = {"confirmed_to_ready_ms": summarize(lags), "rollout_s": summarize(durations),
+                         "samples_ms": lags, "rollouts_s": durations}
+    return results
+
+
 def main(argv: list[str] | None = None) -> int:
     parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
     parser.add_argument("--rounds", type=int, default=3, help="rolling updates per mode")
     parser.add_argument("--replicas", type=int, default=3)
+    parser.add_argument("--runner", action="store_true",
+                        help="through the real control plane and the pod runner (scripts/provide-kube.sh)")
     args = parser.parse_args(argv)
-    results = measure(args.rounds, args.replicas, log=lambda s: print(s, file=sys.stderr, flush=True))
+    log = lambda s: print(s, file=sys.stderr, flush=True)  # noqa: E731
+    results = (measure_with_runner if args.runner else measure)(args.rounds, args.replicas, log=log)
     print(json.dumps({k: ({kk: vv for kk, vv in v.items() if kk != "samples_ms"} if isinstance(v, dict) else v)
                       for k, v in results.items()}, indent=1))
     return 0
