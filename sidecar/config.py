@@ -682,17 +682,19 @@ def _parse_readiness(c: _Collector) -> ReadinessSettings:
     )
 
 
-def _parse_kubernetes(c: _Collector, source: str) -> KubernetesSettings:
+def _parse_kubernetes(c: _Collector, source: str, condition_gate: bool = False) -> KubernetesSettings:
     api_url = c.raw("KATALOG_KUBE_API_URL") or None
     if api_url:
         _check_url(c, "KATALOG_KUBE_API_URL", api_url)
-    elif source == "kubernetes":
+    elif source == "kubernetes" or condition_gate:
         host = c.environ.get("KUBERNETES_SERVICE_HOST", "").strip()
         port = c.environ.get("KUBERNETES_SERVICE_PORT", "443").strip()
         if not host:
             c.problems.append(
                 "KATALOG_KUBE_API_URL is not set and KUBERNETES_SERVICE_HOST is empty: not in a cluster? "
-                "Set KATALOG_KUBE_API_URL, or KATALOG_READINESS_SOURCE=http|tcp|fixed"
+                + ("KATALOG_GATE=condition sets the pod condition through the API: set KATALOG_KUBE_API_URL"
+                   if source != "kubernetes" else
+                   "Set KATALOG_KUBE_API_URL, or KATALOG_READINESS_SOURCE=http|tcp|fixed")
             )
         elif (why := host_problem(host)) is not None:
             c.bad("KUBERNETES_SERVICE_HOST", host, why)
@@ -777,7 +779,7 @@ def load_config(environ: Mapping[str, str], annotations: Mapping[str, str] | Non
     gate = c.choice("KATALOG_GATE", GATES)
     events = c.boolean("KATALOG_EVENTS")
     # The condition is set through the API server: it needs one even without the pod watch.
-    kubernetes = _parse_kubernetes(c, "kubernetes" if gate == "condition" else readiness.source)
+    kubernetes = _parse_kubernetes(c, readiness.source, condition_gate=gate == "condition")
     if readiness.source != "kubernetes":
         for svc in services:
             if svc.port_name:
