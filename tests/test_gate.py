@@ -13,7 +13,7 @@ import pytest
 from sidecar_process import GATE
 
 from readiness_gate import state
-from readiness_gate.probe import gate_path, verdict
+from readiness_gate.probe import gate_path, process_start, verdict
 
 NOW = 1_800_000_000.0
 ROOT = Path(__file__).resolve().parent.parent
@@ -183,3 +183,20 @@ def test_python_gate_imports_only_the_standard_library(tmp_path: Path) -> None:
     foreign = {name for name in ours if name not in sys.stdlib_module_names}
     assert foreign == set(), f"readiness_gate imports non-standard modules: {foreign}"
     assert not {"sidecar", "requests", "consul", "click", "tenacity", "prometheus_client", "json", "typing"} & gate - bare
+
+
+@pytest.mark.parametrize("gate", ["shell", "python"])
+@pytest.mark.parametrize(("start", "passes"), [("own", True), ("other", False)])
+def test_a_pid_reused_by_another_process_fails_the_gate(gate: str, start: str, passes: bool, tmp_path: Path) -> None:
+    """With `pid_start` in the status, the PID must still be the process that wrote it (a restarted
+    container's sidecar is PID 1 again): the start time in /proc/<pid>/stat is compared."""
+    own = process_start(os.getpid())
+    assert own.isdigit()
+    path = tmp_path / "status.json"
+    state.write_atomically(str(path), doc(phase=state.CONFIRMED, updated_at=time.time(), pid=os.getpid(),
+                                          pid_start=own if start == "own" else str(int(own) + 1), message="web ok"))
+    command = [GATE] if gate == "shell" else [sys.executable, "-m", "readiness_gate"]
+    done = subprocess.run(command, env={"PATH": os.environ["PATH"], "KATALOG_STATUS_FILE": str(path)},
+                          capture_output=True, text=True, timeout=20)
+    expected = "ok: web ok\n" if passes else f"sidecar process {os.getpid()} is not running (last said: web ok)\n"
+    assert (done.returncode == 0, done.stdout, done.stderr) == (passes, expected, "")
