@@ -888,7 +888,9 @@ def _handler_for(fake: FakeKube) -> type[BaseHTTPRequestHandler]:
             if self.headers.get("Authorization") != f"Bearer {token}":
                 return self._status(401, "Unauthorized")
             if forbidden:
-                return self._status(403, _forbidden_write(verb, target, name, namespace, fake.service_account))
+                kind = target.split("/")[0]
+                return self._status(403, _forbidden_write(verb, target, name, namespace, fake.service_account),
+                                    details={"name": name, "kind": kind} if name else {"kind": kind})
             if method == "PATCH" and content_type not in PATCH_TYPES:
                 return self._status(415, "the body of the request was in an unknown format - accepted media types "
                                          "include: " + ", ".join(PATCH_TYPES))
