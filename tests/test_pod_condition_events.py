@@ -285,3 +285,22 @@ def test_config_error_is_a_warning_event(dev_agent, kube, run_sidecar, tmp_path)
     assert event["message"] == "KATALOG_GATE_MODE='sometimes': expected one of latch, continuous"
     assert sidecar.terminate() == 2
 
+
+
+@pytest.mark.consul
+def test_consul_refusing_the_registration_is_a_warning_event(acl_agent, kube, run_sidecar, tmp_path) -> None:
+    """A token without service:write: one ConsulRefused Warning naming what to fix, not one per retry."""
+    from test_acl import acl_env, without_write
+
+    kube.create_pod(gated_pod(app_ready=True))
+    token = acl_agent.create_token(without_write(), "katalog-web-read-only")
+    env = acl_env(tmp_path, acl_agent, token, KATALOG_READINESS_SOURCE="kubernetes", KATALOG_KUBE_API_URL=kube.url,
+                  KATALOG_KUBE_TOKEN_FILE=str(kube.token_file), KATALOG_SERVICES="web:http")
+    env.pop("POD_UID")
+    sidecar = run_sidecar(env)
+    wait_until(lambda: ("Warning", "ConsulRefused", 1) in story(kube), what="a ConsulRefused Warning")
+    (refused,) = [e for e in kube.events(NS, POD) if e["reason"] == "ConsulRefused"]
+    assert "lacks permission 'service:write'" in refused["message"] and "CONSUL_HTTP_TOKEN" in refused["message"]
+    time.sleep(2.0)  # the sidecar retries a refusal after 60 s: nothing more in this window
+    assert [(t, r, n) for t, r, n in story(kube) if r == "ConsulRefused"] == [("Warning", "ConsulRefused", 1)]
+    assert sidecar.terminate() == 0  # nothing was registered, nothing to drain
