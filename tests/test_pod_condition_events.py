@@ -254,7 +254,9 @@ def test_condition_mode_and_events_tell_the_pods_story(dev_agent, kube, run_side
     assert all(kind == "Normal" for kind, _, _ in story(kube))
     assert sidecar.terminate() == 0
     patches = [r for r in kube.requests if r.method == "PATCH" and r.path.endswith("/status")]
-    assert 3 <= len(patches) <= 5, "one patch per change of the verdict"
+    # One patch per change of the gate's line (first observation, app not ready, waiting for the
+    # catalog, confirmed, draining, drained), however many heartbeats: never a patch per write.
+    assert 3 <= len(patches) <= 8, patches
 
 
 @pytest.mark.consul
