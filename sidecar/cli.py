@@ -13,6 +13,7 @@ import warnings
 from collections.abc import Mapping
 from pathlib import Path
 from types import FrameType
+from typing import TYPE_CHECKING
 
 import click
 
@@ -21,6 +22,9 @@ from sidecar import logs
 from sidecar.config import LOG_FORMATS, Config, annotation_reference, load_config, reference_table, status_file_path
 from sidecar.errors import ConfigError
 from sidecar.observers import CONFIG_ERROR, SyncObserver
+
+if TYPE_CHECKING:
+    from sidecar.supervision import Supervisor
 
 log = logging.getLogger("katalog")
 
@@ -174,7 +178,7 @@ def _run(config: Config) -> int:
     except OSError as exc:
         log.error("cannot write the status file %s: %s", config.status_file, exc.strerror or exc)
         return EXIT_STATUS_UNWRITABLE
-    observer = _observers(config)
+    observer = _observers(config, supervisor)
     syncer = Syncer(config, agent, status, metrics=metrics, supervisor=supervisor,
                     previous_ever_confirmed=previous_ever_confirmed, observer=observer)
     if config.metrics_addr is not None:
@@ -197,7 +201,7 @@ def _run(config: Config) -> int:
     return code
 
 
-def _observers(config: Config) -> SyncObserver:
+def _observers(config: Config, supervisor: Supervisor) -> SyncObserver:
     """The pod condition (KATALOG_GATE=condition) and Events (KATALOG_EVENTS), when there is an API."""
     from sidecar import observers
     from sidecar.kube_client import KubeClient
@@ -217,13 +221,15 @@ def _observers(config: Config) -> SyncObserver:
     if config.events:
         from sidecar.pod_events import PodEventRecorder
 
-        events = PodEventRecorder(client(), config.pod_namespace, config.pod_name, config.pod_uid)
+        events = PodEventRecorder(client(), config.pod_namespace, config.pod_name, config.pod_uid,
+                                  supervisor=supervisor)
         chosen.append(events)
     if config.gate == "condition":
         from sidecar.pod_condition import PodConditionWriter
 
         on_forbidden = (lambda message: events.event(observers.KUBERNETES_FORBIDDEN, message)) if events else None
-        chosen.append(PodConditionWriter(client(), config.pod_namespace, config.pod_name, on_forbidden=on_forbidden))
+        chosen.append(PodConditionWriter(client(), config.pod_namespace, config.pod_name, on_forbidden=on_forbidden,
+                                         supervisor=supervisor))
     return observers.Observers(chosen)
 
 

@@ -24,6 +24,7 @@ from readiness_gate import state as status_state
 from sidecar.backoff import Backoff
 from sidecar.errors import KubernetesError
 from sidecar.manifests import CONDITION_TYPE
+from sidecar.supervision import Supervisor
 
 log = logging.getLogger("katalog.condition")
 
@@ -61,7 +62,8 @@ class PodConditionWriter:
 
     def __init__(self, client: StatusPatcher, namespace: str, pod: str, *,
                  on_forbidden: Callable[[str], None] | None = None,
-                 backoff: Backoff | None = None, wall: Callable[[], float] = time.time) -> None:
+                 backoff: Backoff | None = None, wall: Callable[[], float] = time.time,
+                 supervisor: Supervisor | None = None) -> None:
         self._client = client
         self._namespace, self._pod = namespace, pod
         self._on_forbidden = on_forbidden
@@ -74,8 +76,8 @@ class PodConditionWriter:
         self._forbidden: str | None = None
         self.patches = 0  # successful PATCH requests, for tests and the benchmark
         self.failures = 0
-        self._thread = threading.Thread(target=self._run, name="pod-condition", daemon=True)
-        self._thread.start()
+        self._stopped = threading.Event()  # cuts a supervisor's restart backoff short at close()
+        self._thread = (supervisor or Supervisor()).start("pod-condition", self._run, self._stopped)
 
     # -- SyncObserver ----------------------------------------------------------------------
     def gate(self, passes: bool, phase: str, line: str) -> None:
@@ -94,6 +96,7 @@ class PodConditionWriter:
             self._closing = True
             self._cond.notify_all()
         self._thread.join(timeout)
+        self._stopped.set()
 
     # -- the worker ------------------------------------------------------------------------
     def _run(self) -> None:

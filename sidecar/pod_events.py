@@ -23,6 +23,7 @@ from typing import Any, Protocol
 from sidecar.backoff import Backoff
 from sidecar.errors import KubernetesError
 from sidecar.observers import NORMAL, REASON_TYPES
+from sidecar.supervision import Supervisor
 
 log = logging.getLogger("katalog.events")
 
@@ -112,7 +113,8 @@ class PodEventRecorder:
     """A SyncObserver that turns transitions into Events, from its own thread."""
 
     def __init__(self, client: EventWriter, namespace: str, pod: str, uid: str | None, *,
-                 wall: Callable[[], float] = time.time, backoff: Backoff | None = None) -> None:
+                 wall: Callable[[], float] = time.time, backoff: Backoff | None = None,
+                 supervisor: Supervisor | None = None) -> None:
         self._client = client
         self._aggregator = EventAggregator(namespace, pod, uid)
         self._namespace = namespace
@@ -121,8 +123,8 @@ class PodEventRecorder:
         self._queue: queue.Queue[tuple[str, str] | None] = queue.Queue(maxsize=100)
         self._disabled = threading.Event()
         self.sent = 0  # successful requests, for tests
-        self._thread = threading.Thread(target=self._run, name="pod-events", daemon=True)
-        self._thread.start()
+        self._stopped = threading.Event()  # cuts a supervisor's restart backoff short at close()
+        self._thread = (supervisor or Supervisor()).start("pod-events", self._run, self._stopped)
 
     def gate(self, passes: bool, phase: str, line: str) -> None:
         pass
@@ -137,10 +139,12 @@ class PodEventRecorder:
 
     def close(self, timeout: float) -> None:
         try:
-            self._queue.put((None), timeout=timeout)
+            self._queue.put(None, timeout=timeout)
         except queue.Full:
-            return
-        self._thread.join(timeout)
+            pass
+        else:
+            self._thread.join(timeout)
+        self._stopped.set()
 
     def _run(self) -> None:
         while True:
