@@ -1267,7 +1267,7 @@ def gate_only(samples: int) -> int:
     """Figure 6 alone, against a confirmed status file of this process (stands in for a sidecar)."""
     from types import SimpleNamespace
 
-    from readiness_gate import state
+    from readiness_gate import probe, state
 
     with tempfile.TemporaryDirectory(prefix="katalog-gate-bench-") as tmp:
         status = Path(tmp) / "status.json"
@@ -1277,8 +1277,8 @@ def gate_only(samples: int) -> int:
             while not stop.is_set():
                 state.write_atomically(str(status), {
                     "schema": state.SCHEMA, "phase": state.CONFIRMED, "message": "web passing in the catalog",
-                    "pid": os.getpid(), "updated_at": time.time(), "stale_after": 15.0, "gate_mode": "latch",
-                    "ever_confirmed": True})
+                    "pid": os.getpid(), "pid_start": probe.process_start(os.getpid()), "updated_at": time.time(),
+                    "stale_after": 15.0, "gate_mode": "latch", "ever_confirmed": True})
                 stop.wait(2.0)
 
         writer = threading.Thread(target=heartbeat, daemon=True)
