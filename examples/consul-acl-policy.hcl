@@ -14,12 +14,15 @@
 #                                        update with service:write alone (HTTP 200).
 #   PUT /v1/agent/service/deregister/:id service:write on the service name
 #   GET /v1/agent/service/:id            service:read (implied by service:write)
-#   GET /v1/health/service/:name         service:read on the name and node:read on the node the
-#                                        instance runs on. Without node:read the agent answers
-#                                        200 with an EMPTY list (and the header
-#                                        X-Consul-Results-Filtered-By-ACLs: true), never 403: the
-#                                        catalog can then never confirm, and the gate says that
-#                                        the catalog hides the service from the token.
+#   GET /v1/agent/checks                 service:read: the agent's node name, read from its own
+#                                        copy of the instance's checks
+#   GET /v1/catalog/node-services/:node  service:read on the name and node:read on the agent's
+#   GET /v1/health/node/:node            node (confirmation is scoped to this node). Without
+#                                        node:read the agent answers 200 with an EMPTY answer
+#                                        (and the header X-Consul-Results-Filtered-By-ACLs:
+#                                        true), never 403: the catalog can then never confirm,
+#                                        and the gate says that the catalog hides the service
+#                                        from the token.
 #
 # Nothing else: no agent:read or agent:write (the sidecar never reads /v1/agent/self), no
 # node:write, no key/value, no session, no ACL or operator rights.
@@ -39,8 +42,8 @@ service "web" {
 #   policy = "write"
 # }
 
-# Confirmation reads the instance back from the servers' health endpoint, which returns it only
-# if the token may read the node it runs on. A pod can be scheduled on any node, hence the empty
+# Confirmation reads the instance back from the servers' view of the agent's node, which they
+# return only if the token may read that node. A pod can be scheduled on any node, hence the empty
 # prefix; narrow it if your Consul node names share a prefix for the nodes this workload runs on.
 # Read access to nodes shows node names, addresses and node health, nothing writable.
 node_prefix "" {

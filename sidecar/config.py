@@ -66,7 +66,7 @@ SETTINGS: tuple[Setting, ...] = (
     Setting("KATALOG_SERVICE_<NAME>_TAGS", "", "Tags for one service, replacing `KATALOG_TAGS` (`<NAME>`: the service name upper-cased, `-` and `.` as `_`)."),
     Setting("KATALOG_SERVICE_<NAME>_META", "", "Meta for one service, merged over `KATALOG_META` key by key."),
     Setting("KATALOG_SERVICE_<NAME>_HEALTH", "", "Fixed health of one service: `passing`, `warning` or `critical`, whatever the app's readiness (e.g. a DNS-only service). Draining at termination still turns it critical."),
-    Setting("KATALOG_CLUSTER_NAME", "", "Cluster name, added to service IDs and meta; set it when several clusters share Consul agents."),
+    Setting("KATALOG_CLUSTER_NAME", "", "Cluster name, added to service IDs and meta. Set it whenever several Kubernetes clusters register into one Consul datacenter, not only when they share agents: without it, same-named pods of two clusters get the same service ID (each sidecar still confirms and drains only its own node's instance, but the ID is ambiguous to operators and tools, and clusters sharing an agent would overwrite each other)."),
     Setting("KATALOG_CHECK_TTL", "15s", "TTL of the liveness check: a dead or hung sidecar's instance turns critical this long after its last refresh. The readiness check gets ten times it. Each is refreshed every third of its TTL."),
     Setting("KATALOG_DEREGISTER_CRITICAL_AFTER", "1m", "`DeregisterCriticalServiceAfter` of the liveness check: how long after the sidecar stops the agent reaps the instance (Consul's minimum is 1m)."),
     # Readiness source.

@@ -17,6 +17,7 @@ from collections.abc import Callable, Mapping, Sequence
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any, cast
+from urllib.parse import quote
 
 import consul.std
 import requests
@@ -299,16 +300,6 @@ def _raise_for_status(reply: Reply, method: str, path: str, secrets: Sequence[st
     raise ConsulError(what, status=reply.status)
 
 
-def _is_health_entry(entry: object) -> bool:
-    """A /v1/health entry the comparisons can read: objects where objects belong (junk from a
-    proxy or a broken agent must be a ConsulError the caller retries, not a crashed thread)."""
-    if not isinstance(entry, dict):
-        return False
-    service, checks = entry.get("Service"), entry.get("Checks")
-    return (isinstance(service, (dict, type(None))) and isinstance(checks, (list, type(None)))
-            and all(isinstance(c, dict) and isinstance(c.get("CheckID"), str) for c in checks or ()))
-
-
 def blocking_timeout(request_timeout: float, wait: float) -> float:
     """A blocking query may legally take wait + wait/16 (Consul's jitter); add a margin."""
     return wait + max(wait / 16, 1.0) + request_timeout
@@ -316,6 +307,13 @@ def blocking_timeout(request_timeout: float, wait: float) -> float:
 
 def _wait_param(wait: float) -> str:
     return f"{max(int(wait * 1000), 1)}ms"
+
+
+@dataclass(frozen=True)
+class ServersRead:
+    index: int  # X-Consul-Index; 0 when missing or not a number
+    data: Any
+    filtered: bool  # X-Consul-Results-Filtered-By-ACLs: the token may not see everything
 
 
 @dataclass(frozen=True)
@@ -404,45 +402,108 @@ class ConsulAgent:
             raise ConsulError("GET /v1/agent/checks: the answer is not a map of checks")
         return {str(k): v for k, v in data.items() if isinstance(v, dict)}
 
-    def agent_service(self, service_id: str, content_hash: str = "", wait: float = 0.0) -> tuple[str, dict[str, Any] | None]:
-        """The agent's view of one instance; a hash-blocking query when `content_hash` is set."""
+    def agent_service(self, service_id: str, content_hash: str = "", wait: float = 0.0,
+                      timeout: float | None = None) -> tuple[str, dict[str, Any] | None]:
+        """The agent's view of one instance; a hash-blocking query when `content_hash` is set.
+
+        `timeout`, when set, caps the call's own timeout (a drain keeps its deadline).
+        """
         params: list[tuple[str, str]] = []
-        timeout = None
+        own = self._settings.timeout
         if content_hash and wait > 0:
             params = [("hash", content_hash), ("wait", _wait_param(wait))]
-            timeout = blocking_timeout(self._settings.timeout, wait)
+            own = blocking_timeout(self._settings.timeout, wait)
         try:
-            reply = self._call("GET", f"/v1/agent/service/{service_id}", params, timeout=timeout)
+            reply = self._call("GET", f"/v1/agent/service/{service_id}", params,
+                               timeout=own if timeout is None else min(own, timeout))
         except ConsulNotFound:
             return "", None
         return reply.headers.get("X-Consul-ContentHash", ""), reply.json()
 
-    def health_of_instance(self, service_name: str, service_id: str, index: int = 0,
-                           wait: float = 0.0, timeout: float | None = None) -> tuple[int, list[dict[str, Any]]]:
-        """The servers' view of one instance: catalog entry plus its checks (server-bound).
+    def node_of_service(self, service_id: str, timeout: float | None = None) -> str | None:
+        """This agent's node name, as its own copy of one of the instance's checks states it.
 
-        `timeout`, when set, caps the call's own timeout (a drain keeps its deadline).
+        Everything confirmation and removal look at is scoped to this node. /v1/agent/self
+        would need agent:read, which the least-privilege policy does not grant; a service
+        check names its node and needs only service:read. None when the agent lacks the instance.
         """
-        params = [("filter", f'Service.ID == "{service_id}"')]
+        data = self._call("GET", "/v1/agent/checks", [("filter", f'ServiceID == "{service_id}"')],
+                          timeout=timeout).json()
+        if not isinstance(data, dict):
+            raise ConsulError("GET /v1/agent/checks: the answer is not a map of checks")
+        for check in data.values():
+            node = check.get("Node") if isinstance(check, dict) else None
+            if isinstance(node, str) and node:
+                return node
+        return None
+
+    def read_servers(self, path: str, params: list[tuple[str, str]], index: int = 0,
+                     wait: float = 0.0, timeout: float | None = None) -> ServersRead:
+        """One server-bound read (/v1/health, /v1/catalog): blocking when index and wait are set.
+
+        The caller keeps the blocking-query hygiene (sidecar.blocking): this sends what it is
+        given. `timeout`, when set, caps the call's own timeout (a drain keeps its deadline).
+        """
+        params = list(params)
         own = self._settings.timeout
         if index > 0 and wait > 0:
             params += [("index", str(index)), ("wait", _wait_param(wait))]
             own = blocking_timeout(self._settings.timeout, wait)
-        if timeout is not None:
-            own = min(own, timeout)
-        timeout = own
-        reply = self._call("GET", f"/v1/health/service/{service_name}", params, timeout=timeout)
-        data = reply.json() or []
-        if not isinstance(data, list) or not all(_is_health_entry(e) for e in data):
-            raise ConsulError(f"GET /v1/health/service/{service_name}: the answer is not a list of instances")
-        entries = list(data)
-        if not entries and reply.headers.get(_FILTERED_HEADER, "").lower() == "true":
-            # Empty because of the token, not because the catalog lacks the instance: waiting
-            # cannot help, so say what the token needs instead of "not listed yet".
-            exc = ConsulForbidden(
-                f"the catalog hides {service_name} from this token ({_FILTERED_HEADER}): it needs "
-                f'service:read on "{service_name}" and node:read on this agent\'s node '
-                "(see examples/consul-acl-policy.hcl)")
-            self._failed(exc)
-            raise exc
-        return reply.index, entries
+        reply = self._call("GET", path, params, timeout=own if timeout is None else min(own, timeout))
+        return ServersRead(reply.index, reply.json(), reply.headers.get(_FILTERED_HEADER, "").lower() == "true")
+
+    def node_instance(self, node: str, service_name: str, service_id: str, index: int = 0,
+                      wait: float = 0.0, timeout: float | None = None) -> tuple[int, list[dict[str, Any]]]:
+        """The servers' catalog entries with this ID on this node (address, port, meta).
+
+        Node-scoped: a blocking read wakes only for service changes on this node (not for a
+        check status change: that is what node_checks is for).
+        """
+        path = f"/v1/catalog/node-services/{quote(node, safe='')}"
+        try:
+            read = self.read_servers(path, [("filter", f'ID == "{service_id}"')], index, wait, timeout)
+        except ConsulNotFound:
+            return 0, []  # the servers do not know the node (yet): nothing listed there
+        data = read.data
+        if data is None:
+            data = {}
+        if not isinstance(data, dict):
+            raise ConsulError(f"GET {path}: the answer is not a node's services")
+        services = data.get("Services") or []
+        if not isinstance(services, list):
+            raise ConsulError(f"GET {path}: the answer's Services is not a list")
+        # Junk entries (not objects, an ID that is not a string) are skipped: they must not
+        # crash the confirmer, and cannot confirm anything.
+        entries = [e for e in services if isinstance(e, dict) and isinstance(e.get("ID"), str)]
+        self._hidden_if_filtered(not entries and read.filtered, service_name)
+        return read.index, entries
+
+    def node_checks(self, node: str, service_name: str, service_id: str, index: int = 0,
+                    wait: float = 0.0, timeout: float | None = None) -> tuple[int, list[dict[str, Any]]]:
+        """The servers' view of this instance's checks on this node.
+
+        Node-scoped: a blocking read wakes only for check changes on this node, where a
+        /v1/health/service/<name> read would wake for every instance of the service.
+        """
+        path = f"/v1/health/node/{quote(node, safe='')}"
+        read = self.read_servers(path, [("filter", f'ServiceID == "{service_id}"')], index, wait, timeout)
+        data = read.data
+        if data is None:
+            data = []
+        if not isinstance(data, list):
+            raise ConsulError(f"GET {path}: the answer is not a list of checks")
+        checks = [c for c in data if isinstance(c, dict) and isinstance(c.get("CheckID"), str)]
+        self._hidden_if_filtered(not checks and read.filtered, service_name)
+        return read.index, checks
+
+    def _hidden_if_filtered(self, hidden: bool, service_name: str) -> None:
+        if not hidden:
+            return
+        # Empty because of the token, not because the catalog lacks the instance: waiting
+        # cannot help, so say what the token needs instead of "not listed yet".
+        exc = ConsulForbidden(
+            f"the catalog hides {service_name} from this token ({_FILTERED_HEADER}): it needs "
+            f'service:read on "{service_name}" and node:read on this agent\'s node '
+            "(see examples/consul-acl-policy.hcl)")
+        self._failed(exc)
+        raise exc

@@ -15,15 +15,17 @@ per instance (`DrainResult`).
 from __future__ import annotations
 
 import logging
+import time
 from collections.abc import Callable
 from dataclasses import dataclass, field
 from typing import Any
 
 import tenacity
 
+from sidecar.catalog_view import CatalogReads, InstanceWatch, foreign_pod_uid
 from sidecar.consul_api import ConsulAgent
 from sidecar.errors import ConsulError, ConsulNotFound
-from sidecar.registration import CRITICAL, TERMINATING, Instance, compare_with_catalog
+from sidecar.registration import CRITICAL, TERMINATING, Instance
 
 log = logging.getLogger("katalog.drain")
 
@@ -58,10 +60,12 @@ class DrainResult:
 
 
 class Drainer:
-    def __init__(self, agent: ConsulAgent, clock: Callable[[], float], deadline: float) -> None:
+    def __init__(self, agent: ConsulAgent, clock: Callable[[], float], deadline: float,
+                 reads: CatalogReads | None = None) -> None:
         self._agent = agent
         self._clock = clock
         self._deadline = deadline
+        self._ownership = _Ownership(agent, reads if reads is not None else agent)
 
     def _until(self, deadline: float, step: Callable[[float], Any], what: str) -> bool:
         """Run `step(timeout)` until it succeeds or `deadline` comes, retrying transient faults.
@@ -97,21 +101,17 @@ class Drainer:
         return done
 
     def _wait_for(self, inst: Instance, removed: bool, deadline: float) -> Callable[[float], None]:
-        state = {"index": 0}
+        # This pod's instance on this agent's node only (sidecar.catalog_view): another node's
+        # entry with the same ID, or a same-node successor's, is not ours to wait for.
+        watch = self._ownership.watch(inst)
+        critical = {inst.readiness_check_id: CRITICAL, inst.liveness_check_id: CRITICAL}
 
         def step(timeout: float) -> None:
+            time.sleep(max(0.0, min(watch.delay(), deadline - self._clock())))  # blocking-query hygiene
             # The read's wait comes from this step's own deadline, and its timeout is clipped to it.
             wait = max(0.0, min(MAX_DRAIN_WAIT, deadline - self._clock() - WAIT_MARGIN))
-            index, entries = self._agent.health_of_instance(inst.name, inst.service_id, state["index"], wait,
-                                                            timeout=timeout)
-            state["index"] = index
-            if removed:
-                if entries:
-                    raise _NotYet(f"catalog still lists {inst.service_id}")
-                return
-            checks = {inst.readiness_check_id: CRITICAL, inst.liveness_check_id: CRITICAL}
-            mismatch = compare_with_catalog(inst, entries, checks)
-            if mismatch is not None and entries:
+            mismatch = watch.removed(wait, timeout) if removed else watch.drained(critical, wait, timeout)
+            if mismatch is not None:
                 raise _NotYet(mismatch)
 
         return step
@@ -138,8 +138,8 @@ class Drainer:
             ok = True
             for n, check_id in enumerate((inst.readiness_check_id, inst.liveness_check_id)):
                 until = self._clock() + (deadline - self._clock()) / (2 - n)
-                ok &= self._until(until, self._write(self._agent.update_ttl_check, check_id, CRITICAL, TERMINATING),
-                                  f"{inst.service_id}: turning {check_id} critical")
+                write = self._write(self._agent.update_ttl_check, check_id, CRITICAL, TERMINATING)
+                ok &= self._until(until, self._ownership.guard(inst, write), f"{inst.service_id}: turning {check_id} critical")
             return ok
 
         def confirm_critical(inst: Instance, deadline: float) -> bool:
@@ -150,7 +150,8 @@ class Drainer:
             return False
 
         def deregister(inst: Instance, deadline: float) -> bool:
-            return self._until(deadline, self._write(self._agent.deregister_service, inst.service_id),
+            return self._until(deadline, self._ownership.guard(inst, self._write(self._agent.deregister_service,
+                                                                                  inst.service_id)),
                                f"{inst.service_id}: deregistering")
 
         def confirm_removed(inst: Instance, deadline: float) -> bool:
@@ -180,3 +181,40 @@ class Drainer:
             else:
                 result.left.append(sid)
         return result
+
+
+class _Ownership:
+    """What counts during a drain: this pod's instance on this agent's node, nothing else.
+
+    Writes are skipped when the agent's instance with our ID now belongs to another pod (a
+    same-node successor of a force-deleted pod): its checks are not ours to turn critical and
+    it is not ours to deregister. Catalog waits read this node only, through one watch per
+    instance, so the node learned before deregistering still scopes the wait for removal.
+    """
+
+    def __init__(self, agent: ConsulAgent, reads: CatalogReads) -> None:
+        self._agent = agent
+        self._reads = reads
+        self._watches: dict[str, InstanceWatch] = {}
+        self._foreign: set[str] = set()
+
+    def watch(self, inst: Instance) -> InstanceWatch:
+        if inst.service_id not in self._watches:
+            self._watches[inst.service_id] = InstanceWatch(self._reads, inst)
+        return self._watches[inst.service_id]
+
+    def guard(self, inst: Instance, write: Callable[[float], None]) -> Callable[[float], None]:
+        def step(timeout: float) -> None:
+            # Learn the node while the agent still holds the instance: after deregistration
+            # it cannot say, and the wait for removal must still read this node only.
+            self.watch(inst).learn_node(timeout)
+            other = foreign_pod_uid(self._agent, inst, timeout)
+            if other is not None:
+                if inst.service_id not in self._foreign:
+                    self._foreign.add(inst.service_id)
+                    log.warning("%s now belongs to pod UID %s on this agent, not to this pod (%s): "
+                                "leaving it alone", inst.service_id, other, inst.pod_uid)
+                return
+            write(timeout)
+
+        return step

@@ -26,6 +26,7 @@ LIVENESS_RUNNING = "katalog-sidecar is running"
 # A longer readiness TTL halves the refresh requests a steady sidecar makes.
 READINESS_TTL_FACTOR = 10
 TERMINATING = "pod is terminating"
+POD_UID_META = "k8s-pod-uid"
 
 
 @dataclass(frozen=True)
@@ -39,6 +40,10 @@ class Instance:
     tags: tuple[str, ...]
     meta: tuple[tuple[str, str], ...]
     fixed_health: str | None = None  # the readiness check's status whatever the app's readiness
+
+    @property
+    def pod_uid(self) -> str | None:
+        return dict(self.meta).get(POD_UID_META) or None
 
     @property
     def readiness_check_id(self) -> str:
@@ -83,7 +88,7 @@ def tool_meta(config: Config, pod_uid: str | None) -> dict[str, str]:
     }
     uid = pod_uid or config.pod_uid
     if uid:
-        meta["k8s-pod-uid"] = uid
+        meta[POD_UID_META] = uid
     if config.cluster_name:
         meta["k8s-cluster"] = config.cluster_name
     return meta
@@ -182,31 +187,59 @@ def confirmed_summary(instances: Sequence[Instance], statuses: Mapping[str, str]
     return ", ".join(f"{name} {status}" for name, status in shown) + " in the catalog"
 
 
-def compare_with_catalog(instance: Instance, entries: Sequence[Mapping[str, Any]],
-                         checks: Mapping[str, str]) -> str | None:
-    """None when the servers' view matches; otherwise what is still different, in plain words.
+def entry_pod_uid(entry: Mapping[str, Any]) -> str | None:
+    """The pod UID a catalog entry was registered for (meta `k8s-pod-uid`), if it says."""
+    meta = entry.get("Meta")
+    uid = meta.get(POD_UID_META) if isinstance(meta, Mapping) else None
+    return uid if isinstance(uid, str) and uid else None
 
-    `entries` is the answer of /v1/health/service/<name> filtered to this instance's ID;
-    `checks` maps check ID to the status last pushed. Output is not compared: Consul may
-    defer output-only changes by minutes, but never a status change.
+
+def same_pod(instance: Instance, entry: Mapping[str, Any]) -> bool:
+    """Is this entry this pod's incarnation? An ID names a pod; the UID names its incarnation.
+
+    When either side does not know its UID (POD_UID unset with a non-Kubernetes readiness
+    source, or an entry from an older sidecar) the node and the ID are all there is to go by.
     """
-    if not entries:
-        return f"agent accepted {instance.name} but the catalog does not list {instance.service_id} yet"
-    service = entries[0].get("Service") or {}
-    address, port = service.get("Address"), service.get("Port")
-    if address != instance.address or port != instance.port:
-        return (
-            f"catalog lists {instance.service_id} at {address}:{port}, "
-            f"expected {instance.address}:{instance.port}"
-        )
+    ours, theirs = instance.pod_uid, entry_pod_uid(entry)
+    return ours is None or theirs is None or ours == theirs
+
+
+def compare_service(instance: Instance, node: str, services: Sequence[Mapping[str, Any]]) -> str | None:
+    """None when this node's catalog lists this pod's instance at its address and port.
+
+    `services` are the catalog's service entries on this agent's node; every one is examined.
+    Another node's entry for the same ID (a StatefulSet pod's previous incarnation, another
+    cluster's pod of the same name) is never among them, so it can never block the gate.
+    """
+    listed = [e for e in services if e.get("ID") == instance.service_id]
+    if not listed:
+        return f"agent accepted {instance.name} but the catalog does not list {instance.service_id} on node {node} yet"
+    ours = [e for e in listed if same_pod(instance, e)]
+    if not ours:
+        return (f"catalog lists {instance.service_id} on node {node} for pod UID {entry_pod_uid(listed[0])}, "
+                f"not this pod ({instance.pod_uid}): waiting for this pod's registration")
+    at = [e for e in ours if e.get("Address") == instance.address and e.get("Port") == instance.port]
+    if not at:
+        address, port = ours[0].get("Address"), ours[0].get("Port")
+        return f"catalog lists {instance.service_id} at {address}:{port}, expected {instance.address}:{instance.port}"
     # A re-registration with new tags or meta (an annotation edit) is confirmed only once the
     # servers have it too.
-    if list(service.get("Tags") or []) != list(instance.tags):
-        return f"catalog lists {instance.service_id} with tags {service.get('Tags') or []}, expected {list(instance.tags)}"
-    if dict(service.get("Meta") or {}) != dict(instance.meta):
+    entry = at[0]
+    if list(entry.get("Tags") or []) != list(instance.tags):
+        return f"catalog lists {instance.service_id} with tags {entry.get('Tags') or []}, expected {list(instance.tags)}"
+    if dict(entry.get("Meta") or {}) != dict(instance.meta):
         return f"catalog lists {instance.service_id} with other meta than registered"
-    seen = {c.get("CheckID"): c.get("Status") for c in entries[0].get("Checks") or []}
-    for check_id, status in sorted(checks.items()):
+    return None
+
+
+def compare_checks(instance: Instance, checks: Sequence[Mapping[str, Any]], wanted: Mapping[str, str]) -> str | None:
+    """None when this node's checks of the instance have the statuses last pushed.
+
+    `wanted` maps check ID to status. Output is not compared: Consul may defer output-only
+    changes by minutes, but never a status change.
+    """
+    seen = {c.get("CheckID"): c.get("Status") for c in checks if c.get("ServiceID") in (None, instance.service_id)}
+    for check_id, status in sorted(wanted.items()):
         if seen.get(check_id) != status:
             shown = seen.get(check_id) or "missing"
             return f"catalog shows check {check_id} {shown}, pushed {status}"

@@ -3,8 +3,8 @@
 - AgentWatcher: one hash-blocking query on the *local agent's* view of an instance. It is the
   only long-poll a steady sidecar keeps open, costs the servers nothing, and notices within
   two seconds that the agent lost the instance or came back after a restart.
-- Confirmer: blocking queries on the servers' view (health endpoint), held only while a change
-  waits for confirmation; idle (no open query) once the catalog matches.
+- Confirmer: blocking queries on the servers' view of this agent's node (catalog_view), held
+  only while a change waits for confirmation; idle (no open query) once the catalog matches.
 """
 
 from __future__ import annotations
@@ -17,9 +17,10 @@ from dataclasses import dataclass
 from typing import Any
 
 from sidecar.backoff import Backoff
+from sidecar.catalog_view import CatalogReads, InstanceWatch
 from sidecar.consul_api import ConsulAgent
 from sidecar.errors import ConsulError
-from sidecar.registration import Instance, compare_with_catalog
+from sidecar.registration import Instance
 from sidecar.supervision import Supervisor
 
 log = logging.getLogger("katalog.watch")
@@ -106,10 +107,12 @@ class Expectation:
 
 
 class Confirmer:
-    def __init__(self, agent: ConsulAgent, wait: float, post: Post, *, supervisor: Supervisor | None = None) -> None:
+    def __init__(self, agent: ConsulAgent, wait: float, post: Post, reads: CatalogReads | None = None, *,
+                 supervisor: Supervisor | None = None) -> None:
+        """`reads` defaults to the agent's node-scoped reads (the benchmark swaps in others)."""
         self._supervisor = supervisor or Supervisor()
         self._stop_event = threading.Event()  # ends a restart backoff of the supervisor
-        self._agent = agent
+        self._reads: CatalogReads = reads if reads is not None else agent
         self._wait = wait
         self._post = post
         self._cond = threading.Condition()
@@ -156,20 +159,22 @@ class Confirmer:
         """Blocks until the servers match `target`, or `target` is replaced (then False)."""
         last_message = ""
         for inst in target.instances:
-            index = 0
+            watch = InstanceWatch(self._reads, inst)
             while self._is_current(target):
+                self._sleep_unless_replaced(target, watch.delay())
+                if not self._is_current(target):
+                    continue  # replaced while waiting: the loop ends, and so does this target
                 try:
-                    index, entries = self._agent.health_of_instance(inst.name, inst.service_id, index, self._wait)
+                    mismatch = _mismatch(watch, target, self._wait)
                 except ConsulError as exc:
                     message = f"agent accepted {inst.name} but the catalog cannot be read: {exc}"
                     if message != last_message:
                         self._post(self._pending_kind(target, last_message), (target.generation, message))
                         last_message = message
-                    index = 0
+                    watch.reset()
                     self._sleep_unless_replaced(target, self._backoff.next_delay())
                     continue
                 self._backoff.reset()
-                mismatch = _mismatch(inst, entries, target)
                 if mismatch is None:
                     break
                 if mismatch != last_message:
@@ -184,12 +189,14 @@ class Confirmer:
         return "confirm-lost" if target.recheck and not last_message else "confirm-pending"
 
     def _sleep_unless_replaced(self, target: Expectation, delay: float) -> None:
+        if delay <= 0:
+            return
         with self._cond:
             if self._target is target and not self._stopped:
                 self._cond.wait(delay)
 
 
-def _mismatch(inst: Instance, entries: list[dict[str, Any]], target: Expectation) -> str | None:
+def _mismatch(watch: InstanceWatch, target: Expectation, wait: float) -> str | None:
     if target.removed:
-        return None if not entries else f"catalog still lists {inst.service_id}"
-    return compare_with_catalog(inst, entries, target.checks[inst.service_id])
+        return watch.removed(wait)
+    return watch.confirmed(target.checks[watch.instance.service_id], wait)

@@ -12,7 +12,7 @@ import pytest
 
 sys.path.insert(0, str(Path(__file__).resolve().parent))
 
-from consul_agents import AclDevAgent, ConsulAgent, ServerAndClient, find_consul  # noqa: E402
+from consul_agents import AclDevAgent, ConsulAgent, ServerAndClient, ServerAndClients, find_consul  # noqa: E402
 from sidecar_process import Sidecar  # noqa: E402
 
 
@@ -43,6 +43,16 @@ def server_client(consul_bin: str, tmp_path: Path) -> Iterator[ServerAndClient]:
         yield pair.start()
     finally:
         pair.stop()
+
+
+@pytest.fixture
+def two_nodes(consul_bin: str, tmp_path: Path) -> Iterator[ServerAndClients]:
+    """A server and two client agents, nodes `node-a` and `node-b`."""
+    agents = ServerAndClients(consul_bin, tmp_path)
+    try:
+        yield agents.start()
+    finally:
+        agents.stop()
 
 
 @pytest.fixture

@@ -187,6 +187,46 @@ class ServerAndClient:
         self.server.stop()
 
 
+class ServerAndClients:
+    """A server and several client agents with distinct node names, each on its own loopback
+    address: pods on different nodes, as identity (and the scale benchmark) needs them.
+
+    `client_hcl` is extra configuration for every client (e.g. connection limits).
+    """
+
+    def __init__(self, binary: str, workdir: Path, nodes: Sequence[str] = ("node-a", "node-b"),
+                 server_extra: Sequence[str] = (), client_extra: Sequence[str] = ()) -> None:
+        suffix = random.randint(1000, 9999)
+        self.server = ConsulAgent(binary, workdir, f"server-{suffix}", random_loopback(),
+                                  ["-server", "-bootstrap-expect=1", *server_extra])
+        hosts: set[str] = {self.server.host}
+        self.clients: dict[str, ConsulAgent] = {}
+        for node in nodes:
+            host = random_loopback()
+            while host in hosts:
+                host = random_loopback()
+            hosts.add(host)
+            self.clients[node] = ConsulAgent(binary, workdir, node, host, list(client_extra))
+
+    def start(self) -> ServerAndClients:
+        self.server.start()
+        join = [f"-retry-join={self.server.host}:{self.server.serf_lan_port}", "-retry-interval=1s"]
+        for client in self.clients.values():
+            client.extra = join + client.extra
+            client.proc = None
+            log = client.log_path.open("ab")
+            client.proc = subprocess.Popen(client.args(), stdout=log, stderr=subprocess.STDOUT, start_new_session=True)
+            log.close()
+        for client in self.clients.values():  # started together, then waited for: quicker
+            client.wait_ready(True, 60.0)
+        return self
+
+    def stop(self) -> None:
+        for client in self.clients.values():
+            client.stop()
+        self.server.stop()
+
+
 # --- security variants: ACL default-deny, HTTPS only --------------------------------------
 
 

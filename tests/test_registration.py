@@ -10,7 +10,8 @@ from sidecar.registration import (
     PASSING,
     Instance,
     build_instances,
-    compare_with_catalog,
+    compare_checks,
+    compare_service,
     registration_payload,
     service_id,
 )
@@ -53,23 +54,52 @@ def test_payload_has_two_ttl_checks_and_only_liveness_reaps() -> None:
     assert readiness["Status"] == liveness["Status"] == CRITICAL
 
 
-INSTANCE = Instance("web", "shop:web-0:web", "10.0.0.5", 8080, (), ())
+INSTANCE = Instance("web", "shop:web-0:web", "10.0.0.5", 8080, (), (("k8s-pod-uid", "uid-new"),))
 CHECKS = {"shop:web-0:web:readiness": PASSING, "shop:web-0:web:liveness": PASSING}
 
 
-def entry(address: str = "10.0.0.5", port: int = 8080, readiness: str = PASSING) -> dict[str, object]:
-    return {"Service": {"ID": "shop:web-0:web", "Address": address, "Port": port},
-            "Checks": [{"CheckID": "serfHealth", "Status": "passing"},
-                       {"CheckID": "shop:web-0:web:readiness", "Status": readiness},
-                       {"CheckID": "shop:web-0:web:liveness", "Status": PASSING}]}
+def service(address: str = "10.0.0.5", port: int = 8080, uid: str | None = "uid-new") -> dict[str, object]:
+    meta = {"k8s-pod-uid": uid} if uid else {}
+    return {"ID": "shop:web-0:web", "Service": "web", "Address": address, "Port": port, "Meta": meta}
+
+
+def checks(readiness: str = PASSING) -> list[dict[str, object]]:
+    return [{"CheckID": "shop:web-0:web:readiness", "ServiceID": "shop:web-0:web", "Status": readiness},
+            {"CheckID": "shop:web-0:web:liveness", "ServiceID": "shop:web-0:web", "Status": PASSING}]
 
 
 @pytest.mark.parametrize(("entries", "expected"), [
-    ([entry()], None),
-    ([], "agent accepted web but the catalog does not list shop:web-0:web yet"),
-    ([entry(port=80)], "catalog lists shop:web-0:web at 10.0.0.5:80, expected 10.0.0.5:8080"),
-    ([entry(address="10.0.0.6")], "catalog lists shop:web-0:web at 10.0.0.6:8080, expected 10.0.0.5:8080"),
-    ([entry(readiness=CRITICAL)], "catalog shows check shop:web-0:web:readiness critical, pushed passing"),
+    ([service()], None),
+    ([], "agent accepted web but the catalog does not list shop:web-0:web on node node-b yet"),
+    ([service(port=80)], "catalog lists shop:web-0:web at 10.0.0.5:80, expected 10.0.0.5:8080"),
+    ([service(address="10.0.0.6")], "catalog lists shop:web-0:web at 10.0.0.6:8080, expected 10.0.0.5:8080"),
+    # Every entry is examined, not the first one only.
+    ([{"ID": "shop:web-0:admin"}, service()], None),
+    ([service(address="10.0.0.6", uid="uid-old"), service()], None),
+    # A previous incarnation of the pod (same ID, other UID) is not this pod's registration.
+    ([service(address="10.0.0.6", uid="uid-old")],
+     "catalog lists shop:web-0:web on node node-b for pod UID uid-old, not this pod (uid-new): "
+     "waiting for this pod's registration"),
+    # An entry that does not say its UID (an older sidecar's) is judged by node, ID and address.
+    ([service(uid=None)], None),
 ])
-def test_compare_with_catalog(entries, expected) -> None:
-    assert compare_with_catalog(INSTANCE, entries, CHECKS) == expected
+def test_compare_service(entries, expected) -> None:
+    assert compare_service(INSTANCE, "node-b", entries) == expected
+
+
+def test_without_a_known_uid_node_and_id_decide() -> None:
+    anonymous = Instance("web", "shop:web-0:web", "10.0.0.5", 8080, (), ())
+    assert anonymous.pod_uid is None
+    assert compare_service(anonymous, "node-b", [service(uid="anything")]) is None
+
+
+@pytest.mark.parametrize(("entries", "expected"), [
+    (checks(), None),
+    (checks(CRITICAL), "catalog shows check shop:web-0:web:readiness critical, pushed passing"),
+    (checks()[1:], "catalog shows check shop:web-0:web:readiness missing, pushed passing"),
+    # Another instance's check of the same ID would not be on this node; skip it anyway.
+    ([{"CheckID": "shop:web-0:web:readiness", "ServiceID": "other", "Status": PASSING}, *checks()[1:]],
+     "catalog shows check shop:web-0:web:readiness missing, pushed passing"),
+])
+def test_compare_checks(entries, expected) -> None:
+    assert compare_checks(INSTANCE, entries, CHECKS) == expected

@@ -114,7 +114,7 @@ def test_servers_down_5xx_and_incomplete_drain(server_client: ServerAndClient, r
     sidecar = run_sidecar(env)
     with Leaks(sidecar, env, metrics) as leaks:
         line = sidecar.wait_gate(passing=False, contains="the catalog cannot be read")
-        assert "GET /v1/health/service/web" in line
+        assert "GET /v1/catalog/node-services/" in line  # confirmation reads this agent's node
         leaks.snapshot()
         assert 'katalog_consul_errors_total{kind="servererror"}' in requests.get(metrics + "/metrics", timeout=5).text
         assert sidecar.terminate() == 1  # removal cannot be confirmed without servers: left to the agent's sync

@@ -58,9 +58,12 @@ def test_adapter_calls_time_out(black_hole: BlackHole) -> None:
     calls = [
         lambda: agent.self_info(),
         lambda: agent.update_ttl_check("c", "passing", "ok"),
-        lambda: agent.health_of_instance("web", "n:p:web"),
+        lambda: agent.node_of_service("n:p:web"),
+        lambda: agent.node_instance("node-a", "web", "n:p:web"),
+        lambda: agent.node_checks("node-a", "web", "n:p:web"),
         # A blocking query may take its wait plus Consul's jitter; only then does the margin start.
-        lambda: agent.health_of_instance("web", "n:p:web", index=5, wait=0.5),
+        lambda: agent.node_checks("node-a", "web", "n:p:web", index=5, wait=0.5),
+        lambda: agent.node_instance("node-a", "web", "n:p:web", index=5, wait=0.5),
         lambda: agent.agent_service("n:p:web", "abc", wait=0.5),
     ]
     for call in calls:
