@@ -1,6 +1,7 @@
 """The benchmark: latency, steady-state cost and scaling of katalog-sidecar against real Consul.
 
     python bench/run.py [--quick] [--out bench/out] [--charts docs/img]
+    python bench/run.py --scale [--quick]   # Consul at scale: bench/scale.py
 
 Starts its own Consul dev agent and fake Kubernetes API (loopback only), runs real
 `katalog-sidecar run` processes and the real `readiness-gate`, prints a markdown table, and
@@ -1305,10 +1306,17 @@ def main(argv: Sequence[str] | None = None) -> int:
     parser.add_argument("--charts", type=Path, default=REPO / "docs" / "img", help="PNG charts ('-' for none)")
     parser.add_argument("--gate-only", action="store_true",
                         help="only figure 6 (readiness-gate CPU per run; no Consul needed), printed as JSON")
+    parser.add_argument("--scale", action="store_true",
+                        help="instead: Consul at scale (bench/scale.py): the servers' cost of confirmation during "
+                             "rollouts of N pods, per confirmation design; charts to --charts")
     args = parser.parse_args(argv)
     if args.gate_only:
         return gate_only(PRESETS[args.preset or ("quick" if args.quick else "full")].gate_samples)
     preset = args.preset or ("quick" if args.quick else "full")
+    if args.scale:
+        from bench import scale
+
+        return scale.main(["--preset", preset, "--out", str(args.out), "--charts", str(args.charts)])
     command = "python bench/run.py " + " ".join(sys.argv[1:] if argv is None else argv)
     charts = None if str(args.charts) == "-" else args.charts
     params = PRESETS[preset]

@@ -58,9 +58,13 @@ class ConsulAgent:
         self.workdir = workdir
         self.data_dir = workdir / f"{name}-data"
         self.log_path = workdir / f"{name}.log"
-        self.http_port = free_port(host)
-        self.serf_lan_port = free_port(host)
-        self.server_port = free_port(host)
+        # Three distinct ports: the kernel may hand the same free port out twice in a row.
+        ports: list[int] = []
+        while len(ports) < 3:
+            port = free_port(host)
+            if port not in ports:
+                ports.append(port)
+        self.http_port, self.serf_lan_port, self.server_port = ports
         self.extra = list(extra)
         self.proc: subprocess.Popen[bytes] | None = None
 

@@ -1,0 +1,636 @@
+"""Consul at scale: what confirmation costs the servers during a rollout of N pods of one service.
+
+One Consul server and several client agents (distinct node names, own loopback addresses).
+N *virtual pods* of one service are spread over the clients; each runs the sidecar's own
+classes in this process: its own `ConsulAgent` (its own connection, as a sidecar process has),
+the product's `Confirmer` thread, `registration_payload`, and the product's `Drainer`. Only the
+catalog reads differ between designs:
+
+- `service`: today's (before this branch) confirmation read, a blocking
+  `/v1/health/service/<name>` filtered to the instance: it wakes on every change of any
+  instance of the service.
+- `node`: the product's: `/v1/catalog/node-services/<node>` then `/v1/health/node/<node>`,
+  filtered to the instance: a blocking read wakes only for changes on its node.
+- `cached`: one shared watch per agent: an unfiltered `/v1/health/service/<name>?cached`
+  through the agent's cache (one server query per agent and service; each sidecar filters
+  the whole service locally).
+
+The rollout: N old pods passing; then waves of ceil(surge x N) new pods. In a wave, every new
+pod's confirmer is already waiting while the wave's registrations and status pushes arrive
+(as when the servers lag behind the agents, or recover from an outage), and the previous
+wave's old pods drain at the same time (a Deployment creates the next new pods as the old
+ones terminate). A confirmation's latency runs from its pod's last status push to the
+confirmer's "confirmed".
+
+Measured on the server: `consul.rpc.query` (blocking-query RPCs the servers answered; in
+1.16 each answer re-evaluates the query at least once) and `consul.rpc.request` from Consul's
+own telemetry, CPU seconds of the server process, and bytes it wrote (/proc/<pid>/io wchar:
+sockets and its Raft log). On the client side: catalog reads answered (each one a server
+query execution that returned).
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import math
+import os
+import resource
+import shutil
+import signal
+import sys
+import threading
+import time
+import uuid
+from collections.abc import Callable, Sequence
+from concurrent.futures import ThreadPoolExecutor
+from dataclasses import asdict, dataclass, field
+from pathlib import Path
+from typing import Any
+
+import requests
+
+REPO = Path(__file__).resolve().parent.parent
+sys.path.insert(0, str(REPO / "tests"))
+
+from consul_agents import ServerAndClients, find_consul  # noqa: E402
+
+from sidecar.catalog_view import CatalogReads  # noqa: E402
+from sidecar.config import Config, load_config  # noqa: E402
+from sidecar.consul_api import ConsulAgent  # noqa: E402
+from sidecar.drain import Drainer  # noqa: E402
+from sidecar.errors import ConsulError, ConsulNotFound  # noqa: E402
+from sidecar.registration import LIVENESS_RUNNING, PASSING, Instance, registration_payload  # noqa: E402
+from sidecar.watchers import Confirmer, Expectation  # noqa: E402
+
+SERVICE = "web"
+DESIGNS = ("service", "node", "cached")
+Entries = list[dict[str, Any]]
+
+
+# --- the designs' reads ----------------------------------------------------------------------
+
+class ServiceScopedReads:
+    """Before this branch: the instance read from /v1/health/service/<name>, filtered to its ID
+    (the answer narrowed to this node here, so both designs accept exactly the same state)."""
+
+    def __init__(self, agent: ConsulAgent, cached: bool = False) -> None:
+        self._agent = agent
+        self._cached = cached
+
+    def node_of_service(self, service_id: str) -> str | None:
+        return self._agent.node_of_service(service_id)
+
+    def _read(self, node: str, name: str, service_id: str, index: int, wait: float) -> tuple[int, Entries]:
+        # The shared watch: no filter (a filter would make one agent-cache entry per sidecar).
+        params = [("cached", "")] if self._cached else [("filter", f'Service.ID == "{service_id}"')]
+        read = self._agent.read_servers(f"/v1/health/service/{name}", params, index, wait)
+        entries = [e for e in read.data or [] if isinstance(e, dict)]
+        return read.index, [e for e in entries if (e.get("Node") or {}).get("Node") == node
+                            and (e.get("Service") or {}).get("ID") == service_id]
+
+    def node_instance(self, node: str, service_name: str, service_id: str, index: int = 0,
+                      wait: float = 0.0) -> tuple[int, Entries]:
+        index, entries = self._read(node, service_name, service_id, index, wait)
+        return index, [e["Service"] for e in entries]
+
+    def node_checks(self, node: str, service_name: str, service_id: str, index: int = 0,
+                    wait: float = 0.0) -> tuple[int, Entries]:
+        index, entries = self._read(node, service_name, service_id, index, wait)
+        return index, [c for e in entries for c in e.get("Checks") or [] if c.get("ServiceID") == service_id]
+
+
+class CountingReads:
+    """Counts the server-bound reads a design makes (each one an answered query execution)."""
+
+    def __init__(self, inner: CatalogReads, counter: Callable[[], None]) -> None:
+        self._inner = inner
+        self._count = counter
+
+    def node_of_service(self, service_id: str) -> str | None:
+        return self._inner.node_of_service(service_id)  # agent-local: not counted
+
+    def node_instance(self, node: str, service_name: str, service_id: str, index: int = 0,
+                      wait: float = 0.0) -> tuple[int, Entries]:
+        self._count()
+        return self._inner.node_instance(node, service_name, service_id, index, wait)
+
+    def node_checks(self, node: str, service_name: str, service_id: str, index: int = 0,
+                    wait: float = 0.0) -> tuple[int, Entries]:
+        self._count()
+        return self._inner.node_checks(node, service_name, service_id, index, wait)
+
+
+def design_reads(design: str, agent: ConsulAgent) -> CatalogReads:
+    if design == "node":
+        return agent  # the product's own reads
+    if design == "service":
+        return ServiceScopedReads(agent)
+    if design == "cached":
+        return ServiceScopedReads(agent, cached=True)
+    raise ValueError(design)
+
+
+# --- parameters ------------------------------------------------------------------------------
+
+@dataclass(frozen=True)
+class ScaleParams:
+    sizes: tuple[int, ...] = (1, 100, 300, 1000, 2000)
+    designs: tuple[str, ...] = ("service", "node")
+    # Nodes grow with N at a fixed density, as in a real cluster (Kubernetes allows 110 pods a
+    # node by default; 25 is a busy node). A node-scoped read wakes for its node's changes, so
+    # its cost follows pods per node, not N: a fixed handful of nodes would make it grow with N.
+    pods_per_node: int = 25
+    min_clients: int = 2
+    max_clients: int = 80  # ~40 MB each; beyond this the machine, not Consul, is measured
+    surge: float = 0.25
+    confirm_wait: float = 10.0
+    # A run (one design, one N) still going after this is stopped and reported as such, and
+    # larger N are not tried for that design: the machine cannot show more.
+    budget_s: float = 240.0
+    budget_per_pod_s: float = 0.3  # the harness's own pace grows with N: a run's budget too
+    # Designs not run above a size: (design, largest N).
+    max_n: tuple[tuple[str, int], ...] = (("cached", 300),)
+    idle_s: float = 5.0
+    # N = 1 is the latency baseline: one rollout gives one sample, so it is repeated.
+    single_repeats: int = 20
+
+
+SCALE_PRESETS: dict[str, ScaleParams] = {
+    "full": ScaleParams(designs=("service", "node", "cached")),
+    "quick": ScaleParams(sizes=(1, 30, 100, 300), budget_s=120.0, idle_s=3.0, designs=("service", "node", "cached")),
+    "smoke": ScaleParams(sizes=(8,), pods_per_node=4, budget_s=60.0, idle_s=0.5, designs=("service", "node")),
+}
+
+
+# --- the world -------------------------------------------------------------------------------
+
+def telemetry_args() -> list[str]:
+    return ["-hcl", 'telemetry { prometheus_retention_time = "1h", disable_hostname = true }']
+
+
+def quiet_args() -> list[str]:
+    # Thousands of connections from one address; agents log at warn so logging is not measured.
+    return ["-log-level=warn", "-hcl", "limits { http_max_conns_per_client = 8000, rpc_max_conns_per_client = 1000 }"]
+
+
+def server_metrics(http: str) -> dict[str, float]:
+    text = requests.get(f"{http}/v1/agent/metrics", params={"format": "prometheus"}, timeout=30).text
+    found: dict[str, float] = {}
+    for line in text.splitlines():
+        if line.startswith("#") or not line.strip():
+            continue
+        name, _, value = line.rpartition(" ")
+        try:
+            found[name] = float(value)
+        except ValueError:
+            continue
+    return found
+
+
+def proc_cpu_s(pid: int) -> float:
+    fields = Path(f"/proc/{pid}/stat").read_text().rsplit(")", 1)[1].split()
+    return (int(fields[11]) + int(fields[12])) / os.sysconf("SC_CLK_TCK")
+
+
+def proc_wchar(pid: int) -> int:
+    for line in Path(f"/proc/{pid}/io").read_text().splitlines():
+        if line.startswith("wchar:"):
+            return int(line.split()[1])
+    return 0
+
+
+@dataclass
+class ServerSnapshot:
+    rpc_query: float
+    rpc_request: float
+    grpc_streams: float  # streaming-backend subscriptions opened (blocking /v1/health/service)
+    open_streams: float  # ... and open now (the agents keep idle views ~20 min)
+    cpu_s: float
+    wchar: int
+    clients_cpu_s: float
+
+    @staticmethod
+    def take(agents: ServerAndClients) -> ServerSnapshot:
+        m = server_metrics(agents.server.http)
+        pid = agents.server.proc.pid if agents.server.proc else 0
+        clients = sum(proc_cpu_s(c.proc.pid) for c in agents.clients.values() if c.proc is not None)
+        streams = sum(v for k, v in m.items() if k.startswith("consul_grpc_server_stream_count"))
+        open_streams = sum(v for k, v in m.items() if k.startswith("consul_grpc_server_streams"))
+        return ServerSnapshot(m.get("consul_rpc_query", 0.0), m.get("consul_rpc_request", 0.0), streams,
+                              open_streams, proc_cpu_s(pid), proc_wchar(pid), clients)
+
+    def minus(self, before: ServerSnapshot) -> dict[str, float]:
+        return {"rpc_query": self.rpc_query - before.rpc_query, "rpc_request": self.rpc_request - before.rpc_request,
+                "grpc_streams": self.grpc_streams - before.grpc_streams, "open_streams": self.open_streams,
+                "cpu_s": round(self.cpu_s - before.cpu_s, 3), "bytes_written": self.wchar - before.wchar,
+                "clients_cpu_s": round(self.clients_cpu_s - before.clients_cpu_s, 3)}
+
+
+class VirtualPod:
+    """One pod's sidecar, in this process: its own agent connection and the product's classes."""
+
+    def __init__(self, index: int, version: str, node: str, config: Config, design: str, count: Callable[[], None]) -> None:
+        uid = str(uuid.uuid4())
+        self.instance = Instance(
+            name=SERVICE, service_id=f"bench:web-{version}-{index}:{SERVICE}",
+            address=f"10.{1 + index // 65000}.{(index // 250) % 250}.{index % 250 + 1}", port=8080, tags=(),
+            meta=(("k8s-namespace", "bench"), ("k8s-pod", f"web-{version}-{index}"), ("k8s-pod-uid", uid),
+                  ("managed-by", "katalog-sidecar")))
+        self.node = node
+        self.config = config
+        self.agent = ConsulAgent(config.consul)
+        self.reads = CountingReads(design_reads(design, self.agent), count)
+        self.confirmed = threading.Event()
+        self.pushed_at = 0.0
+        self.confirmed_at = 0.0
+        self.confirmer: Confirmer | None = None
+
+    @property
+    def wanted(self) -> dict[str, dict[str, str]]:
+        inst = self.instance
+        return {inst.service_id: {inst.readiness_check_id: PASSING, inst.liveness_check_id: PASSING}}
+
+    def start_confirming(self) -> None:
+        """The confirmer waits for this pod's passing state before it reaches the servers."""
+        def post(kind: str, payload: Any) -> None:
+            if kind == "confirmed" and not self.confirmed.is_set():
+                self.confirmed_at = time.monotonic()
+                self.confirmed.set()
+
+        self.confirmer = Confirmer(self.agent, self.config.confirm_wait, post, reads=self.reads)
+        self.confirmer.start()
+        self.confirmer.expect(Expectation(1, (self.instance,), self.wanted))
+
+    def register_and_push(self) -> None:
+        inst = self.instance
+        for attempt in range(5):  # as the sync loop would: retry a slow or refused agent
+            try:
+                self.agent.register_service(registration_payload(inst, self.config))
+                self.agent.update_ttl_check(inst.liveness_check_id, PASSING, LIVENESS_RUNNING)
+                self.agent.update_ttl_check(inst.readiness_check_id, PASSING, "app ready")
+            except ConsulError:
+                if attempt == 4:
+                    raise
+                time.sleep(0.5 * (attempt + 1))
+                continue
+            self.pushed_at = time.monotonic()
+            return
+
+    @property
+    def latency(self) -> float | None:
+        """Last status push -> confirmed (0 when the confirmer saw it before the push returned)."""
+        if not self.confirmed.is_set() or not self.pushed_at:
+            return None
+        return max(0.0, self.confirmed_at - self.pushed_at)
+
+    def stop(self) -> None:
+        if self.confirmer is not None:
+            self.confirmer.stop()
+
+    def drain(self, timeout: float = 60.0) -> bool:
+        return Drainer(self.agent, time.monotonic, time.monotonic() + timeout, reads=self.reads).run((self.instance,))
+
+
+@dataclass
+class RunResult:
+    design: str
+    n: int
+    clients: int
+    completed: bool
+    duration_s: float
+    server: dict[str, float]
+    client_reads: int
+    confirm_ms: list[float] = field(default_factory=list)
+    drains_ok: int = 0
+    drains: int = 0
+    idle_server: dict[str, float] = field(default_factory=dict)
+    baseline_server: dict[str, float] = field(default_factory=dict)
+    note: str = ""
+
+
+def _configs(agents: ServerAndClients, confirm_wait: float) -> dict[str, Config]:
+    configs = {}
+    for node, client in agents.clients.items():
+        configs[node] = load_config({
+            "POD_NAME": "bench", "POD_NAMESPACE": "bench", "POD_IP": "10.0.0.1", "KATALOG_SERVICES": f"{SERVICE}:8080",
+            "KATALOG_READINESS_SOURCE": "fixed", "CONSUL_HTTP_ADDR": client.addr, "KATALOG_CHECK_TTL": "10m",
+            "KATALOG_CONFIRM_WAIT": f"{confirm_wait}s",
+            # The machine is shared and a full run loads it: a slow answer is not what is measured.
+            "KATALOG_CONSUL_TIMEOUT": "30s"})
+    return configs
+
+
+def rollout(agents: ServerAndClients, design: str, n: int, params: ScaleParams,
+            log: Callable[[str], None], idle: bool = True) -> RunResult:
+    """One rollout of N pods; `idle`: also measure the idle windows before and after."""
+    configs = _configs(agents, params.confirm_wait)
+    nodes = sorted(configs)
+    reads = [0]
+    lock = threading.Lock()
+
+    def count() -> None:
+        with lock:
+            reads[0] += 1
+
+    def pods(version: str) -> list[VirtualPod]:
+        return [VirtualPod(i, version, nodes[i % len(nodes)], configs[nodes[i % len(nodes)]], design, count)
+                for i in range(n)]
+
+    pool = ThreadPoolExecutor(max_workers=64)
+    # What the agents cost the servers on their own (anti-entropy, coordinates): the baseline.
+    idle_s = params.idle_s if idle else 0.0
+    quiet = ServerSnapshot.take(agents)
+    time.sleep(idle_s)
+    baseline = ServerSnapshot.take(agents).minus(quiet)
+    # The old version, passing (not measured).
+    old = pods(f"{design}-old")
+    list(pool.map(lambda p: p.register_and_push(), old))
+    wave = max(1, math.ceil(n * params.surge))
+    new = pods(f"{design}-new")
+    drains: list[bool] = []
+    started = time.monotonic()
+    budget = params.budget_s + params.budget_per_pod_s * n
+    deadline = started + budget
+    before = ServerSnapshot.take(agents)
+    reads[0] = 0
+    completed = True
+    draining: list[Any] = []
+    drain_pool = ThreadPoolExecutor(max_workers=max(1, wave))
+    for first in range(0, n, wave):
+        batch = new[first:first + wave]
+        for pod in batch:
+            pod.start_confirming()
+        list(pool.map(lambda p: p.register_and_push(), batch))
+        for pod in batch:
+            if not pod.confirmed.wait(max(0.0, deadline - time.monotonic())):
+                completed = False
+                break
+        if not completed:
+            break
+        # This wave is available: its old counterparts drain while the next wave starts.
+        for pod in batch:
+            pod.stop()
+        draining += [drain_pool.submit(p.drain) for p in old[first:first + wave]]
+    for future in draining:
+        try:
+            drains.append(bool(future.result(timeout=max(1.0, deadline + 60 - time.monotonic()))))
+        except TimeoutError:
+            drains.append(False)
+    duration = time.monotonic() - started
+    after = ServerSnapshot.take(agents)
+    client_reads = reads[0]
+    for pod in new:
+        pod.stop()
+    # Steady state: nothing pending, so no server-bound query should be made at all.
+    time.sleep(idle_s)
+    idle_after = ServerSnapshot.take(agents).minus(after)
+    server = after.minus(before)
+    # What the agents cost the servers on their own (gossip, anti-entropy, coordinates) over the
+    # same time is not the rollout's: subtracted, so a run with more nodes is not charged for it.
+    idle_rate = baseline["cpu_s"] / idle_s if idle_s > 0 else 0.0
+    server["cpu_s_net"] = round(max(0.0, server["cpu_s"] - idle_rate * duration), 3)
+    result = RunResult(design, n, len(nodes), completed, round(duration, 2), server, client_reads,
+                       sorted(round(p.latency * 1000, 2) for p in new if p.latency is not None),
+                       sum(drains), len(old), idle_after, baseline)
+    if not completed:
+        result.note = f"stopped after {budget:.0f}s with {sum(p.confirmed.is_set() for p in new)} of {n} confirmed"
+    log(f"  {design:8s} N={n:5d}: {'done' if completed else 'STOPPED'} in {duration:6.1f}s, "
+        f"server rpc.query {result.server['rpc_query']:.0f} streams {result.server['grpc_streams']:.0f}, "
+        f"cpu {result.server['cpu_s']:.2f}s (clients {result.server['clients_cpu_s']:.2f}s), "
+        f"client reads {client_reads}, confirm p50 {pct(result.confirm_ms, 50):.1f} ms p99 {pct(result.confirm_ms, 99):.1f} ms")
+    # Clean the catalog for the next run (not measured).
+    def remove(pod: VirtualPod) -> None:
+        try:
+            pod.agent.deregister_service(pod.instance.service_id)
+        except ConsulNotFound:
+            pass  # drained already
+        except ConsulError as exc:
+            log(f"  cleanup: {exc}")
+
+    list(pool.map(remove, old + new))
+    pool.shutdown()
+    drain_pool.shutdown(wait=False, cancel_futures=True)
+    return result
+
+
+def merge(results: Sequence[RunResult]) -> RunResult:
+    """Repeated runs of one size as one: server figures per rollout (the mean), every sample kept."""
+    first, k = results[0], len(results)
+    if k == 1:
+        return first
+
+    def mean(key: str) -> dict[str, float]:
+        dicts = [getattr(r, key) for r in results]
+        return {name: sum(d[name] for d in dicts) / k for name in dicts[0]}
+
+    idle_runs = [r for r in results if r.idle_server]
+
+    return RunResult(first.design, first.n, first.clients, all(r.completed for r in results),
+                     round(sum(r.duration_s for r in results) / k, 3), mean("server"),
+                     round(sum(r.client_reads for r in results) / k), sorted(ms for r in results for ms in r.confirm_ms),
+                     sum(r.drains_ok for r in results), sum(r.drains for r in results), idle_runs[0].idle_server,
+                     idle_runs[0].baseline_server, f"mean of {k} rollouts; latency samples from all of them")
+
+
+def pct(values: Sequence[float], q: float) -> float:
+    if not values:
+        return float("nan")
+    v = sorted(values)
+    k = (len(v) - 1) * q / 100
+    lo, hi = math.floor(k), math.ceil(k)
+    return v[lo] + (v[hi] - v[lo]) * (k - lo)
+
+
+# --- the whole benchmark ---------------------------------------------------------------------
+
+def run_scale(params: ScaleParams, out_dir: Path, charts_dir: Path | None, workdir: Path, preset: str = "custom",
+              log: Callable[[str], None] = print) -> dict[str, Any]:
+    binary = find_consul()
+    if binary is None:
+        raise RuntimeError("no consul binary: run scripts/provide-consul.sh or set CONSUL_BIN")
+    soft, hard = resource.getrlimit(resource.RLIMIT_NOFILE)
+    resource.setrlimit(resource.RLIMIT_NOFILE, (hard, hard))
+    runs: list[RunResult] = []
+    stopped: dict[str, str] = {}
+    started = time.monotonic()
+    for n in params.sizes:
+        limits = dict(params.max_n)
+        todo = [d for d in params.designs if d not in stopped and n <= limits.get(d, n)]
+        if not todo:
+            break
+        clients = min(params.max_clients, max(params.min_clients, math.ceil(n / params.pods_per_node)))
+        nodes = [f"node-{i:02d}" for i in range(clients)]
+        log(f"N = {n}: 1 server + {len(nodes)} clients")
+        (workdir / f"n{n}").mkdir(parents=True, exist_ok=True)
+        agents = ServerAndClients(binary, workdir / f"n{n}", nodes, server_extra=telemetry_args() + quiet_args(),
+                                  client_extra=quiet_args())
+        try:
+            agents.start()
+            for design in todo:
+                repeats = params.single_repeats if n == 1 else 1
+                result = merge([rollout(agents, design, n, params, log, idle=i == 0) for i in range(repeats)])
+                runs.append(result)
+                if not result.completed:
+                    stopped[design] = f"N={n}: {result.note}"
+        finally:
+            agents.stop()
+            shutil.rmtree(workdir / f"n{n}", ignore_errors=True)
+    results = {
+        "meta": {"preset": preset, "params": asdict(params), "duration_s": round(time.monotonic() - started, 1),
+                 "nproc": os.cpu_count(), "loadavg_end": os.getloadavg(), "stopped": stopped,
+                 "driver": "in-process virtual pods: the product's ConsulAgent, Confirmer, Drainer and "
+                           "registration_payload, one agent connection per pod; real Consul 1.16.1 agents"},
+        "runs": [asdict(r) for r in runs],
+    }
+    results["model"] = model(results)
+    out_dir.mkdir(parents=True, exist_ok=True)
+    (out_dir / "scale.json").write_text(json.dumps(results, indent=1))
+    (out_dir / "scale.md").write_text(render_table(results))
+    if charts_dir is not None:
+        render_charts(results, charts_dir, log)
+    return results
+
+
+def slope(points: Sequence[tuple[float, float]]) -> float | None:
+    """Least-squares slope of log(y) on log(x): 1 is linear, 2 quadratic."""
+    pts = [(math.log(x), math.log(y)) for x, y in points if x > 1 and y > 0]
+    if len(pts) < 2:
+        return None
+    mx = sum(p[0] for p in pts) / len(pts)
+    my = sum(p[1] for p in pts) / len(pts)
+    den = sum((p[0] - mx) ** 2 for p in pts)
+    return sum((p[0] - mx) * (p[1] - my) for p in pts) / den if den else None
+
+
+def model(results: dict[str, Any]) -> dict[str, Any]:
+    """Per-design fits, extrapolated to 10,000 pods on 1,000 nodes (assumptions in BENCHMARKS.md)."""
+    out: dict[str, Any] = {}
+    for design in DESIGNS:
+        runs = [r for r in results["runs"] if r["design"] == design and r["completed"] and r["n"] > 1]
+        if not runs:
+            continue
+        q_slope = slope([(r["n"], r["server"]["rpc_query"]) for r in runs])
+        a_slope = slope([(r["n"], r["client_reads"]) for r in runs])
+        cpu_slope = slope([(r["n"], r["server"]["cpu_s_net"]) for r in runs])
+        largest = max(runs, key=lambda r: r["n"])
+        per_pod_queries = largest["server"]["rpc_query"] / largest["n"]
+        cpu_per_answer_ms = 1000 * largest["server"]["cpu_s_net"] / max(1.0, largest["client_reads"])
+        out[design] = {"answers_slope": a_slope, "query_slope": q_slope, "cpu_slope": cpu_slope,
+                       "largest_n": largest["n"], "queries_per_pod_at_largest": per_pod_queries,
+                       "answers_per_pod_at_largest": largest["client_reads"] / largest["n"],
+                       "server_cpu_s_per_pod_at_largest": largest["server"]["cpu_s_net"] / largest["n"],
+                       "cpu_ms_per_answer_at_largest": cpu_per_answer_ms}
+    return out
+
+
+def render_table(results: dict[str, Any]) -> str:
+    lines = ["| design | N | nodes | done | query answers | per pod | server rpc.query | server streams | server CPU s (net) | "
+             "server MB written | client agents CPU s | confirm p50 ms | confirm p99 ms | drains ok | "
+             "idle rpc.query (baseline) |",
+             "|---|---|---|---|---|---|---|---|---|---|---|---|---|---|---|"]
+    for r in results["runs"]:
+        s = r["server"]
+        idle, base = r["idle_server"].get("rpc_query", 0), r["baseline_server"].get("rpc_query", 0)
+        lines.append(f"| {r['design']} | {r['n']} | {r['clients']} | {'yes' if r['completed'] else '**no**'} | {r['client_reads']} | "
+                     f"{r['client_reads'] / r['n']:.1f} | {s['rpc_query']:.0f} | {s['grpc_streams']:.0f} | "
+                     f"{s['cpu_s']:.2f} ({s['cpu_s_net']:.2f}) | {s['bytes_written'] / 1e6:.1f} | {s['clients_cpu_s']:.2f} | "
+                     f"{pct(r['confirm_ms'], 50):.1f} | {pct(r['confirm_ms'], 99):.1f} | {r['drains_ok']}/{r['drains']} | "
+                     f"{idle:.0f} ({base:.0f}) |")
+    lines.append("")
+    for design, fit in results.get("model", {}).items():
+        fmt = {k: ("n/a" if fit[k] is None else f"{fit[k]:.2f}") for k in ("answers_slope", "query_slope", "cpu_slope")}
+        lines.append(f"- {design}: log-log slope vs N of query answers {fmt['answers_slope']}, of server rpc.query "
+                     f"{fmt['query_slope']}, of server CPU {fmt['cpu_slope']} (N up to {fit['largest_n']})")
+    for design, why in results["meta"].get("stopped", {}).items():
+        lines.append(f"- {design} stopped at {why}")
+    return "\n".join(lines) + "\n"
+
+
+def render_charts(results: dict[str, Any], charts_dir: Path, log: Callable[[str], None] = print) -> list[str]:
+    try:
+        import matplotlib
+
+        matplotlib.use("Agg")
+        import matplotlib.pyplot as plt
+    except ImportError:
+        log("matplotlib not installed (pip install matplotlib): no charts")
+        return []
+    charts_dir.mkdir(parents=True, exist_ok=True)
+    fig, axes = plt.subplots(2, 2, figsize=(12, 8.5))
+    (queries, cpu), (written, latency) = axes
+    for design in DESIGNS:
+        runs = sorted((r for r in results["runs"] if r["design"] == design), key=lambda r: r["n"])
+        if not runs:
+            continue
+        done = [r for r in runs if r["completed"]]
+        ns = [r["n"] for r in done]
+        queries.plot(ns, [max(1.0, r["client_reads"]) for r in done], marker="o", label=design)
+        cpu.plot(ns, [max(0.01, r["server"]["cpu_s_net"]) for r in done], marker="o", label=design)
+        written.plot(ns, [max(0.01, r["server"]["bytes_written"] / 1e6) for r in done], marker="o", label=design)
+        latency.plot(ns, [max(0.1, pct(r["confirm_ms"], 50)) for r in done], marker="o", label=f"{design} p50")
+        latency.plot(ns, [max(0.1, pct(r["confirm_ms"], 99)) for r in done], marker="^", ls="--", label=f"{design} p99")
+        for r in runs:
+            if not r["completed"]:
+                queries.annotate(f"{design} stopped", (r["n"], max(1.0, r["client_reads"])), fontsize=7)
+                queries.plot([r["n"]], [max(1.0, r["client_reads"])], marker="x", color="red")
+    all_n = sorted({r["n"] for r in results["runs"] if r["n"] > 1})
+    if all_n:
+        base = all_n[0]
+        ref = [r for r in results["runs"] if r["n"] == base and r["design"] == "node"]
+        if ref:
+            y0 = max(1.0, ref[0]["client_reads"])
+            queries.plot(all_n, [y0 * n / base for n in all_n], color="grey", ls=":", lw=1, label="slope 1 (linear)")
+            queries.plot(all_n, [y0 * (n / base) ** 2 for n in all_n], color="grey", ls="-.", lw=1, label="slope 2")
+    queries.set(xscale="log", yscale="log", xlabel="pods of the service (N)", ylabel="query answers per rollout",
+                title="Confirmation query executions per rollout")
+    written.set(xscale="log", yscale="log", xlabel="N", ylabel="MB written by the server per rollout",
+                title="Server bytes written (sockets + Raft log)")
+    cpu.set(xscale="log", yscale="log", xlabel="N", ylabel="server CPU seconds per rollout (net of idle)",
+            title="Server CPU per rollout")
+    latency.set(xscale="log", yscale="log", xlabel="N", ylabel="ms", title="Confirmation latency (push -> confirmed)")
+    for ax in (queries, cpu, written, latency):
+        ax.legend(fontsize=7)
+        ax.grid(True, which="both", lw=0.3)
+    fig.tight_layout()
+    path = charts_dir / "bench-consul-scale.png"
+    fig.savefig(path, dpi=110)
+    plt.close(fig)
+    log(f"chart: {path}")
+    return [str(path)]
+
+
+def main(argv: Sequence[str] | None = None) -> int:
+    # SIGTERM ends the run like Ctrl-C: every agent it started is stopped on the way out.
+    signal.signal(signal.SIGTERM, lambda *_: sys.exit(143))
+    parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
+    parser.add_argument("--preset", choices=sorted(SCALE_PRESETS), default="full")
+    parser.add_argument("--sizes", help="comma-separated N, overriding the preset's")
+    parser.add_argument("--designs", help=f"comma-separated, of {', '.join(DESIGNS)}")
+    parser.add_argument("--pods-per-node", type=int, help="virtual pods per client agent (node)")
+    parser.add_argument("--budget", type=float, help="seconds a run may take before it is stopped")
+    parser.add_argument("--out", type=Path, default=REPO / "bench" / "out")
+    parser.add_argument("--charts", type=Path, default=REPO / "docs" / "img", help="'-' for none")
+    parser.add_argument("--workdir", type=Path, default=Path("/tmp") / f"katalog-scale-{os.getpid()}")
+    args = parser.parse_args(argv)
+    params = SCALE_PRESETS[args.preset]
+    overrides: dict[str, Any] = {}
+    if args.sizes:
+        overrides["sizes"] = tuple(int(x) for x in args.sizes.split(","))
+    if args.designs:
+        overrides["designs"] = tuple(d for d in args.designs.split(",") if d in DESIGNS)
+    if args.pods_per_node:
+        overrides["pods_per_node"] = args.pods_per_node
+    if args.budget:
+        overrides["budget_s"] = args.budget
+    if overrides:
+        params = ScaleParams(**{**asdict(params), **overrides})
+    charts = None if str(args.charts) == "-" else args.charts
+    results = run_scale(params, args.out, charts, args.workdir, preset=args.preset,
+                        log=lambda s: print(s, file=sys.stderr, flush=True))
+    print(render_table(results))
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())
