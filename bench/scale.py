@@ -14,6 +14,8 @@ catalog reads differ between designs:
 - `cached`: one shared watch per agent: an unfiltered `/v1/health/service/<name>?cached`
   through the agent's cache (one server query per agent and service; each sidecar filters
   the whole service locally).
+- `none`: the baseline: the same writes (register, pushes, critical, deregister) and no
+  read at all, so the others' cost of confirming is what they add to it.
 
 The rollout: N old pods passing; then waves of ceil(surge x N) new pods. In a wave, every new
 pod's confirmer is already waiting while the wave's registrations and status pushes arrive
@@ -60,11 +62,18 @@ from sidecar.config import Config, load_config  # noqa: E402
 from sidecar.consul_api import ConsulAgent  # noqa: E402
 from sidecar.drain import Drainer  # noqa: E402
 from sidecar.errors import ConsulError, ConsulNotFound  # noqa: E402
-from sidecar.registration import LIVENESS_RUNNING, PASSING, Instance, registration_payload  # noqa: E402
+from sidecar.registration import (  # noqa: E402
+    CRITICAL,
+    LIVENESS_RUNNING,
+    PASSING,
+    TERMINATING,
+    Instance,
+    registration_payload,
+)
 from sidecar.watchers import Confirmer, Expectation  # noqa: E402
 
 SERVICE = "web"
-DESIGNS = ("service", "node", "cached")
+DESIGNS = ("service", "node", "cached", "none")
 Entries = list[dict[str, Any]]
 
 
@@ -122,7 +131,7 @@ class CountingReads:
 
 
 def design_reads(design: str, agent: ConsulAgent) -> CatalogReads:
-    if design == "node":
+    if design in ("node", "none"):
         return agent  # the product's own reads
     if design == "service":
         return ServiceScopedReads(agent)
@@ -157,9 +166,9 @@ class ScaleParams:
 
 
 SCALE_PRESETS: dict[str, ScaleParams] = {
-    "full": ScaleParams(designs=("service", "node", "cached")),
-    "quick": ScaleParams(sizes=(1, 30, 100, 300), budget_s=120.0, idle_s=3.0, designs=("service", "node", "cached")),
-    "smoke": ScaleParams(sizes=(8,), pods_per_node=4, budget_s=60.0, idle_s=0.5, designs=("service", "node")),
+    "full": ScaleParams(designs=("none", "service", "node", "cached")),
+    "quick": ScaleParams(sizes=(1, 30, 100, 300), budget_s=120.0, idle_s=3.0, designs=("none", "service", "node", "cached")),
+    "smoke": ScaleParams(sizes=(8,), pods_per_node=4, budget_s=60.0, idle_s=0.5, designs=("none", "service", "node")),
 }
 
 
@@ -238,6 +247,7 @@ class VirtualPod:
             meta=(("k8s-namespace", "bench"), ("k8s-pod", f"web-{version}-{index}"), ("k8s-pod-uid", uid),
                   ("managed-by", "katalog-sidecar")))
         self.node = node
+        self.design = design
         self.config = config
         self.agent = ConsulAgent(config.consul)
         self.reads = CountingReads(design_reads(design, self.agent), count)
@@ -253,6 +263,8 @@ class VirtualPod:
 
     def start_confirming(self) -> None:
         """The confirmer waits for this pod's passing state before it reaches the servers."""
+        if self.design == "none":
+            return
         def post(kind: str, payload: Any) -> None:
             if kind == "confirmed" and not self.confirmed.is_set():
                 self.confirmed_at = time.monotonic()
@@ -275,6 +287,9 @@ class VirtualPod:
                 time.sleep(0.5 * (attempt + 1))
                 continue
             self.pushed_at = time.monotonic()
+            if self.design == "none":  # the baseline: the same writes, nothing read back
+                self.confirmed_at = self.pushed_at
+                self.confirmed.set()
             return
 
     @property
@@ -289,6 +304,12 @@ class VirtualPod:
             self.confirmer.stop()
 
     def drain(self, timeout: float = 60.0) -> bool:
+        if self.design == "none":
+            inst = self.instance
+            for check_id in (inst.readiness_check_id, inst.liveness_check_id):
+                self.agent.update_ttl_check(check_id, CRITICAL, TERMINATING)
+            self.agent.deregister_service(inst.service_id)
+            return True
         return Drainer(self.agent, time.monotonic, time.monotonic() + timeout, reads=self.reads).run((self.instance,))
 
 
@@ -503,9 +524,29 @@ def slope(points: Sequence[tuple[float, float]]) -> float | None:
     return sum((p[0] - mx) * (p[1] - my) for p in pts) / den if den else None
 
 
+# The model's cluster: 10,000 pods of one service on 1,000 nodes; a health/service entry of
+# one instance is ~3.9 KB as JSON (node, serfHealth and the two TTL checks: measured on 1.16.1).
+MODEL_PODS, MODEL_NODES, ENTRY_KB = 10_000, 1_000, 3.9
+
+
+def confirm_cpu_s(results: dict[str, Any], run: dict[str, Any]) -> float | None:
+    """Server CPU a design added to the same rollout's writes (the `none` run at the same N)."""
+    base = [r for r in results["runs"] if r["design"] == "none" and r["n"] == run["n"]]
+    if not base:
+        return None
+    return max(0.0, run["server"]["cpu_s_net"] - base[0]["server"]["cpu_s_net"])
+
+
 def model(results: dict[str, Any]) -> dict[str, Any]:
-    """Per-design fits, extrapolated to 10,000 pods on 1,000 nodes (assumptions in BENCHMARKS.md)."""
+    """Per-design fits of the measured runs, extrapolated to MODEL_PODS on MODEL_NODES.
+
+    Assumptions (also in BENCHMARKS.md): the log-log slope measured up to the largest N holds
+    beyond it; the node design's per-pod cost depends on pods per node, measured at
+    `pods_per_node` (25), which is pessimistic for 10 a node; server CPU is charged per
+    rollout net of the server's idle rate.
+    """
     out: dict[str, Any] = {}
+    per_node = MODEL_PODS / MODEL_NODES
     for design in DESIGNS:
         runs = [r for r in results["runs"] if r["design"] == design and r["completed"] and r["n"] > 1]
         if not runs:
@@ -513,14 +554,43 @@ def model(results: dict[str, Any]) -> dict[str, Any]:
         q_slope = slope([(r["n"], r["server"]["rpc_query"]) for r in runs])
         a_slope = slope([(r["n"], r["client_reads"]) for r in runs])
         cpu_slope = slope([(r["n"], r["server"]["cpu_s_net"]) for r in runs])
+        added = [(r["n"], confirm_cpu_s(results, r)) for r in runs]
+        confirm_slope = slope([(n, c) for n, c in added if c is not None])
         largest = max(runs, key=lambda r: r["n"])
-        per_pod_queries = largest["server"]["rpc_query"] / largest["n"]
-        cpu_per_answer_ms = 1000 * largest["server"]["cpu_s_net"] / max(1.0, largest["client_reads"])
-        out[design] = {"answers_slope": a_slope, "query_slope": q_slope, "cpu_slope": cpu_slope,
-                       "largest_n": largest["n"], "queries_per_pod_at_largest": per_pod_queries,
-                       "answers_per_pod_at_largest": largest["client_reads"] / largest["n"],
-                       "server_cpu_s_per_pod_at_largest": largest["server"]["cpu_s_net"] / largest["n"],
-                       "cpu_ms_per_answer_at_largest": cpu_per_answer_ms}
+        n_max = largest["n"]
+        grow = MODEL_PODS / n_max
+        fit = {"answers_slope": a_slope, "query_slope": q_slope, "cpu_slope": cpu_slope,
+               "confirm_cpu_slope": confirm_slope, "confirm_cpu_s": dict((str(n), c) for n, c in added),
+               "largest_n": n_max,
+               "queries_per_pod_at_largest": largest["server"]["rpc_query"] / n_max,
+               "answers_per_pod_at_largest": largest["client_reads"] / n_max,
+               "server_cpu_s_per_pod_at_largest": largest["server"]["cpu_s_net"] / n_max,
+               "cpu_ms_per_answer_at_largest": 1000 * largest["server"]["cpu_s_net"] / max(1.0, largest["client_reads"])}
+        if a_slope is not None and cpu_slope is not None:
+            fit["rollout_at_model"] = {"answers": largest["client_reads"] * grow ** a_slope,
+                                       "server_cpu_s": largest["server"]["cpu_s_net"] * grow ** cpu_slope}
+        if design == "none":
+            out[design] = fit
+            continue
+        # Agent restart storm: every sidecar of one node re-registers and confirms at once.
+        if design == "node":
+            # Each confirmation: the instance, then its checks, woken by each of the node's
+            # ~3 changes a pod (register, two pushes); node-scoped answers of ~1.5 KB.
+            answers = per_node * (2 + 3 * per_node)
+            storm = {"server_answers": answers, "server_mb": answers * 1.5 / 1000}
+        elif design == "service":
+            # Each sidecar's blocking read opens a streaming view of the whole service: the
+            # servers send every sidecar a snapshot of all N instances, then every change.
+            storm = {"server_answers": per_node * (2 + 3 * per_node),
+                     "server_mb": per_node * MODEL_PODS * ENTRY_KB / 1000}
+        else:
+            # One view per agent: one snapshot of the service, then every change; the agent
+            # sends each sidecar the whole service on every wake.
+            storm = {"server_answers": 1 + 3 * per_node, "server_mb": MODEL_PODS * ENTRY_KB / 1000,
+                     "agent_to_sidecars_mb": per_node * 3 * per_node * MODEL_PODS * ENTRY_KB / 1000}
+        fit["agent_restart_storm_at_model"] = storm
+        fit["all_agents_restarted_at_model_server_mb"] = storm["server_mb"] * MODEL_NODES
+        out[design] = fit
     return out
 
 
@@ -539,9 +609,17 @@ def render_table(results: dict[str, Any]) -> str:
                      f"{idle:.0f} ({base:.0f}) |")
     lines.append("")
     for design, fit in results.get("model", {}).items():
-        fmt = {k: ("n/a" if fit[k] is None else f"{fit[k]:.2f}") for k in ("answers_slope", "query_slope", "cpu_slope")}
+        keys = ("answers_slope", "query_slope", "cpu_slope", "confirm_cpu_slope")
+        fmt = {k: ("n/a" if fit[k] is None else f"{fit[k]:.2f}") for k in keys}
         lines.append(f"- {design}: log-log slope vs N of query answers {fmt['answers_slope']}, of server rpc.query "
-                     f"{fmt['query_slope']}, of server CPU {fmt['cpu_slope']} (N up to {fit['largest_n']})")
+                     f"{fmt['query_slope']}, of server CPU {fmt['cpu_slope']}, of the server CPU it adds to the "
+                     f"writes alone {fmt['confirm_cpu_slope']} (N up to {fit['largest_n']})")
+        at = fit.get("rollout_at_model")
+        storm = fit.get("agent_restart_storm_at_model")
+        if at and storm:
+            lines.append(f"  - model, {MODEL_PODS} pods on {MODEL_NODES} nodes: a rollout ~{at['answers']:,.0f} query answers, "
+                         f"~{at['server_cpu_s']:,.0f} server CPU s; one agent restart ~{storm['server_mb']:,.1f} MB "
+                         f"from the servers, all agents restarted ~{fit['all_agents_restarted_at_model_server_mb']:,.0f} MB")
     for design, why in results["meta"].get("stopped", {}).items():
         lines.append(f"- {design} stopped at {why}")
     return "\n".join(lines) + "\n"
@@ -565,11 +643,19 @@ def render_charts(results: dict[str, Any], charts_dir: Path, log: Callable[[str]
             continue
         done = [r for r in runs if r["completed"]]
         ns = [r["n"] for r in done]
-        queries.plot(ns, [max(1.0, r["client_reads"]) for r in done], marker="o", label=design)
+        if design != "none":
+            queries.plot(ns, [max(1.0, r["client_reads"]) for r in done], marker="o", label=design)
         cpu.plot(ns, [max(0.01, r["server"]["cpu_s_net"]) for r in done], marker="o", label=design)
+        added = [(r["n"], confirm_cpu_s(results, r)) for r in done if design != "none"]
+        added = [(n, c) for n, c in added if c is not None]
+        if added:
+            cpu.plot([n for n, _ in added], [max(0.01, c) for _, c in added], marker=".", ls=":",
+                     color=cpu.lines[-1].get_color(), label=f"{design}: added to the writes")
         written.plot(ns, [max(0.01, r["server"]["bytes_written"] / 1e6) for r in done], marker="o", label=design)
-        latency.plot(ns, [max(0.1, pct(r["confirm_ms"], 50)) for r in done], marker="o", label=f"{design} p50")
-        latency.plot(ns, [max(0.1, pct(r["confirm_ms"], 99)) for r in done], marker="^", ls="--", label=f"{design} p99")
+        if design != "none":
+            latency.plot(ns, [max(0.1, pct(r["confirm_ms"], 50)) for r in done], marker="o", label=f"{design} p50")
+            latency.plot(ns, [max(0.1, pct(r["confirm_ms"], 99)) for r in done], marker="^", ls="--",
+                         label=f"{design} p99")
         for r in runs:
             if not r["completed"]:
                 queries.annotate(f"{design} stopped", (r["n"], max(1.0, r["client_reads"])), fontsize=7)
@@ -612,7 +698,19 @@ def main(argv: Sequence[str] | None = None) -> int:
     parser.add_argument("--out", type=Path, default=REPO / "bench" / "out")
     parser.add_argument("--charts", type=Path, default=REPO / "docs" / "img", help="'-' for none")
     parser.add_argument("--workdir", type=Path, default=Path("/tmp") / f"katalog-scale-{os.getpid()}")
+    parser.add_argument("--from-json", type=Path, help="no run: the model, table and charts from a scale.json")
     args = parser.parse_args(argv)
+    charts = None if str(args.charts) == "-" else args.charts
+    if args.from_json:
+        results = json.loads(args.from_json.read_text())
+        results["model"] = model(results)
+        args.out.mkdir(parents=True, exist_ok=True)
+        (args.out / "scale.json").write_text(json.dumps(results, indent=1))
+        (args.out / "scale.md").write_text(render_table(results))
+        if charts is not None:
+            render_charts(results, charts)
+        print(render_table(results))
+        return 0
     params = SCALE_PRESETS[args.preset]
     overrides: dict[str, Any] = {}
     if args.sizes:
@@ -625,7 +723,6 @@ def main(argv: Sequence[str] | None = None) -> int:
         overrides["budget_s"] = args.budget
     if overrides:
         params = ScaleParams(**{**asdict(params), **overrides})
-    charts = None if str(args.charts) == "-" else args.charts
     results = run_scale(params, args.out, charts, args.workdir, preset=args.preset,
                         log=lambda s: print(s, file=sys.stderr, flush=True))
     print(render_table(results))
