@@ -33,7 +33,7 @@ from test_kube_source import (  # noqa: F401 (kube, start: fixtures)
 
 from sidecar.config import load_config
 from sidecar.consul_api import ConsulAgent
-from sidecar.errors import ConfigError, ConsulError, KubernetesError
+from sidecar.errors import ConfigError, KubernetesError
 from sidecar.kube_client import KubeClient
 from sidecar.registration import Instance
 from sidecar.watchers import Confirmer, Expectation
@@ -133,25 +133,25 @@ def test_a_pod_list_of_the_wrong_shape_is_a_kubernetes_error(serve_json: Callabl
 # -- the confirmer ------------------------------------------------------------------------------
 
 
-JUNK_ENTRIES = [
-    [{"Service": "web", "Checks": []}],
-    [{"Service": {"ID": "shop:web-0:web", "Address": "10.0.0.5", "Port": 8080}, "Checks": {"a": "passing"}}],
-    [{"Service": {"ID": "shop:web-0:web", "Address": "10.0.0.5", "Port": 8080}, "Checks": ["passing"]}],
-    [{"Service": {"ID": "shop:web-0:web", "Address": "10.0.0.5", "Port": 8080}, "Checks": [{"CheckID": ["x"]}]}],
-    ["an entry"],
+# One document answers every path: /v1/agent/checks (the node name), then the node's services,
+# then the node's checks. Each is junk at a different depth.
+JUNK_ANSWERS = [
+    (["an entry"], "GET /v1/agent/checks: the answer is not a map of checks"),
+    ({"c": "junk"}, "the agent does not hold shop:web-0:web"),
+    ({"c": {"Node": "n1"}, "Services": "web"}, "the answer's Services is not a list"),
+    ({"c": {"Node": "n1"}, "Services": ["an entry", {"ID": ["x"]}, 5]},
+     "the catalog does not list shop:web-0:web on node n1 yet"),
+    ({"c": {"Node": "n1"}, "Services": [{"ID": "shop:web-0:web", "Address": "10.0.0.5", "Port": 8080}]},
+     "GET /v1/health/node/n1: the answer is not a list of checks"),
 ]
 
 
-@pytest.mark.parametrize("entries", JUNK_ENTRIES, ids=["service-string", "checks-object", "check-string",
-                                                       "check-id-list", "entry-string"])
-def test_non_object_catalog_entries_are_an_error_the_confirmer_reports(
-        serve_json: Callable[[Any], str], entries: list[Any]) -> None:
-    url = serve_json(entries)
-    config = load_config(dict(VALID, CONSUL_HTTP_ADDR=url))
-    agent = ConsulAgent(config.consul)
-    with pytest.raises(ConsulError, match="the answer is not a list of instances"):
-        agent.health_of_instance("web", "shop:web-0:web")
-    # The confirmer as it runs: it says why it cannot confirm, and keeps going.
+@pytest.mark.parametrize(("answer", "reported"), JUNK_ANSWERS,
+                         ids=["checks-list", "check-string", "services-string", "service-junk", "health-object"])
+def test_junk_catalog_answers_are_reported_and_the_confirmer_keeps_going(
+        serve_json: Callable[[Any], str], answer: Any, reported: str) -> None:
+    url = serve_json(answer)
+    agent = ConsulAgent(load_config(dict(VALID, CONSUL_HTTP_ADDR=url)).consul)
     posts: list[tuple[str, Any]] = []
     posted = threading.Condition()
 
@@ -169,10 +169,17 @@ def test_non_object_catalog_entries_are_an_error_the_confirmer_reports(
             assert posted.wait_for(lambda: bool(posts), timeout=10), "the confirmer reported nothing"
         kind, (generation, message) = posts[0]
         assert (kind, generation) == ("confirm-pending", 1)
-        assert message.endswith("the answer is not a list of instances")
+        assert reported in message
         assert confirmer._supervisor.statuses()[0].restarts == 0  # handled, not a crash
     finally:
         confirmer.stop()
+
+
+def test_junk_checks_are_skipped_not_compared(serve_json: Callable[[Any], str]) -> None:
+    url = serve_json(["a check", {"CheckID": ["x"], "Status": "passing"}, {"CheckID": "c1", "Status": "passing"}])
+    agent = ConsulAgent(load_config(dict(VALID, CONSUL_HTTP_ADDR=url)).consul)
+    _, checks = agent.node_checks("n1", "web", "shop:web-0:web")
+    assert checks == [{"CheckID": "c1", "Status": "passing"}]
 
 
 # -- settings that used to fail inside a thread --------------------------------------------------
