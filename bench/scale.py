@@ -454,6 +454,19 @@ def merge(results: Sequence[RunResult]) -> RunResult:
                      idle_runs[0].baseline_server, f"mean of {k} rollouts; latency samples from all of them")
 
 
+def latency(run: dict[str, Any], q: int) -> float:
+    """A run's confirmation latency percentile: from its samples, or as recorded (p50/p99)."""
+    if run.get("confirm_ms"):
+        return pct(run["confirm_ms"], q)
+    value = run.get(f"confirm_p{q}_ms")
+    return float(value) if value is not None else float("nan")
+
+
+def net_cpu(run: dict[str, Any]) -> float:
+    server = run["server"]
+    return float(server["cpu_s_net"] if server.get("cpu_s_net") is not None else server["cpu_s"])
+
+
 def pct(values: Sequence[float], q: float) -> float:
     if not values:
         return float("nan")
@@ -475,6 +488,22 @@ def run_scale(params: ScaleParams, out_dir: Path, charts_dir: Path | None, workd
     runs: list[RunResult] = []
     stopped: dict[str, str] = {}
     started = time.monotonic()
+
+    def save() -> dict[str, Any]:
+        # After every run, so an interrupted benchmark keeps what it measured.
+        results = {
+            "meta": {"preset": preset, "params": asdict(params), "duration_s": round(time.monotonic() - started, 1),
+                     "nproc": os.cpu_count(), "loadavg_end": os.getloadavg(), "stopped": stopped,
+                     "driver": "in-process virtual pods: the product's ConsulAgent, Confirmer, Drainer and "
+                               "registration_payload, one agent connection per pod; real Consul 1.16.1 agents"},
+            "runs": [asdict(r) for r in runs],
+        }
+        results["model"] = model(results)
+        out_dir.mkdir(parents=True, exist_ok=True)
+        (out_dir / "scale.json").write_text(json.dumps(results, indent=1))
+        (out_dir / "scale.md").write_text(render_table(results))
+        return results
+
     for n in params.sizes:
         limits = dict(params.max_n)
         todo = [d for d in params.designs if d not in stopped and n <= limits.get(d, n)]
@@ -494,20 +523,11 @@ def run_scale(params: ScaleParams, out_dir: Path, charts_dir: Path | None, workd
                 runs.append(result)
                 if not result.completed:
                     stopped[design] = f"N={n}: {result.note}"
+                save()
         finally:
             agents.stop()
             shutil.rmtree(workdir / f"n{n}", ignore_errors=True)
-    results = {
-        "meta": {"preset": preset, "params": asdict(params), "duration_s": round(time.monotonic() - started, 1),
-                 "nproc": os.cpu_count(), "loadavg_end": os.getloadavg(), "stopped": stopped,
-                 "driver": "in-process virtual pods: the product's ConsulAgent, Confirmer, Drainer and "
-                           "registration_payload, one agent connection per pod; real Consul 1.16.1 agents"},
-        "runs": [asdict(r) for r in runs],
-    }
-    results["model"] = model(results)
-    out_dir.mkdir(parents=True, exist_ok=True)
-    (out_dir / "scale.json").write_text(json.dumps(results, indent=1))
-    (out_dir / "scale.md").write_text(render_table(results))
+    results = save()
     if charts_dir is not None:
         render_charts(results, charts_dir, log)
     return results
@@ -534,7 +554,7 @@ def confirm_cpu_s(results: dict[str, Any], run: dict[str, Any]) -> float | None:
     base = [r for r in results["runs"] if r["design"] == "none" and r["n"] == run["n"]]
     if not base:
         return None
-    return max(0.0, run["server"]["cpu_s_net"] - base[0]["server"]["cpu_s_net"])
+    return max(0.0, net_cpu(run) - net_cpu(base[0]))
 
 
 def model(results: dict[str, Any]) -> dict[str, Any]:
@@ -553,7 +573,7 @@ def model(results: dict[str, Any]) -> dict[str, Any]:
             continue
         q_slope = slope([(r["n"], r["server"]["rpc_query"]) for r in runs])
         a_slope = slope([(r["n"], r["client_reads"]) for r in runs])
-        cpu_slope = slope([(r["n"], r["server"]["cpu_s_net"]) for r in runs])
+        cpu_slope = slope([(r["n"], net_cpu(r)) for r in runs])
         added = [(r["n"], confirm_cpu_s(results, r)) for r in runs]
         confirm_slope = slope([(n, c) for n, c in added if c is not None])
         largest = max(runs, key=lambda r: r["n"])
@@ -564,11 +584,11 @@ def model(results: dict[str, Any]) -> dict[str, Any]:
                "largest_n": n_max,
                "queries_per_pod_at_largest": largest["server"]["rpc_query"] / n_max,
                "answers_per_pod_at_largest": largest["client_reads"] / n_max,
-               "server_cpu_s_per_pod_at_largest": largest["server"]["cpu_s_net"] / n_max,
-               "cpu_ms_per_answer_at_largest": 1000 * largest["server"]["cpu_s_net"] / max(1.0, largest["client_reads"])}
+               "server_cpu_s_per_pod_at_largest": net_cpu(largest) / n_max,
+               "cpu_ms_per_answer_at_largest": 1000 * net_cpu(largest) / max(1.0, largest["client_reads"])}
         if a_slope is not None and cpu_slope is not None:
             fit["rollout_at_model"] = {"answers": largest["client_reads"] * grow ** a_slope,
-                                       "server_cpu_s": largest["server"]["cpu_s_net"] * grow ** cpu_slope}
+                                       "server_cpu_s": net_cpu(largest) * grow ** cpu_slope}
         if design == "none":
             out[design] = fit
             continue
@@ -597,16 +617,19 @@ def model(results: dict[str, Any]) -> dict[str, Any]:
 def render_table(results: dict[str, Any]) -> str:
     lines = ["| design | N | nodes | done | query answers | per pod | server rpc.query | server streams | server CPU s (net) | "
              "server MB written | client agents CPU s | confirm p50 ms | confirm p99 ms | drains ok | "
-             "idle rpc.query (baseline) |",
-             "|---|---|---|---|---|---|---|---|---|---|---|---|---|---|---|"]
+             "idle rpc.query (baseline) | note |",
+             "|---|---|---|---|---|---|---|---|---|---|---|---|---|---|---|---|"]
     for r in results["runs"]:
         s = r["server"]
-        idle, base = r["idle_server"].get("rpc_query", 0), r["baseline_server"].get("rpc_query", 0)
+        idle, base = (r.get("idle_server") or {}).get("rpc_query"), (r.get("baseline_server") or {}).get("rpc_query")
+        written = "n/a" if s.get("bytes_written") is None else f"{s['bytes_written'] / 1e6:.1f}"
+        net = "n/a" if s.get("cpu_s_net") is None else f"{s['cpu_s_net']:.2f}"
+        idle_text = "n/a" if idle is None else f"{idle:.0f} ({base:.0f})"
+        drains = "n/a" if r.get("drains") is None else f"{r['drains_ok']}/{r['drains']}"
         lines.append(f"| {r['design']} | {r['n']} | {r['clients']} | {'yes' if r['completed'] else '**no**'} | {r['client_reads']} | "
                      f"{r['client_reads'] / r['n']:.1f} | {s['rpc_query']:.0f} | {s['grpc_streams']:.0f} | "
-                     f"{s['cpu_s']:.2f} ({s['cpu_s_net']:.2f}) | {s['bytes_written'] / 1e6:.1f} | {s['clients_cpu_s']:.2f} | "
-                     f"{pct(r['confirm_ms'], 50):.1f} | {pct(r['confirm_ms'], 99):.1f} | {r['drains_ok']}/{r['drains']} | "
-                     f"{idle:.0f} ({base:.0f}) |")
+                     f"{s['cpu_s']:.2f} ({net}) | {written} | {s['clients_cpu_s']:.2f} | "
+                     f"{latency(r, 50):.1f} | {latency(r, 99):.1f} | {drains} | {idle_text} | {r.get('note', '')} |")
     lines.append("")
     for design, fit in results.get("model", {}).items():
         keys = ("answers_slope", "query_slope", "cpu_slope", "confirm_cpu_slope")
@@ -636,7 +659,7 @@ def render_charts(results: dict[str, Any], charts_dir: Path, log: Callable[[str]
         return []
     charts_dir.mkdir(parents=True, exist_ok=True)
     fig, axes = plt.subplots(2, 2, figsize=(12, 8.5))
-    (queries, cpu), (written, latency) = axes
+    (queries, cpu), (written, lat_ax) = axes
     for design in DESIGNS:
         runs = sorted((r for r in results["runs"] if r["design"] == design), key=lambda r: r["n"])
         if not runs:
@@ -645,17 +668,19 @@ def render_charts(results: dict[str, Any], charts_dir: Path, log: Callable[[str]
         ns = [r["n"] for r in done]
         if design != "none":
             queries.plot(ns, [max(1.0, r["client_reads"]) for r in done], marker="o", label=design)
-        cpu.plot(ns, [max(0.01, r["server"]["cpu_s_net"]) for r in done], marker="o", label=design)
+        cpu.plot(ns, [max(0.01, net_cpu(r)) for r in done], marker="o", label=design)
         added = [(r["n"], confirm_cpu_s(results, r)) for r in done if design != "none"]
         added = [(n, c) for n, c in added if c is not None]
         if added:
             cpu.plot([n for n, _ in added], [max(0.01, c) for _, c in added], marker=".", ls=":",
                      color=cpu.lines[-1].get_color(), label=f"{design}: added to the writes")
-        written.plot(ns, [max(0.01, r["server"]["bytes_written"] / 1e6) for r in done], marker="o", label=design)
+        with_bytes = [r for r in done if r["server"].get("bytes_written") is not None]
+        if with_bytes:
+            written.plot([r["n"] for r in with_bytes], [max(0.01, r["server"]["bytes_written"] / 1e6) for r in with_bytes],
+                         marker="o", label=design)
         if design != "none":
-            latency.plot(ns, [max(0.1, pct(r["confirm_ms"], 50)) for r in done], marker="o", label=f"{design} p50")
-            latency.plot(ns, [max(0.1, pct(r["confirm_ms"], 99)) for r in done], marker="^", ls="--",
-                         label=f"{design} p99")
+            lat_ax.plot(ns, [max(0.1, latency(r, 50)) for r in done], marker="o", label=f"{design} p50")
+            lat_ax.plot(ns, [max(0.1, latency(r, 99)) for r in done], marker="^", ls="--", label=f"{design} p99")
         for r in runs:
             if not r["completed"]:
                 queries.annotate(f"{design} stopped", (r["n"], max(1.0, r["client_reads"])), fontsize=7)
@@ -674,8 +699,8 @@ def render_charts(results: dict[str, Any], charts_dir: Path, log: Callable[[str]
                 title="Server bytes written (sockets + Raft log)")
     cpu.set(xscale="log", yscale="log", xlabel="N", ylabel="server CPU seconds per rollout (net of idle)",
             title="Server CPU per rollout")
-    latency.set(xscale="log", yscale="log", xlabel="N", ylabel="ms", title="Confirmation latency (push -> confirmed)")
-    for ax in (queries, cpu, written, latency):
+    lat_ax.set(xscale="log", yscale="log", xlabel="N", ylabel="ms", title="Confirmation latency (push -> confirmed)")
+    for ax in (queries, cpu, written, lat_ax):
         ax.legend(fontsize=7)
         ax.grid(True, which="both", lw=0.3)
     fig.tight_layout()
