@@ -189,7 +189,8 @@ class _Ownership:
     Writes are skipped when the agent's instance with our ID now belongs to another pod (a
     same-node successor of a force-deleted pod): its checks are not ours to turn critical and
     it is not ours to deregister. Catalog waits read this node only, through one watch per
-    instance, so the node learned before deregistering still scopes the wait for removal.
+    instance: the node learned while confirming critical (the agent can no longer say once
+    the instance is deregistered) still scopes the wait for removal.
     """
 
     def __init__(self, agent: ConsulAgent, reads: CatalogReads) -> None:
@@ -205,16 +206,19 @@ class _Ownership:
 
     def guard(self, inst: Instance, write: Callable[[float], None]) -> Callable[[float], None]:
         def step(timeout: float) -> None:
-            # Learn the node while the agent still holds the instance: after deregistration
-            # it cannot say, and the wait for removal must still read this node only.
-            self.watch(inst).learn_node(timeout)
-            other = foreign_pod_uid(self._agent, inst, timeout)
+            # Whose instance is it? Asked with half the attempt's time, so that the write still
+            # gets sent when the agent hangs; when the agent cannot say, write as before.
+            started = time.monotonic()
+            try:
+                other = foreign_pod_uid(self._agent, inst, timeout / 2)
+            except ConsulError:
+                other = None
             if other is not None:
                 if inst.service_id not in self._foreign:
                     self._foreign.add(inst.service_id)
                     log.warning("%s now belongs to pod UID %s on this agent, not to this pod (%s): "
                                 "leaving it alone", inst.service_id, other, inst.pod_uid)
                 return
-            write(timeout)
+            write(max(timeout - (time.monotonic() - started), MIN_ATTEMPT_TIMEOUT))
 
         return step

@@ -10,6 +10,7 @@ import time
 from collections.abc import Iterator
 from pathlib import Path
 from typing import Any
+from urllib.parse import quote_plus
 
 import pytest
 from counting_proxy import CountingProxy
@@ -85,7 +86,10 @@ def test_servers_down_every_instance_gets_its_attempts_and_the_exit_says_what_is
     seen = proxy.between(start, start + took)
     for name in ("web", "admin"):
         sid = f"shop:web-7d4b9c-x2k8p:{name}"
-        reads = [s for s in seen if s.method == "GET" and s.path.startswith(f"/v1/health/service/{name}?")]
+        # Confirmation reads this agent's node, filtered to the instance.
+        reads = [s for s in seen if s.method == "GET" and s.path.startswith(("/v1/catalog/node-services/",
+                                                                               "/v1/health/node/"))
+                 and quote_plus(sid) in s.path]
         deregister = [s for s in seen if s.path == f"/v1/agent/service/deregister/{sid}"]
         assert deregister, f"{sid} was never deregistered"
         # At least one catalog read to confirm critical (before) and one to confirm removal (after).
@@ -118,11 +122,22 @@ class _Agent:
     def deregister_service(self, service_id: str, timeout: float | None = None) -> None:
         self.registered = False
 
-    def health_of_instance(self, name: str, sid: str, index: int = 0, wait: float = 0.0,
-                           timeout: float | None = None) -> tuple[int, list[dict[str, Any]]]:
+    def node_of_service(self, sid: str, timeout: float | None = None) -> str | None:
+        return "node-a" if self.registered else None
+
+    def agent_service(self, sid: str, content_hash: str = "", wait: float = 0.0,
+                      timeout: float | None = None) -> tuple[str, dict[str, Any] | None]:
+        return ("", {"ID": sid, "Meta": {}}) if self.registered else ("", None)
+
+    def node_instance(self, node: str, name: str, sid: str, index: int = 0, wait: float = 0.0,
+                      timeout: float | None = None) -> tuple[int, list[dict[str, Any]]]:
         if self.registered:
-            raise ConsulServerError("GET /v1/health/service/web: No cluster leader", status=500)
+            raise ConsulServerError("GET /v1/catalog/node-services/node-a: No cluster leader", status=500)
         return 7, []
+
+    def node_checks(self, node: str, name: str, sid: str, index: int = 0, wait: float = 0.0,
+                    timeout: float | None = None) -> tuple[int, list[dict[str, Any]]]:
+        raise ConsulServerError("GET /v1/health/node/node-a: No cluster leader", status=500)
 
 
 class _Clock:
