@@ -87,25 +87,26 @@ class ServiceScopedReads:
         self._agent = agent
         self._cached = cached
 
-    def node_of_service(self, service_id: str) -> str | None:
-        return self._agent.node_of_service(service_id)
+    def node_of_service(self, service_id: str, timeout: float | None = None) -> str | None:
+        return self._agent.node_of_service(service_id, timeout)
 
-    def _read(self, node: str, name: str, service_id: str, index: int, wait: float) -> tuple[int, Entries]:
+    def _read(self, node: str, name: str, service_id: str, index: int, wait: float,
+              timeout: float | None) -> tuple[int, Entries]:
         # The shared watch: no filter (a filter would make one agent-cache entry per sidecar).
         params = [("cached", "")] if self._cached else [("filter", f'Service.ID == "{service_id}"')]
-        read = self._agent.read_servers(f"/v1/health/service/{name}", params, index, wait)
+        read = self._agent.read_servers(f"/v1/health/service/{name}", params, index, wait, timeout)
         entries = [e for e in read.data or [] if isinstance(e, dict)]
         return read.index, [e for e in entries if (e.get("Node") or {}).get("Node") == node
                             and (e.get("Service") or {}).get("ID") == service_id]
 
     def node_instance(self, node: str, service_name: str, service_id: str, index: int = 0,
-                      wait: float = 0.0) -> tuple[int, Entries]:
-        index, entries = self._read(node, service_name, service_id, index, wait)
+                      wait: float = 0.0, timeout: float | None = None) -> tuple[int, Entries]:
+        index, entries = self._read(node, service_name, service_id, index, wait, timeout)
         return index, [e["Service"] for e in entries]
 
     def node_checks(self, node: str, service_name: str, service_id: str, index: int = 0,
-                    wait: float = 0.0) -> tuple[int, Entries]:
-        index, entries = self._read(node, service_name, service_id, index, wait)
+                    wait: float = 0.0, timeout: float | None = None) -> tuple[int, Entries]:
+        index, entries = self._read(node, service_name, service_id, index, wait, timeout)
         return index, [c for e in entries for c in e.get("Checks") or [] if c.get("ServiceID") == service_id]
 
 
@@ -116,18 +117,18 @@ class CountingReads:
         self._inner = inner
         self._count = counter
 
-    def node_of_service(self, service_id: str) -> str | None:
-        return self._inner.node_of_service(service_id)  # agent-local: not counted
+    def node_of_service(self, service_id: str, timeout: float | None = None) -> str | None:
+        return self._inner.node_of_service(service_id, timeout)  # agent-local: not counted
 
     def node_instance(self, node: str, service_name: str, service_id: str, index: int = 0,
-                      wait: float = 0.0) -> tuple[int, Entries]:
+                      wait: float = 0.0, timeout: float | None = None) -> tuple[int, Entries]:
         self._count()
-        return self._inner.node_instance(node, service_name, service_id, index, wait)
+        return self._inner.node_instance(node, service_name, service_id, index, wait, timeout)
 
     def node_checks(self, node: str, service_name: str, service_id: str, index: int = 0,
-                    wait: float = 0.0) -> tuple[int, Entries]:
+                    wait: float = 0.0, timeout: float | None = None) -> tuple[int, Entries]:
         self._count()
-        return self._inner.node_checks(node, service_name, service_id, index, wait)
+        return self._inner.node_checks(node, service_name, service_id, index, wait, timeout)
 
 
 def design_reads(design: str, agent: ConsulAgent) -> CatalogReads:
@@ -310,7 +311,8 @@ class VirtualPod:
                 self.agent.update_ttl_check(check_id, CRITICAL, TERMINATING)
             self.agent.deregister_service(inst.service_id)
             return True
-        return Drainer(self.agent, time.monotonic, time.monotonic() + timeout, reads=self.reads).run((self.instance,))
+        drainer = Drainer(self.agent, time.monotonic, time.monotonic() + timeout, reads=self.reads)
+        return drainer.run((self.instance,)).complete
 
 
 @dataclass
@@ -669,8 +671,8 @@ def render_charts(results: dict[str, Any], charts_dir: Path, log: Callable[[str]
         if design != "none":
             queries.plot(ns, [max(1.0, r["client_reads"]) for r in done], marker="o", label=design)
         cpu.plot(ns, [max(0.01, net_cpu(r)) for r in done], marker="o", label=design)
-        added = [(r["n"], confirm_cpu_s(results, r)) for r in done if design != "none"]
-        added = [(n, c) for n, c in added if c is not None]
+        maybe = [(r["n"], confirm_cpu_s(results, r)) for r in done if design != "none"]
+        added = [(n, c) for n, c in maybe if c is not None]
         if added:
             cpu.plot([n for n, _ in added], [max(0.01, c) for _, c in added], marker=".", ls=":",
                      color=cpu.lines[-1].get_color(), label=f"{design}: added to the writes")

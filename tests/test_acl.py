@@ -131,11 +131,14 @@ def test_missing_reads_say_the_catalog_hides_the_service(acl_agent: AclDevAgent,
     for _ in range(3):
         assert sidecar.gate()[0] == 1
     # Termination cannot see the instance go critical through this token, says so, and still
-    # deregisters (removal needs service:write only). Once it is gone nothing is hidden any more,
-    # so the removal is confirmed: nothing is left, and the exit code says so.
-    assert sidecar.terminate() == 0
+    # deregisters (removal needs service:write only). Confirmation reads this agent's node, which
+    # the token may not see at all, so the removal cannot be confirmed either: the exit code
+    # and the last words say the agent removed it and the catalog did not confirm.
+    assert sidecar.terminate() == 1
     assert acl_agent.health("web") == [] and acl_agent.agent_services() == {}
-    assert "confirming critical in the catalog: the catalog hides web" in sidecar.logs()
+    logs = sidecar.logs()
+    assert "confirming critical in the catalog: the catalog hides web" in logs
+    assert "the agent deregistered shop:web-7d4b9c-x2k8p:web but the catalog did not confirm the removal" in logs
 
 
 def test_rewritten_token_file_is_used_without_a_restart(acl_agent: AclDevAgent, run_sidecar, tmp_path: Path) -> None:
