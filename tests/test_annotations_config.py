@@ -3,6 +3,7 @@ per-service fixed health, and the new standard Consul settings. Pure: no servers
 
 from __future__ import annotations
 
+import contextlib
 import re
 import threading
 from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
@@ -17,7 +18,7 @@ from hypothesis import strategies as st
 from sidecar.annotations import KATALOG_SYNC_ANNOTATIONS, OUR_ANNOTATIONS
 from sidecar.config import PENDING, annotation_reference, load_config
 from sidecar.consul_api import ConsulAgent
-from sidecar.errors import ConfigError
+from sidecar.errors import ConfigError, ConsulError
 from sidecar.live_config import ConfigFollower
 from sidecar.pod_readiness import observe_pod
 from sidecar.readiness import Observation
@@ -358,13 +359,18 @@ def test_every_call_names_the_namespace_partition_and_basic_auth() -> None:
         agent.register_service({"ID": "x", "Name": "web"})
         agent.update_ttl_check("x:readiness", "passing", "ok")
         agent.agent_service("x")
-        agent.health_of_instance("web", "x")
+        with contextlib.suppress(ConsulError):  # this server answers [] where the agent sends a map
+            agent.node_of_service("x")
+        with contextlib.suppress(ConsulError):
+            agent.node_instance("node-a", "web", "x")
+        agent.node_checks("node-a", "web", "x")
         agent.deregister_service("x")
     finally:
         recording.close()
     assert [path for _m, path, _q, _a in recording.seen] == [
         "/v1/agent/service/register", "/v1/agent/check/update/x:readiness", "/v1/agent/service/x",
-        "/v1/health/service/web", "/v1/agent/service/deregister/x"]
+        "/v1/agent/checks", "/v1/catalog/node-services/node-a", "/v1/health/node/node-a",
+        "/v1/agent/service/deregister/x"]
     for _method, _path, query, authorization in recording.seen:
         assert (query["ns"], query["partition"]) == (["team-a"], ["eu"])
         assert authorization == "Basic b3BzOnB3"  # ops:pw

@@ -13,6 +13,7 @@ from sidecar.registration import (
     compare_checks,
     compare_service,
     registration_payload,
+    same_pod,
     service_id,
 )
 
@@ -80,8 +81,9 @@ def checks(readiness: str = PASSING) -> list[dict[str, object]]:
     ([service(address="10.0.0.6", uid="uid-old")],
      "catalog lists shop:web-0:web on node node-b for pod UID uid-old, not this pod (uid-new): "
      "waiting for this pod's registration"),
-    # An entry that does not say its UID (an older sidecar's) is judged by node, ID and address.
-    ([service(uid=None)], None),
+    # An entry that does not say its UID (an older sidecar's) is this pod's by node, ID and
+    # address, but not confirmed until the servers have the meta registered now.
+    ([service(uid=None)], "catalog lists shop:web-0:web with other meta than registered"),
 ])
 def test_compare_service(entries, expected) -> None:
     assert compare_service(INSTANCE, "node-b", entries) == expected
@@ -90,7 +92,8 @@ def test_compare_service(entries, expected) -> None:
 def test_without_a_known_uid_node_and_id_decide() -> None:
     anonymous = Instance("web", "shop:web-0:web", "10.0.0.5", 8080, (), ())
     assert anonymous.pod_uid is None
-    assert compare_service(anonymous, "node-b", [service(uid="anything")]) is None
+    assert same_pod(anonymous, service(uid="anything")) and same_pod(INSTANCE, service(uid=None))
+    assert not same_pod(INSTANCE, service(uid="uid-old"))
 
 
 @pytest.mark.parametrize(("entries", "expected"), [
