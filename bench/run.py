@@ -152,15 +152,25 @@ def cpu_seconds(pid: int) -> float:
     return (int(fields[11]) + int(fields[12])) / os.sysconf("SC_CLK_TCK")
 
 
-def cpu_seconds_precise(pid: int) -> float:
-    """Time on CPU summed over the process's threads, in ns from /proc/<pid>/task/*/schedstat."""
-    total = 0
+def thread_cpu_ns(pid: int) -> dict[int, int]:
+    """Time on CPU of each live thread, in ns from /proc/<pid>/task/*/schedstat."""
+    times: dict[int, int] = {}
     for task in Path(f"/proc/{pid}/task").iterdir():
         try:
-            total += int((task / "schedstat").read_text().split()[0])
+            times[int(task.name)] = int((task / "schedstat").read_text().split()[0])
         except (OSError, ValueError, IndexError):
             pass  # a thread that just ended
-    return total / 1e9
+    return times
+
+
+def cpu_seconds_between(before: dict[int, int], after: dict[int, int]) -> float:
+    """CPU seconds the process's threads spent between two `thread_cpu_ns` samples.
+
+    Per thread, so a thread that ends inside the window cannot make the sum negative (a sum of
+    live threads' totals drops by everything that thread ever used); the time such a thread
+    spent inside the window is missed, which the /proc/<pid>/stat figure beside it still counts.
+    """
+    return sum(ns - before.get(tid, 0) for tid, ns in after.items()) / 1e9
 
 
 def rss_mb(pid: int) -> float:
@@ -488,7 +498,7 @@ def measure_idle(world: World, fleet: Fleet, seconds: float, settle: float) -> d
     before = scrape_all()
     kube_before = len(world.kube.requests)
     cpu0 = {name: cpu_seconds(pid) for name, pid in pids.items()}
-    precise0 = {name: cpu_seconds_precise(pid) for name, pid in pids.items()}
+    precise0 = {name: thread_cpu_ns(pid) for name, pid in pids.items()}
     t0 = time.monotonic()
     for c in counters:
         c.start()
@@ -501,7 +511,7 @@ def measure_idle(world: World, fleet: Fleet, seconds: float, settle: float) -> d
             break
         time.sleep(min(5.0, remaining))
     cpu1 = {name: cpu_seconds(pid) for name, pid in pids.items()}
-    precise1 = {name: cpu_seconds_precise(pid) for name, pid in pids.items()}
+    precise1 = {name: thread_cpu_ns(pid) for name, pid in pids.items()}
     t1 = time.monotonic()
     window = t1 - t0
     after = scrape_all()
@@ -544,7 +554,8 @@ def measure_idle(world: World, fleet: Fleet, seconds: float, settle: float) -> d
         "rss_mb": summarize(max(v) for v in rss.values()),
         "cpu_pct_of_core": summarize((cpu1[n] - cpu0[n]) / window * 100.0 for n in pids),
         "cpu_tick_s": 1.0 / os.sysconf("SC_CLK_TCK"),
-        "cpu_pct_of_core_schedstat": summarize((precise1[n] - precise0[n]) / window * 100.0 for n in pids),
+        "cpu_pct_of_core_schedstat": summarize(cpu_seconds_between(precise0[n], precise1[n]) / window * 100.0
+                                               for n in pids),
         "watch_restarts_per_sidecar": summarize(_restarts(after[n]) - _restarts(before[n]) for n in pids),
     }
 
@@ -821,16 +832,16 @@ def measure_faults(window: float, settle: float, log: Callable[[str], None] = pr
             time.sleep(settle)
             assert pod.proc is not None
             pid = pod.proc.pid
-            c0, p0, t0 = cpu_seconds(pid), cpu_seconds_precise(pid), time.monotonic()
+            c0, p0, t0 = cpu_seconds(pid), thread_cpu_ns(pid), time.monotonic()
             time.sleep(window)
-            c1, p1, t1 = cpu_seconds(pid), cpu_seconds_precise(pid), time.monotonic()
+            c1, p1, t1 = cpu_seconds(pid), thread_cpu_ns(pid), time.monotonic()
             if pod.proc.poll() is not None:
                 raise RuntimeError(f"{state}: the sidecar exited {pod.proc.returncode}: {tail(pod)}")
             seen = consul.between(t0, t1)
             agent = sum(1 for s in seen if s.target == "agent")
             api_n = api(t0, t1)
             span = t1 - t0
-            entry = {"cpu_pct_of_core": (c1 - c0) / span * 100, "cpu_pct_of_core_schedstat": (p1 - p0) / span * 100,
+            entry = {"cpu_pct_of_core": (c1 - c0) / span * 100, "cpu_pct_of_core_schedstat": cpu_seconds_between(p0, p1) / span * 100,
                      "consul_agent_requests": agent, "consul_server_requests": len(seen) - agent,
                      "api_requests": api_n, "requests_per_s": (len(seen) + api_n) / span, "window_s": span,
                      "gate": pod.gate()[1]}
