@@ -217,7 +217,7 @@ def table(result: dict[str, Any]) -> str:
     rows += [
         ("readiness-gate CPU per run in the container", f"{statistics.median(gate_cpu):.1f} ms",
          f"round medians {', '.join(f'{v:.1f}' for v in gate_cpu)}"),
-        ("bare `python -c pass` CPU per run in the container", f"{statistics.median(bare_cpu):.1f} ms",
+        ("bare start of the gate's interpreter (`<interpreter> -c pass`) CPU per run in the container", f"{statistics.median(bare_cpu):.1f} ms",
          f"round medians {', '.join(f'{v:.1f}' for v in bare_cpu)}"),
         ("readiness-gate / bare interpreter, CPU", f"{statistics.median(ratio('gate', 'bare', 'cpu')):.2f}x",
          f"per round {', '.join(f'{v:.2f}' for v in ratio('gate', 'bare', 'cpu'))}"),
