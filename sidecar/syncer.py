@@ -132,7 +132,9 @@ class Syncer:
         self._post("source-problem", message)
 
     def request_shutdown(self, reason: str = "SIGTERM") -> None:
-        self._post("shutdown", reason)
+        # The time of the signal: the kubelet's grace period runs from it, not from when the
+        # loop gets to the event (an agent call in flight can hold the loop for its timeout).
+        self._post("shutdown", (reason, self.clock()))
 
     def reconfigure(self, config: Config) -> None:
         """A new configuration (the pod's annotations changed): re-register what differs."""
@@ -158,7 +160,10 @@ class Syncer:
                 self.last_loop = self.clock()
                 if kind == "shutdown":
                     stop_sources.set()
-                    return self._drained if self._drained is not None else self._drain_and_deregister(str(payload))
+                    reason, signalled_at = payload
+                    if self._drained is not None:
+                        return self._drained
+                    return self._drain_and_deregister(reason, since=signalled_at)
                 if self._drained is not None:
                     self._maybe_heartbeat(self.clock())
                     continue
@@ -660,17 +665,22 @@ class Syncer:
         return changed
 
     # --- termination --------------------------------------------------------------------
-    def _drain_and_deregister(self, reason: str) -> int:
-        """Checks critical, confirmed in the catalog; deregister, removal confirmed; bounded."""
+    def _drain_and_deregister(self, reason: str, since: float | None = None) -> int:
+        """Checks critical, confirmed in the catalog; deregister, removal confirmed; bounded.
+
+        The budget counts from `since` (the signal), so time the loop spent finishing an agent
+        call is not added on top; the drain still gets a last second to try its writes.
+        """
         s = self.state
         obs = s.observation
         budget = self.config.drain_timeout
         if obs is not None and obs.grace_period:
             budget = min(budget, max(1.0, obs.grace_period - 2.0))
-        deadline = self.clock() + budget
+        now = self.clock()
+        deadline = max((now if since is None else since) + budget, now + min(1.0, budget))
         if not s.draining:
             s.draining, s.drain_reason = True, reason
-            log.info("%s: draining %d instance(s) within %.0fs", reason, len(s.instances), budget)
+            log.info("%s: draining %d instance(s) within %.1fs", reason, len(s.instances), deadline - now)
         self.observer.event(so.DRAINING, f"{s.drain_reason}: instances critical in Consul, then deregistered")
         self._confirmer.stop()
         for watcher in self._watchers:

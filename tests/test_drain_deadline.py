@@ -72,6 +72,30 @@ def test_hung_agent_drain_keeps_a_3s_deadline_and_still_tries_to_deregister(dev_
             "reaps the instance 60s after that (still registered with the agent: shop:web-7d4b9c-x2k8p:web)") in logs
 
 
+def test_drain_deadline_counts_from_sigterm_not_from_the_end_of_an_agent_call_in_flight(
+        dev_agent, proxy_to, run_sidecar, tmp_path: Path) -> None:
+    # TTL refreshes every second or so, so a call is soon in flight to a hung agent; it holds
+    # the loop for KATALOG_CONSUL_TIMEOUT (5 s) before the loop sees SIGTERM.
+    proxy = proxy_to(dev_agent)
+    sidecar = run_sidecar(default_env(tmp_path, proxy.addr, KATALOG_DRAIN_TIMEOUT="8s", KATALOG_CHECK_TTL="3s"))
+    sidecar.wait_gate(passing=True)
+    assert dev_agent.proc is not None and sidecar.proc is not None
+    os.killpg(dev_agent.proc.pid, signal.SIGSTOP)
+    try:
+        hung_at = time.monotonic()
+        wait_until(lambda: any(s.method == "PUT" for s in proxy.between(hung_at, time.monotonic())), timeout=10,
+                   what="an agent write in flight to the hung agent")
+        start = time.monotonic()
+        sidecar.signal(signal.SIGTERM)
+        code = sidecar.proc.wait(timeout=30)
+        took = time.monotonic() - start
+    finally:
+        os.killpg(dev_agent.proc.pid, signal.SIGCONT)
+    # Counted from the end of the call in flight it would be ~5 s + 8 s; the kubelet counts from SIGTERM.
+    assert took < 8.0 + 1.5, f"drain ended {took:.1f}s after SIGTERM with an 8s budget"
+    assert code == 1  # the agent never answered: nothing could be confirmed
+
+
 def test_servers_down_every_instance_gets_its_attempts_and_the_exit_says_what_is_left(
         server_client, proxy_to, run_sidecar, tmp_path: Path) -> None:
     client, server = server_client.client, server_client.server
