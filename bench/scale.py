@@ -164,6 +164,11 @@ class ScaleParams:
     idle_s: float = 5.0
     # N = 1 is the latency baseline: one rollout gives one sample, so it is repeated.
     single_repeats: int = 20
+    # False: every design gets a fresh server and agents. Shared agents carry one design's
+    # leftovers into the next: after `service`, the agents keep each sidecar's streaming view
+    # (a server subscription) open ~20 min, and the server keeps feeding it every change of the
+    # next design's rollout. That made `node` look as costly as `service` in the first runs.
+    shared_agents: bool = False
 
 
 SCALE_PRESETS: dict[str, ScaleParams] = {
@@ -514,21 +519,24 @@ def run_scale(params: ScaleParams, out_dir: Path, charts_dir: Path | None, workd
         clients = min(params.max_clients, max(params.min_clients, math.ceil(n / params.pods_per_node)))
         nodes = [f"node-{i:02d}" for i in range(clients)]
         log(f"N = {n}: 1 server + {len(nodes)} clients")
-        (workdir / f"n{n}").mkdir(parents=True, exist_ok=True)
-        agents = ServerAndClients(binary, workdir / f"n{n}", nodes, server_extra=telemetry_args() + quiet_args(),
-                                  client_extra=quiet_args())
-        try:
-            agents.start()
-            for design in todo:
-                repeats = params.single_repeats if n == 1 else 1
-                result = merge([rollout(agents, design, n, params, log, idle=i == 0) for i in range(repeats)])
-                runs.append(result)
-                if not result.completed:
-                    stopped[design] = f"N={n}: {result.note}"
-                save()
-        finally:
-            agents.stop()
-            shutil.rmtree(workdir / f"n{n}", ignore_errors=True)
+        groups = [todo] if params.shared_agents else [[design] for design in todo]
+        for group in groups:
+            where = workdir / f"n{n}-{'-'.join(group)}"
+            where.mkdir(parents=True, exist_ok=True)
+            agents = ServerAndClients(binary, where, nodes, server_extra=telemetry_args() + quiet_args(),
+                                      client_extra=quiet_args())
+            try:
+                agents.start()
+                for design in group:
+                    repeats = params.single_repeats if n == 1 else 1
+                    result = merge([rollout(agents, design, n, params, log, idle=i == 0) for i in range(repeats)])
+                    runs.append(result)
+                    if not result.completed:
+                        stopped[design] = f"N={n}: {result.note}"
+                    save()
+            finally:
+                agents.stop()
+                shutil.rmtree(where, ignore_errors=True)
     results = save()
     if charts_dir is not None:
         render_charts(results, charts_dir, log)
@@ -722,6 +730,8 @@ def main(argv: Sequence[str] | None = None) -> int:
     parser.add_argument("--designs", help=f"comma-separated, of {', '.join(DESIGNS)}")
     parser.add_argument("--pods-per-node", type=int, help="virtual pods per client agent (node)")
     parser.add_argument("--budget", type=float, help="seconds a run may take before it is stopped")
+    parser.add_argument("--shared-agents", action="store_true",
+                        help="run every design of one N on the same agents (carries one design's leftovers into the next)")
     parser.add_argument("--out", type=Path, default=REPO / "bench" / "out")
     parser.add_argument("--charts", type=Path, default=REPO / "docs" / "img", help="'-' for none")
     parser.add_argument("--workdir", type=Path, default=Path("/tmp") / f"katalog-scale-{os.getpid()}")
@@ -748,6 +758,8 @@ def main(argv: Sequence[str] | None = None) -> int:
         overrides["pods_per_node"] = args.pods_per_node
     if args.budget:
         overrides["budget_s"] = args.budget
+    if args.shared_agents:
+        overrides["shared_agents"] = True
     if overrides:
         params = ScaleParams(**{**asdict(params), **overrides})
     results = run_scale(params, args.out, charts, args.workdir, preset=args.preset,
