@@ -17,12 +17,12 @@ catalog reads differ between designs:
 - `none`: the baseline: the same writes (register, pushes, critical, deregister) and no
   read at all, so the others' cost of confirming is what they add to it.
 
-The rollout: N old pods passing; then waves of ceil(surge x N) new pods. In a wave, every new
-pod's confirmer is already waiting while the wave's registrations and status pushes arrive
-(as when the servers lag behind the agents, or recover from an outage), and the previous
-wave's old pods drain at the same time (a Deployment creates the next new pods as the old
-ones terminate). A confirmation's latency runs from its pod's last status push to the
-confirmer's "confirmed".
+The rollout: N old pods passing; then waves of ceil(surge x N) new pods, all at once or at a
+fixed pace (pods ready per second). Each new pod writes to its agent (register, both checks
+passing) and then starts confirming, in the sidecar's order; a wave's confirmations run
+concurrently, and the previous wave's old pods drain at the same time (a Deployment creates
+the next new pods as the old ones terminate). A confirmation's latency runs from its pod's
+last status push to the confirmer's "confirmed".
 
 Measured on the server: `consul.rpc.query` (blocking-query RPCs the servers answered; in
 1.16 each answer re-evaluates the query at least once) and `consul.rpc.request` from Consul's
@@ -169,12 +169,25 @@ class ScaleParams:
     # (a server subscription) open ~20 min, and the server keeps feeding it every change of the
     # next design's rollout. That made `node` look as costly as `service` in the first runs.
     shared_agents: bool = False
+    # New pods' readiness, in pods per second (0: every pod of a wave at once). A burst makes
+    # this 2-core machine, not Consul, the bottleneck: the driver, the server and the agents all
+    # queue for the CPU, so latency measures the queue. A fixed pace keeps the change rate the
+    # same at every N (as pods that start over a few seconds do), so latency vs N shows what
+    # the design adds: each change wakes every confirmer waiting on the same query.
+    pace: float = 0.0
 
 
 SCALE_PRESETS: dict[str, ScaleParams] = {
-    "full": ScaleParams(designs=("none", "service", "node", "cached")),
-    "quick": ScaleParams(sizes=(1, 30, 100, 300), budget_s=120.0, idle_s=3.0, designs=("none", "service", "node", "cached")),
-    "smoke": ScaleParams(sizes=(8,), pods_per_node=4, budget_s=60.0, idle_s=0.5, designs=("none", "service", "node")),
+    # A healthy rollout: 10 new pods ready a second across the cluster, old ones scaled down
+    # as new ones become available. The latency target is read here.
+    "full": ScaleParams(designs=("none", "service", "node", "cached"), pace=10.0),
+    # The servers lag (or come back): every new pod of a wave at once, old ones drained per wave.
+    # On this 2-core machine the burst queues for the CPU; the servers' work is what it shows.
+    "burst": ScaleParams(sizes=(1, 100, 300, 1000), designs=("none", "service", "node", "cached"), pace=0.0),
+    "quick": ScaleParams(sizes=(1, 30, 100, 300), budget_s=120.0, idle_s=3.0, designs=("none", "service", "node", "cached"),
+                         pace=10.0),
+    "smoke": ScaleParams(sizes=(8,), pods_per_node=4, budget_s=60.0, idle_s=0.5, designs=("none", "service", "node"),
+                         pace=20.0),
 }
 
 
@@ -268,7 +281,7 @@ class VirtualPod:
         return {inst.service_id: {inst.readiness_check_id: PASSING, inst.liveness_check_id: PASSING}}
 
     def start_confirming(self) -> None:
-        """The confirmer waits for this pod's passing state before it reaches the servers."""
+        """After the pod's writes, as the sidecar's loop posts its expectation after them."""
         if self.design == "none":
             return
         def post(kind: str, payload: Any) -> None:
@@ -297,6 +310,10 @@ class VirtualPod:
                 self.confirmed_at = self.pushed_at
                 self.confirmed.set()
             return
+
+    def become_ready(self) -> None:
+        self.register_and_push()
+        self.start_confirming()
 
     @property
     def latency(self) -> float | None:
@@ -335,6 +352,8 @@ class RunResult:
     idle_server: dict[str, float] = field(default_factory=dict)
     baseline_server: dict[str, float] = field(default_factory=dict)
     note: str = ""
+    driver_cpu_s: float = 0.0  # this process: the virtual pods' own work
+    pace: float = 0.0
 
 
 def _configs(agents: ServerAndClients, confirm_wait: float) -> dict[str, Config]:
@@ -381,31 +400,49 @@ def rollout(agents: ServerAndClients, design: str, n: int, params: ScaleParams,
     budget = params.budget_s + params.budget_per_pod_s * n
     deadline = started + budget
     before = ServerSnapshot.take(agents)
+    driver_before = time.process_time()
     reads[0] = 0
     completed = True
     draining: list[Any] = []
     drain_pool = ThreadPoolExecutor(max_workers=max(1, wave))
+
+    def replace(pod: VirtualPod, old_pod: VirtualPod) -> Any:
+        # Paced: the Deployment scales the old pods down as the new ones become available.
+        pod.become_ready()
+        if not pod.confirmed.wait(max(0.0, deadline - time.monotonic())):
+            return None
+        pod.stop()
+        return drain_pool.submit(old_pod.drain)
+
     for first in range(0, n, wave):
         batch = new[first:first + wave]
-        for pod in batch:
-            pod.start_confirming()
-        list(pool.map(lambda p: p.register_and_push(), batch))
+        if params.pace > 0:
+            t0 = time.monotonic()
+            pending = []
+            for i, pod in enumerate(batch):
+                time.sleep(max(0.0, t0 + i / params.pace - time.monotonic()))
+                pending.append(pool.submit(replace, pod, old[first + i]))
+            draining += [d for d in (f.result() for f in pending) if d is not None]
+        else:
+            list(pool.map(lambda p: p.become_ready(), batch))
         for pod in batch:
             if not pod.confirmed.wait(max(0.0, deadline - time.monotonic())):
                 completed = False
                 break
         if not completed:
             break
-        # This wave is available: its old counterparts drain while the next wave starts.
-        for pod in batch:
-            pod.stop()
-        draining += [drain_pool.submit(p.drain) for p in old[first:first + wave]]
+        if params.pace == 0:
+            # This wave is available: its old counterparts drain while the next wave starts.
+            for pod in batch:
+                pod.stop()
+            draining += [drain_pool.submit(p.drain) for p in old[first:first + wave]]
     for future in draining:
         try:
             drains.append(bool(future.result(timeout=max(1.0, deadline + 60 - time.monotonic()))))
         except TimeoutError:
             drains.append(False)
     duration = time.monotonic() - started
+    driver_cpu = time.process_time() - driver_before
     after = ServerSnapshot.take(agents)
     client_reads = reads[0]
     for pod in new:
@@ -420,12 +457,12 @@ def rollout(agents: ServerAndClients, design: str, n: int, params: ScaleParams,
     server["cpu_s_net"] = round(max(0.0, server["cpu_s"] - idle_rate * duration), 3)
     result = RunResult(design, n, len(nodes), completed, round(duration, 2), server, client_reads,
                        sorted(round(p.latency * 1000, 2) for p in new if p.latency is not None),
-                       sum(drains), len(old), idle_after, baseline)
+                       sum(drains), len(old), idle_after, baseline, driver_cpu_s=round(driver_cpu, 2), pace=params.pace)
     if not completed:
         result.note = f"stopped after {budget:.0f}s with {sum(p.confirmed.is_set() for p in new)} of {n} confirmed"
     log(f"  {design:8s} N={n:5d}: {'done' if completed else 'STOPPED'} in {duration:6.1f}s, "
         f"server rpc.query {result.server['rpc_query']:.0f} streams {result.server['grpc_streams']:.0f}, "
-        f"cpu {result.server['cpu_s']:.2f}s (clients {result.server['clients_cpu_s']:.2f}s), "
+        f"cpu {result.server['cpu_s']:.2f}s (clients {result.server['clients_cpu_s']:.2f}s, driver {driver_cpu:.2f}s), "
         f"client reads {client_reads}, confirm p50 {pct(result.confirm_ms, 50):.1f} ms p99 {pct(result.confirm_ms, 99):.1f} ms")
     # Clean the catalog for the next run (not measured).
     def remove(pod: VirtualPod) -> None:
@@ -458,7 +495,8 @@ def merge(results: Sequence[RunResult]) -> RunResult:
                      round(sum(r.duration_s for r in results) / k, 3), mean("server"),
                      round(sum(r.client_reads for r in results) / k), sorted(ms for r in results for ms in r.confirm_ms),
                      sum(r.drains_ok for r in results), sum(r.drains for r in results), idle_runs[0].idle_server,
-                     idle_runs[0].baseline_server, f"mean of {k} rollouts; latency samples from all of them")
+                     idle_runs[0].baseline_server, f"mean of {k} rollouts; latency samples from all of them",
+                     round(sum(r.driver_cpu_s for r in results) / k, 3), first.pace)
 
 
 def latency(run: dict[str, Any], q: int) -> float:
@@ -624,11 +662,19 @@ def model(results: dict[str, Any]) -> dict[str, Any]:
     return out
 
 
+def _num(value: float | None, digits: int = 2) -> str:
+    return "n/a" if value is None else f"{value:.{digits}f}"
+
+
+def _pace(value: float | None) -> str:
+    return "n/a" if value is None else ("burst" if value == 0 else f"{value:g}")
+
+
 def render_table(results: dict[str, Any]) -> str:
     lines = ["| design | N | nodes | done | query answers | per pod | server rpc.query | server streams | server CPU s (net) | "
-             "server MB written | client agents CPU s | confirm p50 ms | confirm p99 ms | drains ok | "
-             "idle rpc.query (baseline) | note |",
-             "|---|---|---|---|---|---|---|---|---|---|---|---|---|---|---|---|"]
+             "server MB written | client agents CPU s | driver CPU s | rollout s | pace pods/s | confirm p50 ms | "
+             "confirm p99 ms | drains ok | idle rpc.query (baseline) | note |",
+             "|---|---|---|---|---|---|---|---|---|---|---|---|---|---|---|---|---|---|---|"]
     for r in results["runs"]:
         s = r["server"]
         idle, base = (r.get("idle_server") or {}).get("rpc_query"), (r.get("baseline_server") or {}).get("rpc_query")
@@ -639,6 +685,7 @@ def render_table(results: dict[str, Any]) -> str:
         lines.append(f"| {r['design']} | {r['n']} | {r['clients']} | {'yes' if r['completed'] else '**no**'} | {r['client_reads']} | "
                      f"{r['client_reads'] / r['n']:.1f} | {s['rpc_query']:.0f} | {s['grpc_streams']:.0f} | "
                      f"{s['cpu_s']:.2f} ({net}) | {written} | {s['clients_cpu_s']:.2f} | "
+                     f"{_num(r.get('driver_cpu_s'))} | {_num(r.get('duration_s'), 1)} | {_pace(r.get('pace'))} | "
                      f"{latency(r, 50):.1f} | {latency(r, 99):.1f} | {drains} | {idle_text} | {r.get('note', '')} |")
     lines.append("")
     for design, fit in results.get("model", {}).items():
@@ -730,6 +777,7 @@ def main(argv: Sequence[str] | None = None) -> int:
     parser.add_argument("--designs", help=f"comma-separated, of {', '.join(DESIGNS)}")
     parser.add_argument("--pods-per-node", type=int, help="virtual pods per client agent (node)")
     parser.add_argument("--budget", type=float, help="seconds a run may take before it is stopped")
+    parser.add_argument("--pace", type=float, help="new pods ready per second within a wave (0: all at once)")
     parser.add_argument("--shared-agents", action="store_true",
                         help="run every design of one N on the same agents (carries one design's leftovers into the next)")
     parser.add_argument("--out", type=Path, default=REPO / "bench" / "out")
@@ -758,6 +806,8 @@ def main(argv: Sequence[str] | None = None) -> int:
         overrides["pods_per_node"] = args.pods_per_node
     if args.budget:
         overrides["budget_s"] = args.budget
+    if args.pace is not None:
+        overrides["pace"] = args.pace
     if args.shared_agents:
         overrides["shared_agents"] = True
     if overrides:

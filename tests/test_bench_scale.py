@@ -10,6 +10,7 @@ from __future__ import annotations
 
 import json
 import sys
+from dataclasses import replace
 from pathlib import Path
 
 import pytest
@@ -22,8 +23,9 @@ from bench import scale  # noqa: E402
 pytestmark = pytest.mark.consul
 
 
-def test_scale_smoke(consul_bin: str, tmp_path: Path) -> None:
-    params = scale.SCALE_PRESETS["smoke"]
+@pytest.mark.parametrize("pace", [20.0, 0.0], ids=["paced", "burst"])
+def test_scale_smoke(consul_bin: str, tmp_path: Path, pace: float) -> None:
+    params = replace(scale.SCALE_PRESETS["smoke"], pace=pace)
     results = scale.run_scale(params, tmp_path / "out", None, tmp_path / "work", preset="smoke", log=lambda _l: None)
     written = json.loads((tmp_path / "out" / "scale.json").read_text())
     assert written["runs"] == results["runs"]
@@ -35,6 +37,9 @@ def test_scale_smoke(consul_bin: str, tmp_path: Path) -> None:
         assert len(r["confirm_ms"]) == n * (params.single_repeats if n == 1 else 1) and all(ms >= 0 for ms in r["confirm_ms"])
         assert r["drains_ok"] == r["drains"] == n * (params.single_repeats if n == 1 else 1)
         assert r["server"]["cpu_s"] > 0 and r["server"]["bytes_written"] > 0
+        assert r["pace"] == pace and r["driver_cpu_s"] > 0
+        # Every design on its own server and agents: nothing left open by another design.
+        assert r["server"]["open_streams"] == 0 or _design == "service"
         # Two reads at least per confirmation (the instance, then its checks) plus the drain's;
         # the baseline makes the same writes and reads nothing.
         assert r["client_reads"] >= 2 * n if _design != "none" else r["client_reads"] == 0
