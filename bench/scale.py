@@ -750,6 +750,9 @@ def render_charts(results: dict[str, Any], charts_dir: Path, log: Callable[[str]
             y0 = max(1.0, ref[0]["client_reads"])
             queries.plot(all_n, [y0 * n / base for n in all_n], color="grey", ls=":", lw=1, label="slope 1 (linear)")
             queries.plot(all_n, [y0 * (n / base) ** 2 for n in all_n], color="grey", ls="-.", lw=1, label="slope 2")
+    single = [r for r in results["runs"] if r["n"] == 1 and r["design"] == "node" and r["confirm_ms"]]
+    if single:
+        lat_ax.axhline(5 * latency(single[0], 99), color="grey", ls=":", lw=1, label="target: 5x node's p99 at N = 1")
     queries.set(xscale="log", yscale="log", xlabel="pods of the service (N)", ylabel="query answers per rollout",
                 title="Confirmation query executions per rollout")
     written.set(xscale="log", yscale="log", xlabel="N", ylabel="MB written by the server per rollout",
@@ -760,8 +763,13 @@ def render_charts(results: dict[str, Any], charts_dir: Path, log: Callable[[str]
     for ax in (queries, cpu, written, lat_ax):
         ax.legend(fontsize=7)
         ax.grid(True, which="both", lw=0.3)
+    params = results.get("meta", {}).get("params", {})
+    pace = float(params.get("pace", 0.0))
+    fig.suptitle("rollout: " + ("every pod of a wave at once (burst)" if pace == 0 else f"{pace:g} new pods ready a second")
+                 + f"; 1 server, {params.get('pods_per_node', 25)} pods per client agent")
     fig.tight_layout()
-    path = charts_dir / "bench-consul-scale.png"
+    preset = results.get("meta", {}).get("preset", "full")
+    path = charts_dir / ("bench-consul-scale.png" if preset in ("full", "custom") else f"bench-consul-scale-{preset}.png")
     fig.savefig(path, dpi=110)
     plt.close(fig)
     log(f"chart: {path}")
