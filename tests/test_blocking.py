@@ -13,7 +13,7 @@ from typing import Any
 
 import pytest
 
-from sidecar.blocking import BURST, MIN_INTERVAL, STALLED_INTERVAL_CAP, BlockingIndex
+from sidecar.blocking import MIN_INTERVAL, STALLED_INTERVAL_CAP, BlockingIndex
 from sidecar.config import load_config
 from sidecar.consul_api import ConsulAgent
 from sidecar.registration import CRITICAL, PASSING, build_instances
@@ -37,41 +37,24 @@ def test_index_advances_clamps_and_resets() -> None:
     assert index.index == 0
 
 
-def test_a_few_reads_back_to_back_then_the_minimum_interval_while_answers_advance() -> None:
+def test_interval_is_kept_and_grows_only_while_answers_do_not_advance() -> None:
     index = BlockingIndex()
     assert index.delay(0.0) == 0.0  # nothing sent yet
-    now, delays = 10.0, []
-    for i in range(40):  # a storm: every answer carries a new index at once
-        delay = index.delay(now)
-        delays.append(delay)
-        now += delay
-        index.started(now)
-        index.returned(5 + i)
-    # The instance, a neighbour's change, our checks: no pause for the first few ...
-    assert delays[:BURST] == [0.0] * BURST
-    # ... then one read per MIN_INTERVAL: at most 20 a second for as long as the storm lasts.
-    assert all(d == pytest.approx(MIN_INTERVAL) for d in delays[BURST + 1:])
-    assert (now - 10.0) / MIN_INTERVAL + 1e-6 >= 40 - BURST
-    # A blocking read that waited refills the bucket: no pause after it.
-    index.started(now)
-    index.returned(100)
-    assert index.delay(now + BURST * MIN_INTERVAL) == 0.0
-
-
-def test_interval_grows_without_burst_only_while_answers_do_not_advance() -> None:
-    index = BlockingIndex()
+    index.started(10.0)
+    index.returned(5)
+    assert index.delay(10.0) == pytest.approx(MIN_INTERVAL)
+    assert index.delay(10.0 + MIN_INTERVAL) == 0.0  # a blocking read that waited needs no pause
     delays = []
     for i in range(12):
         index.started(20.0 + i)
         index.returned(0)
         delays.append(index.delay(20.0 + i))
     # Doubling (with a little jitter below it) up to the cap: about a read a second at most.
-    assert all(MIN_INTERVAL < d <= min(MIN_INTERVAL * 2 ** (i + 1), STALLED_INTERVAL_CAP) + 1e-9
-               for i, d in enumerate(delays))
+    assert all(d <= min(MIN_INTERVAL * 2 ** (i + 1), STALLED_INTERVAL_CAP) + 1e-9 for i, d in enumerate(delays))
     assert STALLED_INTERVAL_CAP * 0.75 <= delays[-1] <= STALLED_INTERVAL_CAP
     index.started(40.0)
-    index.returned(6)  # progress again: the stall is over, the bucket is full again
-    assert index.delay(40.0) == 0.0
+    index.returned(6)  # progress again: back to the minimum
+    assert index.delay(40.0) == pytest.approx(MIN_INTERVAL)
 
 
 class _NoIndexAgent(BaseHTTPRequestHandler):
