@@ -183,7 +183,8 @@ SCALE_PRESETS: dict[str, ScaleParams] = {
     "full": ScaleParams(designs=("none", "service", "node", "cached"), pace=10.0),
     # The servers lag (or come back): every new pod of a wave at once, old ones drained per wave.
     # On this 2-core machine the burst queues for the CPU; the servers' work is what it shows.
-    "burst": ScaleParams(sizes=(1, 100, 300, 1000), designs=("none", "service", "node", "cached"), pace=0.0),
+    "burst": ScaleParams(sizes=(1, 100, 300, 1000), designs=("none", "service", "node", "cached"), pace=0.0,
+                         max_n=(("cached", 100), ("service", 300))),
     "quick": ScaleParams(sizes=(1, 30, 100, 300), budget_s=120.0, idle_s=3.0, designs=("none", "service", "node", "cached"),
                          pace=10.0),
     "smoke": ScaleParams(sizes=(8,), pods_per_node=4, budget_s=60.0, idle_s=0.5, designs=("none", "service", "node"),
