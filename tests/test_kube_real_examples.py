@@ -3,11 +3,11 @@ every instance passing in the catalog, the gate green, and a deletion drains."""
 
 from __future__ import annotations
 
-import time
 from pathlib import Path
 
 import pytest
 from katalog_cluster import EXAMPLES, KatalogCluster
+from waiting import wait_until
 
 pytestmark = [pytest.mark.consul, pytest.mark.kube]
 
@@ -16,17 +16,6 @@ SERVICE = "web"
 
 def service_id(pod: object) -> str:
     return f"{pod.namespace}:{pod.name}:{SERVICE}"  # type: ignore[attr-defined]
-
-
-def wait_until(predicate, timeout: float, what: str):  # type: ignore[no-untyped-def]
-    deadline = time.monotonic() + timeout
-    while True:
-        value = predicate()
-        if value:
-            return value
-        if time.monotonic() > deadline:
-            raise TimeoutError(what)
-        time.sleep(0.2)
 
 
 @pytest.mark.parametrize("example", ["deployment-classic-sidecar.yaml", "deployment-native-sidecar.yaml"])

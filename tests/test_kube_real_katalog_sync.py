@@ -11,13 +11,12 @@ node's client agent and a server). The pod is the classic example's pod template
 from __future__ import annotations
 
 import copy
-import time
-from collections.abc import Callable
 from typing import Any
 
 import pytest
 from katalog_cluster import KatalogCluster, example_docs, example_pod
 from test_katalog_sync_rules import KS, katalog_sync_expects
+from waiting import wait_until
 
 pytestmark = [pytest.mark.consul, pytest.mark.kube]
 
@@ -29,17 +28,6 @@ ANNOTATIONS = {
     KS + "service-meta-web-admin": "team:sre,internal:yes", KS + "service-health-web-dns": "warning",
     KS + "sidecar": "katalog-sync-sidecar", KS + "sync-interval": "2s",
 }
-
-
-def wait_until(predicate: Callable[[], Any], timeout: float, what: str) -> Any:
-    deadline = time.monotonic() + timeout
-    while True:
-        value = predicate()
-        if value:
-            return value
-        if time.monotonic() > deadline:
-            raise TimeoutError(what)
-        time.sleep(0.2)
 
 
 def katalog_sync_user_pod() -> dict[str, Any]:

@@ -7,28 +7,17 @@ from __future__ import annotations
 import copy
 import signal
 import time
-from collections.abc import Callable
 from typing import Any
 
 import pytest
 from katalog_cluster import KatalogCluster, example_docs, example_pod
+from waiting import wait_until
 
 pytestmark = [pytest.mark.consul, pytest.mark.kube]
 
 NS, POD = "default", "web-0"
 SID = f"{NS}:{POD}:web"
 HINT = "grant get, list, watch on pods (see examples/rbac.yaml)"
-
-
-def wait_until(predicate: Callable[[], Any], timeout: float, what: str) -> Any:
-    deadline = time.monotonic() + timeout
-    while True:
-        value = predicate()
-        if value:
-            return value
-        if time.monotonic() > deadline:
-            raise TimeoutError(what)
-        time.sleep(0.2)
 
 
 def rbac(verbs: list[str] | None = None, resource_names: list[str] | None = None,

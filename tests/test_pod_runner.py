@@ -3,30 +3,19 @@ mounts, and kubelet-like termination (SIGKILL at the grace period, then the fina
 
 from __future__ import annotations
 
-import time
-from collections.abc import Callable, Iterator
+from collections.abc import Iterator
 from pathlib import Path
 from typing import Any
 
 import pytest
 from kube_control_plane import ControlPlane
 from pod_runner import PodRunner, RunningPod, process_image
+from waiting import wait_until
 
 pytestmark = pytest.mark.kube
 
 NS = "default"
 IMAGE = "example.test/shell"
-
-
-def wait_until(predicate: Callable[[], Any], timeout: float, what: str) -> Any:
-    deadline = time.monotonic() + timeout
-    while True:
-        value = predicate()
-        if value:
-            return value
-        if time.monotonic() > deadline:
-            raise TimeoutError(what)
-        time.sleep(0.1)
 
 
 @pytest.fixture
