@@ -4,13 +4,13 @@ The installed `readiness-gate` is a POSIX shell script (bin/readiness-gate) with
 because a shell running only built-ins costs a fraction of any Python start; tests hold the two
 to one table. Kept to modules a bare interpreter has already loaded (no json, re or typing).
 The sidecar does the deciding when it writes the file (readiness_gate.state.gate_file_text);
-this only adds what can change after the write: the heartbeat's age, on the kernel's boot-time
-clock (what /proc/uptime shows the shell script), and whether the sidecar process still runs.
+this only adds what can change after the write: the heartbeat's age, on the clock /proc/uptime
+shows (the one the shell script reads, and the one the sidecar stamps the file with), and whether
+the sidecar process still runs.
 """
 
 import os
 import sys
-import time
 
 # Neither typing nor __future__ is imported at run time: each costs a measurable part of a probe.
 TYPE_CHECKING = False
@@ -45,9 +45,26 @@ def process_start(pid: int) -> str:
         return ""
 
 
-def boottime_cs() -> int:
-    """Now on the boot-time clock, in centiseconds: what /proc/uptime shows a shell."""
-    return int(time.clock_gettime(time.CLOCK_BOOTTIME) * 100)
+UPTIME = "/proc/uptime"
+# Every number in the gate file fits in 18 digits; a longer one is not ours (and the shell's
+# `[` and arithmetic cannot compare it: they would error or wrap, not fail).
+MAX_DIGITS = 18
+
+
+def uptime_cs() -> int:
+    """Now on the clock the shell gate reads, in centiseconds: the first field of /proc/uptime.
+
+    The writer and every reader use this one source. It is not always the kernel's boot-time
+    clock: LXCFS shows each container its own uptime there, so a writer stamping CLOCK_BOOTTIME
+    would put the heartbeat far in the future of the shell's reading, never stale. Raises OSError
+    or ValueError.
+    """
+    with open(UPTIME, "rb") as handle:
+        first = handle.read(64).split(b" ", 1)[0].strip()
+    whole, dot, fraction = first.partition(b".")
+    if not (whole.isdigit() and dot and len(fraction) == 2 and fraction.isdigit() and len(whole) <= MAX_DIGITS - 3):
+        raise ValueError(f"{UPTIME} does not start with seconds.hundredths: {first[:30]!r}")
+    return int(whole) * 100 + int(fraction)
 
 
 def verdict(text: str, now_cs: int, pid_alive: "Callable[[int], bool]" = _pid_alive,
@@ -60,7 +77,9 @@ def verdict(text: str, now_cs: int, pid_alive: "Callable[[int], bool]" = _pid_al
     if len(lines) < 4 or lines[0] != HEADER:
         raise ValueError("not a katalog-sidecar gate file of this version")
     fields = lines[1].split(" ")
-    if len(fields) not in (4, 5) or not all(f.isdigit() for f in fields):
+    if len(fields) not in (4, 5) or not all(f.isdigit() and len(f) <= MAX_DIGITS for f in fields):
+        raise ValueError("not a katalog-sidecar gate file of this version")
+    if fields[3] not in ("0", "1"):
         raise ValueError("not a katalog-sidecar gate file of this version")
     written, stale_after, pid, ok = (int(f) for f in fields[:4])
     start = fields[4] if len(fields) == 5 else ""
@@ -68,6 +87,11 @@ def verdict(text: str, now_cs: int, pid_alive: "Callable[[int], bool]" = _pid_al
     if line.startswith("config error: "):
         return False, line
     age = now_cs - written
+    if age < 0:
+        # Written ahead of this reading: the sidecar and the gate read different clocks. Fail
+        # closed: a heartbeat that cannot be aged cannot be trusted to be fresh.
+        return False, (f"heartbeat stamped {(-age + 50) // 100}s ahead of {UPTIME}: the sidecar and the gate "
+                       f"read different clocks (last said: {message})")
     if age > stale_after:
         return False, f"heartbeat stale {(age + 50) // 100}s: sidecar hung? (last said: {message})"
     if pid > 0 and (not pid_alive(pid) or (start and started(pid) != start)):
@@ -82,11 +106,20 @@ def main() -> int:
     try:
         with open(gate_path(status_file), encoding="utf-8") as handle:
             text = handle.read()
-        passes, line = verdict(text, boottime_cs())
     except FileNotFoundError:
         print(f"no status file at {status_file}: sidecar not started yet, or KATALOG_STATUS_FILE differs")
         return 1
     except (OSError, ValueError) as exc:
+        print(f"status file {status_file} unreadable: {exc}")
+        return 1
+    try:
+        now = uptime_cs()
+    except (OSError, ValueError):
+        print(f"cannot read {UPTIME} (seconds.hundredths expected)")
+        return 1
+    try:
+        passes, line = verdict(text, now)
+    except ValueError as exc:
         print(f"status file {status_file} unreadable: {exc}")
         return 1
     print(line)

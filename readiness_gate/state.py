@@ -34,21 +34,33 @@ def _replace(path: str, text: str) -> None:
     os.replace(tmp, path)
 
 
-def gate_file_text(state: Mapping[str, Any], *, wall: float | None = None, boottime_cs: int | None = None) -> str:
+def _uptime_now() -> int:
+    try:
+        return probe.uptime_cs()
+    except (OSError, ValueError):
+        # No usable /proc/uptime: the gate cannot read it either and fails closed whatever is
+        # written; the boot-time clock keeps the file well-formed for `katalog-sidecar status`.
+        return int(time.clock_gettime(time.CLOCK_BOOTTIME) * 100)
+
+
+def gate_file_text(state: Mapping[str, Any], *, wall: float | None = None, uptime_cs: int | None = None) -> str:
     """The compact file readiness-gate reads: the verdict decided here, once per write.
 
     The gate adds only what can change after the write (heartbeat age, process alive), so it
     needs no json and no decision logic of its own (bin/readiness-gate, readiness_gate.probe).
-    The heartbeat (`updated_at`, wall clock) is restamped on the boot-time clock in centiseconds,
-    which a shell reads from /proc/uptime without starting a process. `wall` and `boottime_cs`
-    are the two clocks' "now" (default: read them).
+    The heartbeat (`updated_at`, wall clock) is restamped in centiseconds on the clock the gate
+    reads, /proc/uptime (probe.uptime_cs: a shell reads it without starting a process; under
+    LXCFS it is the container's own uptime, not the kernel's boot-time clock). `wall` and
+    `uptime_cs` are the two clocks' "now" (default: read them).
     """
     passes, line = evaluate(state, float(state.get("updated_at", 0)), lambda _pid: True, lambda _pid: None)
     pid = state.get("pid") if isinstance(state.get("pid"), int) else 0
     message = str(state.get("message") or "")
-    now_cs = probe.boottime_cs() if boottime_cs is None else boottime_cs
+    now_cs = _uptime_now() if uptime_cs is None else uptime_cs
     now_wall = time.time() if wall is None else wall
-    written = max(0, now_cs - round((now_wall - float(state.get("updated_at", 0))) * 100))
+    # Never ahead of `now_cs` (a wall clock stepped back between the stamp and this write): the
+    # gate fails a heartbeat from the future.
+    written = min(now_cs, max(0, now_cs - round((now_wall - float(state.get("updated_at", 0))) * 100)))
     stale_cs = max(0, round(float(state.get("stale_after", 15)) * 100))
     # The writer's start time, when the document has it: the gate checks the PID is still it.
     start = str(state.get("pid_start") or "")

@@ -61,13 +61,13 @@ def test_gate_decision(case, status, pid_check, expected) -> None:
     assert state.evaluate(status, NOW, pid_check) == expected
 
 
-BOOT = 12_345_678  # "now" on the boot-time clock, centiseconds
+BOOT = 12_345_678  # "now" on the clock /proc/uptime shows, centiseconds
 
 
 @pytest.mark.parametrize(("case", "status", "pid_check", "expected"), GATE_CASES, ids=[c[0] for c in GATE_CASES])
 def test_the_probe_file_gives_the_same_verdict(case, status, pid_check, expected) -> None:
     """The sidecar decides when it writes; the probe adds only heartbeat age and process liveness."""
-    assert verdict(state.gate_file_text(status, wall=NOW, boottime_cs=BOOT), BOOT, pid_check) == expected
+    assert verdict(state.gate_file_text(status, wall=NOW, uptime_cs=BOOT), BOOT, pid_check) == expected
 
 
 def _dead_pid() -> int:
@@ -96,7 +96,7 @@ def test_a_live_pid_is_not_enough_the_process_start_time_must_match() -> None:
     """In its container the sidecar is PID 1 after every restart: the PID alone would vouch for
     the previous process's file until the new one writes."""
     text = state.gate_file_text(doc(phase=state.CONFIRMED, ever_confirmed=True, message="web passing", pid_start="777"),
-                                wall=NOW, boottime_cs=BOOT)
+                                wall=NOW, uptime_cs=BOOT)
     assert verdict(text, BOOT, alive, lambda _pid: "777") == (True, "ok (latched): web passing")
     assert verdict(text, BOOT, alive, lambda _pid: "912") == (
         False, "sidecar process 4242 is not running (last said: web passing)")
