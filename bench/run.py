@@ -48,7 +48,7 @@ NS = "bench"
 SERVICE = "web"
 MS = 1000.0
 
-# --- targets (ARCHITECTURE.md, "Performance targets") ----------------------------------------
+# --- targets (README.md, "Performance": the targets table) -------------------------------------
 TARGET_FLIP_P50_MS = 50.0
 TARGET_FLIP_P99_MS = 250.0
 TARGET_CRITICAL_P50_MS = 50.0
@@ -748,7 +748,7 @@ def code_state() -> dict[str, Any]:
             "fingerprint": {str(p.relative_to(REPO)): p.stat().st_mtime_ns for p in sources}}
 
 # --- fig 9: what each fault state costs ------------------------------------------------------
-# A fault must never cost more than steady state by orders of magnitude (ARCHITECTURE.md). One
+# A fault must never cost more than steady state by orders of magnitude (README.md, targets). One
 # sidecar per state, confirmed first, then put into the fault; after `settle` seconds in it, its
 # CPU (utime+stime, and schedstat) and the requests that reach Consul and the API server are
 # counted over a window. Requests are counted where they arrive: a counting proxy in front of

@@ -86,7 +86,7 @@ def test_bench_smoke(consul_bin: str, tmp_path: Path) -> None:
     for key in ("wall_ratio", "cpu_ratio", "clean_wall_ratio", "clean_cpu_ratio"):
         assert math.isfinite(gate[key]) and gate[key] > 0
 
-    # the table compares against every target of ARCHITECTURE.md
+    # the table compares against every target of README.md's "Performance" table
     assert all({"figure", "value", "target", "met"} <= set(row) for row in results["targets"])
     assert all(math.isfinite(row["value"]) and row["value"] >= 0 for row in results["targets"])
     assert len(results["targets"]) >= 20
