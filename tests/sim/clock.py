@@ -16,7 +16,7 @@ from dataclasses import dataclass, field
 class Timer:
     at: float
     seq: int
-    fn: Callable[[], None] = field(compare=False)
+    fn: Callable[[], object] = field(compare=False)
     label: str = field(compare=False, default="")
     cancelled: bool = field(compare=False, default=False)
 
@@ -33,12 +33,12 @@ class VirtualClock:
     def __call__(self) -> float:
         return self.now
 
-    def at(self, when: float, fn: Callable[[], None], label: str = "") -> Timer:
+    def at(self, when: float, fn: Callable[[], object], label: str = "") -> Timer:
         timer = Timer(max(when, self.now), next(self._seq), fn, label)
         heapq.heappush(self._queue, timer)
         return timer
 
-    def after(self, delay: float, fn: Callable[[], None], label: str = "") -> Timer:
+    def after(self, delay: float, fn: Callable[[], object], label: str = "") -> Timer:
         return self.at(self.now + max(0.0, delay), fn, label)
 
     def next_time(self) -> float | None:

@@ -81,7 +81,7 @@ class Service:
                                 tuple(sorted(self.meta.items()))))), "x")
 
 
-Waiter = Callable[[Reply], None]
+Waiter = Callable[[Reply], object]
 
 
 @dataclass

@@ -1,0 +1,419 @@
+"""One sidecar process in the simulation: the real core, driven as sidecar's drivers drive it.
+
+Events go through one FIFO; at most one agent call is in flight (as the core's API says), and
+its answer is queued behind anything that came meanwhile (a SIGTERM is handled first). The
+process can be hung (SIGSTOP: nothing runs until it is continued) and killed (the status file
+survives; a new process starts from it). The pod watch and the condition writer are modelled
+from sidecar/kube_source.py and sidecar/pod_condition.py (their decisions are not in the core).
+"""
+
+from __future__ import annotations
+
+import logging
+import random
+from collections import deque
+from collections.abc import Callable
+from dataclasses import dataclass, field
+from typing import Any
+
+from readiness_gate import state as status_state
+from sidecar.backoff import Backoff
+from sidecar.config import Config
+from sidecar.core import actions as act
+from sidecar.core import events as ev
+from sidecar.pod_condition import condition_state
+from sidecar.pod_readiness import observe_pod
+from sidecar.registration import CheckState
+from sim.agent_front import AgentFront, classify
+from sim.clock import Timer, VirtualClock
+from sim.consul_model import ConsulServers, Reply
+from sim.invariants import Violation
+from sim.kube_model import PodApi, Watch, WatchEvent
+from sim.readers import AgentWatch, Confirmer
+
+log = logging.getLogger("sim")
+
+SPIN_LIMIT = 100  # Ticks that do nothing, in a row, with the deadline not moving: a hot loop
+FORBIDDEN_HOLD = 30.0  # kube_source: a 403 is "permanent", retried after BACKOFF_MAX * (0.8..1)
+CONDITION_FORBIDDEN_RETRY = 60.0
+
+
+@dataclass
+class Record:
+    """What the invariants look at, per process."""
+
+    calls: list[tuple[float, str, str]] = field(default_factory=list)  # (time, kind, service or check ID)
+    terminate_at: float | None = None
+    first_drain_write: float | None = None
+    exit_code: int | None = None
+    exited_at: float | None = None
+
+
+class Sidecar:
+    def __init__(self, world: Any, pod_name: str, uid: str, config: Config, pid: int) -> None:
+        from sidecar.core.machine import Core  # the port under test; imported late so models load without it
+
+        self.world = world
+        self.clock: VirtualClock = world.clock
+        self.front: AgentFront = world.front
+        self.servers: ConsulServers = world.servers
+        self.api: PodApi = world.api
+        self.pod_name, self.uid, self.config, self.pid = pod_name, uid, config, pid
+        self.rng = random.Random(world.rng.random())
+        self.core = Core(config, agent_address="sim-agent:8500", rng=self.rng.random)
+        self.queue: deque[ev.Event] = deque()
+        self.in_flight: int | None = None
+        self.alive = True
+        self.started_at = self.clock.now
+        self.spins = 0
+        self.frozen_until: float | None = None
+        self.record = Record()
+        self.watches: dict[str, AgentWatch] = {}
+        self.confirmer = Confirmer(self.clock, self.front, self.servers, world.node, self._post, config.confirm_wait,
+                                   self.rng.random)
+        self._tick: Timer | None = None
+        self._busy = False
+        self.source = PodSource(self)
+        self.condition = ConditionWriter(self) if config.gate == "condition" else None
+        previous = world.status_files.get(uid, {})
+        self._post(ev.Start(previous_ever_confirmed=bool(previous.get("ever_confirmed"))
+                           and previous.get("uid") == uid))
+        self.source.start()
+
+    # --- the event loop ---
+    def _post(self, event: ev.Event) -> None:
+        if not self.alive:
+            return
+        self.queue.append(event)
+        if not self._busy:
+            self._busy = True
+            self.clock.after(0.0, self._drain, "sidecar loop")
+
+    def _drain(self) -> None:
+        self._busy = False
+        if not self.alive or not self.queue:
+            return
+        if self.frozen_until is not None:
+            self._busy = True
+            self.clock.at(self.frozen_until, self._drain, "sidecar thaw")
+            return
+        event = self.queue.popleft()
+        self.world.steps += 1
+        actions = self.core.handle(event, self.clock.now)
+        if isinstance(event, ev.Tick) and not actions and self.core.next_deadline() <= self.clock.now:
+            self.spins += 1
+            if self.spins > SPIN_LIMIT:
+                raise Violation("no-spin", f"sidecar of {self.uid}: {self.spins} Ticks in a row at the same instant did "
+                                f"nothing and next_deadline() stays at {self.core.next_deadline() - self.world.t0:.3f} "
+                                f"(phase {self.core.phase.value}, call {self.in_flight} in flight): a hot loop")
+        else:
+            self.spins = 0
+        self._carry_out(actions)
+        if self.alive and self.queue:
+            self._busy = True
+            self.clock.after(0.0, self._drain, "sidecar loop")
+        self._arm_tick()
+
+    def _arm_tick(self) -> None:
+        if not self.alive:
+            return
+        if self._tick is not None:
+            self._tick.cancel()
+        deadline = self.core.next_deadline()
+        if not self.world.settings.strict_spin and self.in_flight is not None and deadline <= self.clock.now:
+            return  # exploring past a known spin: the call's answer wakes the loop
+        self._tick = self.clock.at(deadline, lambda: self._post(ev.Tick()), "tick")
+
+    def _carry_out(self, actions: list[act.Action]) -> None:
+        for action in actions:
+            if not self.alive:
+                return
+            if isinstance(action, act.CALLS):
+                self._call(action)
+            elif isinstance(action, act.WriteStatus):
+                doc = dict(action.fields)
+                doc.update(updated_at=self.clock.now, pid=self.pid, uid=self.uid, gate_mode=self.config.gate_mode,
+                           stale_after=max(3 * self.config.heartbeat_interval, 10.0))
+                self.world.status_files[self.uid] = doc
+            elif isinstance(action, act.GateVerdict):
+                if self.condition is not None:
+                    self.condition.want(condition_state(action.passes, action.phase, action.line))
+            elif isinstance(action, act.Confirm):
+                self.confirmer.expect(action.expectation)
+            elif isinstance(action, act.StopConfirming):
+                self.confirmer.stop()
+            elif isinstance(action, act.WatchAgent):
+                if action.service_id not in self.watches:
+                    self.watches[action.service_id] = AgentWatch(self.clock, self.front, action.service_id, self._post,
+                                                                 self.rng.random)
+            elif isinstance(action, act.UnwatchAgent):
+                watch = self.watches.pop(action.service_id, None)
+                if watch is not None:
+                    watch.stop()
+            elif isinstance(action, act.StopSources):
+                self.source.stop()
+            elif isinstance(action, act.Exit):
+                self.record.exit_code, self.record.exited_at = action.code, self.clock.now
+                self.world.trace(f"{self.pod_name}/{self.uid} exit {action.code}")
+                self.stop()
+                self.world.sidecar_exited(self)
+            elif isinstance(action, act.Log):
+                self.world.trace(f"{self.pod_name}/{self.uid}: {action.message}", level=action.level)
+            elif isinstance(action, act.PhaseChanged):
+                self.world.trace(f"{self.pod_name}/{self.uid} phase {action.old} -> {action.new}: {action.why}")
+
+    def _call(self, action: act.Action) -> None:
+        timeout = getattr(action, "timeout", None) or self.config.consul.timeout
+        request_id: int = action.request_id
+        self.in_flight = request_id
+        agent = self.front.agent
+        kind = type(action).__name__
+        target = getattr(action, "service_id", None) or getattr(action, "check_id", "")
+        self.world.before_call(self, kind, str(target))
+        self.record.calls.append((self.clock.now, kind, str(target)))
+        if self.record.terminate_at is not None and self.record.first_drain_write is None and kind in (
+                "UpdateCheck", "Deregister"):
+            self.record.first_drain_write = self.clock.now
+
+        def done(reply: Reply, value: object = None) -> None:
+            if not self.alive:
+                return
+            self.in_flight = None
+            if reply.ok:
+                self._post(ev.CallSucceeded(request_id, value))
+            else:
+                self._post(ev.CallFailed(request_id, classify(reply)))
+
+        if isinstance(action, act.Register):
+            self.front.write(lambda: agent.register(action.payload), timeout, done)
+        elif isinstance(action, act.UpdateCheck):
+            self.front.write(lambda: agent.update_check(action.check_id, action.status, action.output), timeout, done)
+        elif isinstance(action, act.Deregister):
+            self.front.write(lambda: agent.deregister(action.service_id), timeout, done)
+        elif isinstance(action, act.ReadAgentInstance):
+            sid = action.service_id
+
+            def read_instance() -> Reply:
+                service = agent.service(sid)
+                if service.status == 404:
+                    return Reply(200, ev.AgentInstance(False))
+                checks = agent.service_checks(sid).body
+                return Reply(200, ev.AgentInstance(True, service.body["Meta"].get("k8s-pod-uid"), {
+                    cid: CheckState(c["Status"], c["Output"]) for cid, c in checks.items()}))
+            self.front.read(read_instance, timeout, lambda r: done(r, r.body))
+        elif isinstance(action, act.ReadCatalog):
+            self._read_catalog(action, timeout, done)
+
+    def _read_catalog(self, action: act.ReadCatalog, timeout: float, done: Callable[[Reply, object], None]) -> None:
+        inst, node = action.instance, self.world.node
+
+        def mismatch() -> str | None:
+            entry, statuses = self.servers.instance(node, inst.service_id)
+            ours = entry is not None and (inst.pod_uid is None or entry["Meta"].get("k8s-pod-uid") in (None, inst.pod_uid))
+            if action.checks is None:
+                return f"catalog still lists {inst.service_id}" if ours else None
+            if not ours:
+                return None
+            bad = [cid for cid, status in action.checks.items() if statuses.get(cid) != status]
+            return f"catalog shows {bad} not yet {list(action.checks.values())}" if bad else None
+
+        def finish(reply: Reply) -> None:
+            done(reply if not reply.ok else Reply(200), mismatch() if reply.ok else None)
+
+        if not self.servers.up:
+            self.front.read(lambda: Reply(500, text="No cluster leader"), timeout, finish)
+            return
+        if mismatch() is None or action.wait <= 0:
+            self.front.read(lambda: Reply(200), timeout, finish)
+            return
+        kind = "services" if action.checks is None else "checks"
+        index = self.servers.read(node, kind).index
+        wait = min(action.wait, timeout)
+        self.servers.blocking_read(node, kind, index, wait, lambda r: self.front.read(lambda: r, timeout, finish))
+
+    # --- signals and death ---
+    def sigterm(self) -> None:
+        if not self.alive:
+            return
+        if self.record.terminate_at is None:
+            self.record.terminate_at = self.clock.now
+        self._post(ev.Terminate("SIGTERM", self.clock.now))
+
+    def freeze(self, until: float) -> None:
+        self.frozen_until = until
+        for watch in self.watches.values():
+            watch.stop()
+        self.watches_frozen = list(self.watches)
+        self.clock.at(until, self._thaw, "thaw")
+
+    def _thaw(self) -> None:
+        self.frozen_until = None
+        for sid in list(self.watches):
+            self.watches[sid] = AgentWatch(self.clock, self.front, sid, self._post, self.rng.random)
+
+    def stop(self) -> None:
+        """The process is gone (exit or SIGKILL): every reader and timer with it."""
+        self.alive = False
+        if self._tick is not None:
+            self._tick.cancel()
+        for watch in self.watches.values():
+            watch.stop()
+        self.confirmer.stop()
+        self.source.stop()
+        if self.condition is not None:
+            self.condition.stop()
+
+
+class PodSource:
+    """List + watch of the sidecar's own pod; kube_source's retry rules."""
+
+    def __init__(self, sidecar: Sidecar) -> None:
+        self.s = sidecar
+        self.active = False
+        self.watch: Watch | None = None
+        self.rv = 0
+        self.failure_backoff = Backoff(0.5, 30.0, sidecar.rng.random)
+        self.reconnect_backoff = Backoff(0.5, 10.0, sidecar.rng.random)
+        self.problem: str | None = None
+        self._timer: Timer | None = None
+
+    def start(self) -> None:
+        self.active = True
+        self._timer = self.s.clock.after(0.01, self._list, "pod list")
+
+    def stop(self) -> None:
+        self.active = False
+        if self.watch is not None:
+            self.watch.active = False
+        if self._timer is not None:
+            self._timer.cancel()
+
+    def _failed(self, code: int) -> None:
+        if code == 0:
+            problem, delay = "Kubernetes API unreachable: connection refused", self.reconnect_backoff.next_delay()
+        elif code == 403:
+            problem = "pods \"x\" is forbidden: User cannot get resource \"pods\" (grant get, list, watch on pods)"
+            delay = FORBIDDEN_HOLD * (0.8 + 0.2 * self.s.rng.random())
+        else:
+            self.reconnect_backoff.reset()
+            problem, delay = f"Kubernetes API: HTTP {code}", self.failure_backoff.next_delay()
+        if problem != self.problem:
+            self.problem = problem
+            self.s._post(ev.SourceProblem(problem))
+        self._timer = self.s.clock.after(delay, self._list, "pod relist")
+
+    def _list(self) -> None:
+        if not self.active:
+            return
+        code, body = self.s.api.list_pod(self.s.pod_name)
+        if code != 200:
+            self._failed(code)
+            return
+        self._recovered()
+        self.rv = int(body["metadata"]["resourceVersion"])
+        for item in body["items"]:
+            self._observe(item)
+        self._open()
+
+    def _recovered(self) -> None:
+        self.failure_backoff.reset()
+        self.reconnect_backoff.reset()
+        if self.problem is not None:
+            self.problem = None
+            self.s._post(ev.SourceProblem(None))
+
+    def _open(self) -> None:
+        if not self.active:
+            return
+        opened = self.s.api.watch_pod(self.s.pod_name, self.rv, self._event, self._ended)
+        if isinstance(opened, int):
+            self._failed(opened)
+        else:
+            self.watch = opened
+
+    def _event(self, event: WatchEvent) -> None:
+        if not self.active:
+            return
+        self.s.clock.after(0.002, lambda: self._deliver(event), "watch event")
+
+    def _deliver(self, event: WatchEvent) -> None:
+        if not self.active:
+            return
+        obj = event["object"]
+        if event["type"] == "ERROR":
+            if self.watch is not None:
+                self.watch.active = False
+            self._timer = self.s.clock.after(0.01, self._list, "relist after 410")
+            return
+        self.rv = int(obj["metadata"]["resourceVersion"])
+        if event["type"] == "BOOKMARK":
+            return
+        if event["type"] == "DELETED":
+            obj = dict(obj)
+            obj["metadata"] = dict(obj["metadata"], deletionTimestamp=obj["metadata"].get("deletionTimestamp") or "gone")
+        self._observe(obj)
+
+    def _observe(self, pod: dict[str, Any]) -> None:
+        observation = observe_pod(pod, self.s.config.readiness.container_name, self.s.config.readiness.exclude_containers)
+        self.s._post(ev.PodObserved(observation))
+
+    def _ended(self, code: int | None) -> None:
+        if not self.active:
+            return
+        if code in (None, 0):
+            self._failed(0)
+        elif code == 200:
+            return
+        else:
+            self._failed(code)
+
+
+class ConditionWriter:
+    """pod_condition.PodConditionWriter's rules: patch on change, backoff 0.5-30 s, 403 once a minute."""
+
+    def __init__(self, sidecar: Sidecar) -> None:
+        self.s = sidecar
+        self.desired: tuple[str, str, str] | None = None
+        self.patched: tuple[str, str, str] | None = None
+        self.backoff = Backoff(0.5, 30.0, sidecar.rng.random)
+        self.retry_at = 0.0
+        self._timer: Timer | None = None
+        self.active = True
+
+    def want(self, desired: tuple[str, str, str]) -> None:
+        if desired != self.desired:
+            self.desired = desired
+            self._schedule()
+
+    def stop(self) -> None:
+        self.active = False
+        if self._timer is not None:
+            self._timer.cancel()
+
+    def _schedule(self) -> None:
+        if self._timer is not None and not self._timer.cancelled:
+            return
+        self._timer = self.s.clock.at(max(self.s.clock.now + 0.005, self.retry_at), self._patch, "condition patch")
+
+    def _patch(self) -> None:
+        self._timer = None
+        if not self.active or self.desired is None or self.desired == self.patched:
+            return
+        if self.s.frozen_until is not None:
+            self._timer = self.s.clock.at(self.s.frozen_until, self._patch, "condition patch")
+            return
+        desired = self.desired
+        code = self.s.api.patch_condition(self.s.pod_name, desired[0]) if self.s.api.pods.get(
+            self.s.pod_name) is not None and self.s.api.pods[self.s.pod_name].uid == self.s.uid else 404
+        if code == 200:
+            self.patched = desired
+            self.backoff.reset()
+            self.retry_at = 0.0
+        else:
+            delay = CONDITION_FORBIDDEN_RETRY if code == 403 else self.backoff.next_delay()
+            self.retry_at = self.s.clock.now + delay
+        if self.desired != self.patched and code != 404:
+            self._schedule()
+
+
+_ = status_state
