@@ -176,8 +176,10 @@ def _read_ours(annotations: Mapping[str, str]) -> PodAnnotations:
     pod_tags = Raw(OURS + "tags", annotations[OURS + "tags"]) if OURS + "tags" in annotations else None
     pod_meta = (Raw(OURS + "meta", annotations[OURS + "meta"]),) if OURS + "meta" in annotations else ()
     for item in listing.value.split(","):
+        if not item.strip():
+            continue  # `web:80,` : empty items are dropped, as in every other list
         name, sep, port = (part.strip() for part in item.strip().partition(":"))
-        if not item.strip() or not name:
+        if not name:
             problems.append(_problem(listing.key, listing.value, "empty service name"))
             continue
         if not sep or not port:
@@ -187,13 +189,16 @@ def _read_ours(annotations: Mapping[str, str]) -> PodAnnotations:
 
         def per(kind: str, service: str = name) -> Raw | None:
             key = f"{OURS}{kind}-{service}"
-            return Raw(key, annotations[key]) if key in annotations else None
+            # An empty health override means "not set", as katalog-sync reads it.
+            return Raw(key, annotations[key]) if key in annotations and (kind != "health" or annotations[key].strip()) else None
 
         own_meta = per("meta")
         entries.append(AnnotatedService(
             name=name, port=listing, port_text=port, tags=per("tags") or pod_tags,
             meta=pod_meta + ((own_meta,) if own_meta else ()), health=per("health"),
         ))
+    if not listing.value.strip(", \t"):
+        problems.append(_problem(listing.key, listing.value, "lists no service"))
     ttl = Raw(OURS + "check-ttl", annotations[OURS + "check-ttl"]) if OURS + "check-ttl" in annotations else None
     unknown, notices = _unknown_keys(annotations, OURS, _OUR_POD_KEYS, _OUR_PER_SERVICE, {e.name for e in entries})
     return PodAnnotations(OURS, listing, tuple(entries), "=", ttl, excluded_containers(annotations),
@@ -209,20 +214,26 @@ def _read_katalog_sync(annotations: Mapping[str, str]) -> PodAnnotations:
         full = KATALOG_SYNC + key
         return Raw(full, annotations[full]) if full in annotations else None
 
+    def health(key: str) -> Raw | None:
+        # katalog-sync treats an empty health annotation as unset: the next rule applies.
+        found = raw(key)
+        return found if found is not None and found.value.strip() else None
+
     entries: list[AnnotatedService] = []
     for item in listing.value.split(","):
         name = item.strip()
         if not name:
-            problems.append(_problem(listing.key, listing.value, "empty service name"))
-            continue
+            continue  # `web,` : empty items are dropped, as in every other list
         # katalog-sync's rule for every per-service annotation: it replaces the pod-wide one.
         port = raw(f"service-port-{name}") or raw("service-port")
         meta = raw(f"service-meta-{name}") or raw("service-meta")
         entries.append(AnnotatedService(
             name=name, port=port, port_text=port.value.strip() if port else None,
             tags=raw(f"service-tags-{name}") or raw("service-tags"),
-            meta=(meta,) if meta else (), health=raw(f"service-health-{name}") or raw("service-health"),
+            meta=(meta,) if meta else (), health=health(f"service-health-{name}") or health("service-health"),
         ))
+    if not entries:
+        problems.append(_problem(listing.key, listing.value, "lists no service"))
     interval = raw("sync-interval")
     if interval is not None:
         notices.append(f"{interval.key}={interval.value!r} ignored: katalog-sidecar watches the pod and "

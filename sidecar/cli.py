@@ -194,6 +194,8 @@ def _run(config: Config) -> int:
     log.info("starting: pod %s/%s, services %s, agent %s, readiness from %s, gate mode %s",
              config.pod_namespace, config.pod_name, services,
              agent.address, config.readiness.source, config.gate_mode)
+    for notice in config.notices:  # from the environment; the annotations' are said by ConfigFollower
+        log.warning("%s", notice)
     supervisor.start("readiness", lambda: source.run(stop_sources, sink), stop_sources)
     code = syncer.run(stop_sources)
     observer.close(2.0)  # the last condition (Draining) and Events, briefly
@@ -256,6 +258,8 @@ def check_config() -> None:
         for problem in error.problems:
             click.echo(f"config error: {problem}", err=True)
         sys.exit(EXIT_CONFIG_ERROR)
+    for notice in config.notices:
+        click.echo(f"warning: {notice}", err=True)
     if not config.services:
         click.echo(f"ok: services from the {config.service_source}")
         return

@@ -20,6 +20,7 @@ from __future__ import annotations
 import ipaddress
 import math
 import re
+import unicodedata
 from collections.abc import Mapping
 from dataclasses import dataclass, field, replace
 from pathlib import Path
@@ -62,7 +63,7 @@ SETTINGS: tuple[Setting, ...] = (
     # What to register.
     Setting("KATALOG_SERVICES", "", "Services of this pod, comma-separated `name:port`; port is a number or a named container port (`web:8080,admin:http-admin`). Unset: the pod's annotations name them (see [Pod annotations](#pod-annotations))."),
     Setting("KATALOG_TAGS", "", "Tags for every service, comma-separated."),
-    Setting("KATALOG_META", "", "Meta for every service, comma-separated `key=value`. The tool's own keys cannot be set."),
+    Setting("KATALOG_META", "", "Meta for every service, comma-separated `key=value`. A key the tool writes itself (`managed-by`, `k8s-pod`, ...) is ignored with a warning."),
     Setting("KATALOG_SERVICE_<NAME>_TAGS", "", "Tags for one service, replacing `KATALOG_TAGS` (`<NAME>`: the service name upper-cased, `-` and `.` as `_`)."),
     Setting("KATALOG_SERVICE_<NAME>_META", "", "Meta for one service, merged over `KATALOG_META` key by key."),
     Setting("KATALOG_SERVICE_<NAME>_HEALTH", "", "Fixed health of one service: `passing`, `warning` or `critical`, whatever the app's readiness (e.g. a DNS-only service). Draining at termination still turns it critical."),
@@ -117,7 +118,9 @@ LOG_FORMATS = ("text", "json")
 LOG_LEVELS = ("debug", "info", "warning", "error")
 
 _META_KEY = re.compile(r"^[a-zA-Z0-9_-]+$")
-_SERVICE_NAME = re.compile(r"^[a-zA-Z0-9]([a-zA-Z0-9-]*[a-zA-Z0-9])?$")
+_SERVICE_NAME = re.compile(r"^[a-zA-Z0-9]([a-zA-Z0-9-]{0,61}[a-zA-Z0-9])?$")
+# What Consul's API takes and our instance IDs can carry (katalog-sync users name `hw_service`).
+_SERVICE_NAME_ANY = re.compile(r"^[a-zA-Z0-9_.-]{1,63}$")
 _PORT_NAME = re.compile(r"^[a-z0-9]([a-z0-9-]*[a-z0-9])?$")
 _DNS_LABEL = re.compile(r"^[a-z0-9]([a-z0-9-]*[a-z0-9])?$")
 _DNS_SUBDOMAIN = re.compile(r"^[a-z0-9]([a-z0-9.-]*[a-z0-9])?$")
@@ -238,6 +241,12 @@ class _Collector:
         # editable at runtime) must not make the report, the log and the gate line huge.
         text = repr(value) if len(value) <= _MAX_SHOWN else f"{value[:_MAX_SHOWN]!r}... ({len(value)} characters)"
         self.problems.append(f"{shown}={text}: {why}")
+
+    def notice(self, name: str, value: str, why: str) -> None:
+        """Like `bad`, for something accepted with a warning (said once in the log)."""
+        shown = name if name.isprintable() else repr(name)
+        text = repr(value) if len(value) <= _MAX_SHOWN else f"{value[:_MAX_SHOWN]!r}... ({len(value)} characters)"
+        self.notices.append(f"{shown}={text}: {why}")
 
     def required(self, name: str) -> str:
         value = self.raw(name)
@@ -362,9 +371,12 @@ def _parse_meta(c: _Collector, name: str, value: str, separator: str = "=") -> d
         elif key.startswith("consul-"):
             c.bad(name, value, f"meta key {key!r}: the prefix 'consul-' is reserved by Consul")
         elif key in RESERVED_META_KEYS:
-            c.bad(name, value, f"meta key {key!r} is set by katalog-sidecar itself")
+            # Ours wins (consumers select our instances by these keys); the pod is not refused.
+            c.notice(name, value, f"meta key {key!r} is set by katalog-sidecar itself: the item is ignored "
+                     "and katalog-sidecar's value is registered")
         elif key == KATALOG_SYNC_MARKER:
-            c.bad(name, value, f"meta key {key!r} marks katalog-sync's instances (katalog-sync deregisters instances carrying it)")
+            c.notice(name, value, f"meta key {key!r} is ignored: it marks katalog-sync's instances, and katalog-sync "
+                     "deregisters every instance carrying it that it does not sync itself")
         elif len(val) > _MAX_META_VALUE_BYTES:
             c.bad(name, value, f"meta value of {key!r} is longer than 512 characters")
         elif len(val.encode("utf-8", "surrogatepass")) > _MAX_META_VALUE_BYTES:
@@ -377,10 +389,12 @@ def _parse_meta(c: _Collector, name: str, value: str, separator: str = "=") -> d
 
 
 def _parse_tags(c: _Collector, name: str, value: str) -> tuple[str, ...]:
+    # Consul takes any tag text: fabio's `urlprefix-/api` and `env prod` are real tags. Only
+    # control characters are refused (a tag is shown on one line in every Consul UI and log).
     tags = _split_list(value)
     for tag in tags:
-        if any(ch.isspace() for ch in tag) or "/" in tag:
-            c.bad(name, value, f"tag {tag!r} contains whitespace or '/'")
+        if any(unicodedata.category(ch) in ("Cc", "Zl", "Zp") for ch in tag):
+            c.bad(name, value, f"tag {tag!r} contains a control character")
     return tuple(dict.fromkeys(tags))
 
 
@@ -437,9 +451,14 @@ def _parse_services(c: _Collector, pod_meta_count: int) -> tuple[ServiceSpec, ..
 
 
 def _check_service_name(c: _Collector, name: str, value: str, svc_name: str, seen: set[str]) -> bool:
-    if not _SERVICE_NAME.match(svc_name) or len(svc_name) > 63:
-        c.bad(name, value, f"service name {svc_name!r} must be a DNS label: letters, digits and '-', at most 63 characters")
+    if not _SERVICE_NAME_ANY.match(svc_name):
+        c.bad(name, value, f"service name {svc_name!r}: letters, digits, '-', '_' and '.', at most 63 characters "
+              "(the name is part of the instance's ID, which Consul's API takes in a URL path)")
         return False
+    if not _SERVICE_NAME.match(svc_name):
+        # Consul registers it and logs the same warning: its DNS interface only serves DNS labels.
+        c.notice(name, value, f"service name {svc_name!r} is not a DNS label (letters, digits and '-'): registered, "
+                 "but Consul's DNS interface will not answer for it (query it through the HTTP API)")
     if svc_name in seen:
         c.bad(name, value, f"service {svc_name!r} is listed twice")
         return False

@@ -119,30 +119,25 @@ def test_the_environment_check_ttl_wins_over_the_annotation() -> None:
 
 def test_every_annotation_problem_at_once_naming_annotation_and_value() -> None:
     lines = problems(ENV, {
-        KS + "service-names": "web,web_api,,web", KS + "service-port": "http",
+        KS + "service-names": "web,web api,,web", KS + "service-port": "http",
         KS + "service-meta": "team=pay,a:b:c,consul-x:1,k8s-pod:evil,external-sync-source:katalog-sync",
-        KS + "service-tags": "a b", KS + "service-health": "degraded", KS + "service-check-ttl": "1s",
+        KS + "service-tags": "a\nb", KS + "service-health": "degraded", KS + "service-check-ttl": "1s",
         KS + "service-port-wbe": "80",
     })
     assert lines == [
-        "katalog-sync.wish.com/service-names='web,web_api,,web': empty service name",
         "katalog-sync.wish.com/service-port-wbe='80': names no service listed in katalog-sync.wish.com/service-names",
         "katalog-sync.wish.com/service-port='http': port must be a number",
-        "katalog-sync.wish.com/service-tags='a b': tag 'a b' contains whitespace or '/'",
+        "katalog-sync.wish.com/service-tags='a\\nb': tag 'a\\nb' contains a control character",
         "katalog-sync.wish.com/service-meta='team=pay,a:b:c,consul-x:1,k8s-pod:evil,external-sync-source:katalog-sync': "
         "meta item 'team=pay' is not key:value",
         "katalog-sync.wish.com/service-meta='team=pay,a:b:c,consul-x:1,k8s-pod:evil,external-sync-source:katalog-sync': "
         "meta item 'a:b:c' has more than one ':' (katalog-sync would drop it)",
         "katalog-sync.wish.com/service-meta='team=pay,a:b:c,consul-x:1,k8s-pod:evil,external-sync-source:katalog-sync': "
         "meta key 'consul-x': the prefix 'consul-' is reserved by Consul",
-        "katalog-sync.wish.com/service-meta='team=pay,a:b:c,consul-x:1,k8s-pod:evil,external-sync-source:katalog-sync': "
-        "meta key 'k8s-pod' is set by katalog-sidecar itself",
-        "katalog-sync.wish.com/service-meta='team=pay,a:b:c,consul-x:1,k8s-pod:evil,external-sync-source:katalog-sync': "
-        "meta key 'external-sync-source' marks katalog-sync's instances (katalog-sync deregisters instances carrying it)",
         "katalog-sync.wish.com/service-health='degraded': expected one of passing, warning, critical",
-        "katalog-sync.wish.com/service-names='web,web_api,,web': service name 'web_api' must be a DNS label: letters, "
-        "digits and '-', at most 63 characters",
-        "katalog-sync.wish.com/service-names='web,web_api,,web': service 'web' is listed twice",
+        "katalog-sync.wish.com/service-names='web,web api,,web': service name 'web api': letters, digits, '-', '_' "
+        "and '.', at most 63 characters (the name is part of the instance's ID, which Consul's API takes in a URL path)",
+        "katalog-sync.wish.com/service-names='web,web api,,web': service 'web' is listed twice",
         "katalog-sync.wish.com/service-check-ttl='1s': must be at least 3s (it is refreshed every third of it)",
     ]
 
@@ -421,3 +416,48 @@ def test_the_guide_lists_every_metric() -> None:
     assert names
     for name in names:
         assert f"`{name}`" in guide or f"`{name}_total`" in guide, name
+
+
+# --- katalog-sync pods that Consul and katalog-sync accept: registered, never refused (issue 20) ----
+
+def test_tags_with_a_space_or_a_slash_are_registered_as_written() -> None:
+    config = load_config(ENV, {KS + "service-names": "web", KS + "service-tags": "urlprefix-/api,env prod"},
+                         default_port=8080)
+    assert config.services[0].tags == ("urlprefix-/api", "env prod")
+    assert config.notices == ()
+
+
+def test_a_service_name_that_is_not_a_dns_label_is_registered_with_a_warning() -> None:
+    config = load_config(ENV, {KS + "service-names": "hw_service"}, default_port=8080)
+    assert [s.name for s in config.services] == ["hw_service"]
+    assert config.notices == (
+        "katalog-sync.wish.com/service-names='hw_service': service name 'hw_service' is not a DNS label (letters, "
+        "digits and '-'): registered, but Consul's DNS interface will not answer for it (query it through the HTTP API)",)
+    # The same rule for every source: our annotations and the environment.
+    assert load_config(ENV, {OURS + "services": "hw_service:80"}).services[0].name == "hw_service"
+    assert load_config(dict(ENV, KATALOG_SERVICES="hw_service:80")).notices
+
+
+def test_user_meta_colliding_with_ours_is_dropped_with_a_warning_not_refused() -> None:
+    config = load_config(ENV, {KS + "service-names": "web",
+                               KS + "service-meta": "managed-by:helm,k8s-pod:x,external-sync-source:katalog-sync,"
+                                                    "team:pay,external-k8s-link:a"},
+                         default_port=8080)
+    # Ours wins (registration writes our keys); katalog-sync's keys other than its marker are the user's.
+    assert dict(config.services[0].meta) == {"team": "pay", "external-k8s-link": "a"}
+    assert [n.split("': ", 1)[1].split(":")[0] for n in config.notices] == [
+        "meta key 'managed-by' is set by katalog-sidecar itself", "meta key 'k8s-pod' is set by katalog-sidecar itself",
+        "meta key 'external-sync-source' is ignored"]
+    env_config = load_config(dict(ENV, KATALOG_SERVICES="web:80", KATALOG_META="managed-by=helm,team=pay"))
+    assert dict(env_config.services[0].meta) == {"team": "pay"}
+    assert any("'managed-by' is set by katalog-sidecar itself" in n for n in env_config.notices)
+
+
+def test_empty_list_items_are_dropped_and_an_empty_health_is_unset() -> None:
+    config = load_config(ENV, {KS + "service-names": "web,", KS + "service-health": "warning",
+                               KS + "service-health-web": ""}, default_port=8080)
+    assert [(s.name, s.health) for s in config.services] == [("web", "warning")]  # falls back, as katalog-sync
+    config = load_config(ENV, {OURS + "services": "web:80,", OURS + "health-web": " "})
+    assert [(s.name, s.health) for s in config.services] == [("web", None)]
+    assert problems(ENV, {KS + "service-names": " , "}) == ["katalog-sync.wish.com/service-names=' , ': lists no service"]
+    assert problems(ENV, {OURS + "services": ","}) == ["katalog-sidecar.io/services=',': lists no service"]

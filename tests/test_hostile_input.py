@@ -136,10 +136,12 @@ def test_edges_found_by_the_property(variable: str, value: str, expected: str) -
 # -- registrations the builder produces, against a real agent ---------------------------------
 
 dns_label = st.from_regex(r"\A[a-z0-9]([a-z0-9-]{0,20}[a-z0-9])?\Z")
-service_name = st.from_regex(r"\A[a-zA-Z0-9]([a-zA-Z0-9-]{0,61}[a-zA-Z0-9])?\Z")
+# DNS labels and what katalog-sync users also register (`hw_service`): Consul takes both.
+service_name = st.from_regex(r"\A[a-zA-Z0-9]([a-zA-Z0-9-]{0,61}[a-zA-Z0-9])?\Z") | st.from_regex(r"\A[a-zA-Z0-9_.-]{1,63}\Z")
 port_name = st.from_regex(r"\A[a-z]([a-z0-9-]{0,13}[a-z0-9])?\Z")
 no_commas = st.text(st.characters(blacklist_characters=",", blacklist_categories=("Cs",)), max_size=300)
-tag = st.text(st.characters(blacklist_characters=",/", blacklist_categories=("Cs", "Zs", "Zl", "Zp", "Cc")),
+# Spaces and '/' included (fabio's `urlprefix-/api`, `env prod`): Consul takes them.
+tag = st.text(st.characters(blacklist_characters=",", blacklist_categories=("Cs", "Zl", "Zp", "Cc")),
               min_size=1, max_size=60)
 # Values near Consul's 512-byte limit, in characters of 1 to 4 bytes.
 long_value = st.sampled_from(["a", "é", "€", "😀", "\udcff"]).flatmap(
