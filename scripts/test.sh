@@ -13,6 +13,11 @@ echo "consul: $CONSUL_BIN ($("$CONSUL_BIN" version | head -1))"
 eval "$(bash scripts/provide-kube.sh)"
 echo "kube-apiserver: $KUBE_APISERVER_BIN ($("$KUBE_APISERVER_BIN" --version)); etcd: $("$ETCD_BIN" --version | head -1)"
 
+# promtool checks and unit-tests the alert rules in examples/monitoring (built once, ~N min cold).
+PROMTOOL_BIN="$(bash scripts/provide-promtool.sh)"
+export PROMTOOL_BIN
+echo "promtool: $PROMTOOL_BIN ($("$PROMTOOL_BIN" --version 2>&1 | head -1))"
+
 echo "== ruff"; ruff check sidecar readiness_gate tests bench scripts
 echo "== mypy"; mypy
 echo "== pytest"; python -m pytest -ra "$@"

@@ -178,7 +178,11 @@ def _run(config: Config) -> int:
     except OSError as exc:
         log.error("cannot write the status file %s: %s", config.status_file, exc.strerror or exc)
         return EXIT_STATUS_UNWRITABLE
-    observer = _observers(config, supervisor)
+    from sidecar.gate_metrics import GateMetrics, ReadinessTap
+    from sidecar.observers import Observers
+
+    gate_metrics = GateMetrics(metrics)
+    observer = Observers([_observers(config, supervisor), gate_metrics])
     syncer = Syncer(config, agent, status, metrics=metrics, supervisor=supervisor,
                     previous_ever_confirmed=previous_ever_confirmed, observer=observer)
     if config.metrics_addr is not None:
@@ -188,6 +192,7 @@ def _run(config: Config) -> int:
     if config.readiness.source == "kubernetes":
         # The pod watch also carries the pod's annotations: configuration that may change.
         sink = ConfigFollower(os.environ, config, syncer)
+    sink = ReadinessTap(sink, gate_metrics)
     stop_sources = threading.Event()
     _on_terminate(syncer.request_shutdown)
     services = ", ".join(s.name for s in config.services) or config.service_source

@@ -54,6 +54,16 @@ class Metrics:
         self.worker_restarts = Counter("katalog_worker_restarts_total",
                                        "Restarts of a worker thread after an unexpected exception, by worker.",
                                        ["worker"], registry=r)
+        # The gate (fed by sidecar.gate_metrics): open or not, why closed, app ready -> gate open.
+        self.gate_open = Gauge("katalog_gate_open", "1 while the readiness gate passes, 0 while it holds the pod.",
+                               registry=r)
+        self.gate_closed_reason = Gauge("katalog_gate_closed_reason",
+                                        "1 for the reason the gate is closed now (all 0 while it is open).",
+                                        ["reason"], registry=r)
+        self.gate_wait = Histogram(
+            "katalog_gate_wait_seconds", "From the app turning ready (as the sidecar saw it) to the gate passing.",
+            buckets=(0.01, 0.025, 0.05, 0.1, 0.25, 0.5, 1, 2.5, 5, 10, 30, 60, 120, 300, 600, 1200, 1800),
+            registry=r)
         self._server: ThreadingHTTPServer | None = None
 
     def phase(self, phase: str) -> None:

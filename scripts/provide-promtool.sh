@@ -1,0 +1,53 @@
+#!/usr/bin/env bash
+# Prints the path of a working `promtool` binary, building one if needed.
+#
+# Same contract as provide-consul.sh: $PROMTOOL_BIN, then `promtool` on PATH, then a cached
+# build, then a build from the Go module proxy. promtool is only a *test* dependency: it checks
+# and unit-tests the alert rules in examples/ (tests/test_alert_rules.py).
+#
+# Why `go install` and no wrapper module: Prometheus' go.mod at this version has no replace or
+# exclude directives (earlier ones, v0.315.x and before, exclude linodego/grpc-gateway and
+# replace cloud.google.com/go, which `go install pkg@version` refuses). Its `go 1.26.7` line
+# needs a Go toolchain at least that new (GOTOOLCHAIN=local: no toolchain download).
+# Why -tags remove_all_sd: promtool registers every service-discovery plugin (AWS, Azure, GCE,
+# ...) for `check config`; rule checks and rule unit tests need none of them, and leaving them
+# out roughly halves what is compiled.
+set -euo pipefail
+
+PROMETHEUS_VERSION="${KATALOG_PROMETHEUS_VERSION:-0.316.0}"
+CACHE_DIR="${KATALOG_CACHE_DIR:-${XDG_CACHE_HOME:-$HOME/.cache}/katalog-sidecar}"
+TARGET="$CACHE_DIR/promtool-$PROMETHEUS_VERSION/promtool"
+GO_JOBS="${KATALOG_GO_JOBS:-2}"
+
+log() { echo "provide-promtool: $*" >&2; }
+
+works() { [ -x "$1" ] && "$1" --version >/dev/null 2>&1; }
+
+if [ -n "${PROMTOOL_BIN:-}" ]; then
+  works "$PROMTOOL_BIN" || { log "PROMTOOL_BIN=$PROMTOOL_BIN is not a working promtool binary"; exit 1; }
+  echo "$PROMTOOL_BIN"; exit 0
+fi
+if command -v promtool >/dev/null 2>&1 && works "$(command -v promtool)"; then
+  command -v promtool; exit 0
+fi
+if works "$TARGET"; then
+  echo "$TARGET"; exit 0
+fi
+
+[ -x /usr/local/go/bin/go ] && PATH="$PATH:/usr/local/go/bin"
+command -v go >/dev/null 2>&1 || { log "no promtool binary and no Go toolchain to build one"; exit 1; }
+
+log "building promtool (prometheus v$PROMETHEUS_VERSION) from the Go module proxy (a few minutes on 2 cores)"
+t0=$SECONDS
+work=$(mktemp -d)
+trap 'rm -rf "$work"' EXIT
+mkdir -p "$(dirname "$TARGET")"
+# The checksum database is not reachable from these machines (as for Consul and Kubernetes).
+export GOTOOLCHAIN=local CGO_ENABLED=0 GOSUMDB=off GOFLAGS= GOBIN="$work/bin"
+go install -p "$GO_JOBS" -trimpath -tags remove_all_sd -ldflags="-s -w" \
+  "github.com/prometheus/prometheus/cmd/promtool@v$PROMETHEUS_VERSION" >&2
+mv "$work/bin/promtool" "$TARGET.tmp"
+mv "$TARGET.tmp" "$TARGET"
+works "$TARGET" || { log "built binary does not run"; exit 1; }
+log "built promtool v$PROMETHEUS_VERSION in $((SECONDS - t0)) s at $TARGET"
+echo "$TARGET"
