@@ -82,26 +82,34 @@ def _refuse(doc: Doc, where: str = "") -> None:
         raise InjectError(f"{where}Pod/{name}: no spec")
 
 
-def _services(ref: m.PodSpecRef, options: InjectOptions) -> str:
+def _services(ref: m.PodSpecRef, options: InjectOptions) -> str | None:
+    """KATALOG_SERVICES to write, or None: the pod's own annotations name the services.
+
+    Annotations on the pod (template) stay the source: copied into KATALOG_SERVICES they would
+    make the sidecar ignore every other annotation (tags, meta, health, check TTL, excluded
+    containers) and stop following live edits. Only a workload-level annotation, which never
+    reaches the pods, is copied."""
     if options.services:
         return options.services
-    for meta in (ref.template_meta, ref.owner_meta):
-        value = (meta.get("annotations") or {}).get(m.SERVICES_ANNOTATION) if isinstance(meta, dict) else None
-        if value:
-            return str(value)
+    if m.annotated_services(ref.template_meta):
+        return None
+    value = m.mapping(m.mapping(ref.owner_meta).get("annotations")).get(m.SERVICES_ANNOTATION)
+    if value:
+        return str(value)
     raise InjectError(
         f"{ref.object}: which services to register? Pass --services name:port[,...] or annotate the "
-        f"workload with {m.SERVICES_ANNOTATION}: \"name:port\""
+        f"pod template with {m.SERVICES_ANNOTATION}: \"name:port\" (or katalog-sync's {m.KATALOG_SYNC_SERVICES})"
     )
 
 
-def sidecar_container(services: str, options: InjectOptions) -> Doc:
+def sidecar_container(services: str | None, options: InjectOptions) -> Doc:
     """The container inject adds (the same as examples/deployment-classic-sidecar.yaml)."""
     env: list[Doc] = [
         {"name": name, "valueFrom": {"fieldRef": {"fieldPath": field}}} for name, field in m.IDENTITY_FIELDS.items()
     ]
+    if services is not None:
+        env.append({"name": "KATALOG_SERVICES", "value": services})
     env += [
-        {"name": "KATALOG_SERVICES", "value": services},
         {"name": "KATALOG_CONTAINER_NAME", "value": m.CONTAINER_NAME},
         {"name": "KATALOG_STATUS_FILE", "value": m.STATUS_FILE},
         {"name": "KATALOG_DRAIN_TIMEOUT", "value": f"{options.drain_timeout:g}s"},
@@ -144,6 +152,11 @@ def _inject_pod(ref: m.PodSpecRef, options: InjectOptions) -> None:
     ports = {p.get("name") for _, _, c in m.all_containers(spec) for p in c.get("ports") or [] if isinstance(p, dict)}
     if "katalog-metrics" in ports:
         raise InjectError(f"{ref.object}: a container already declares the port name katalog-metrics")
+    if not options.native and not m.restarts_always(ref):
+        # A classic sidecar never exits by itself: the Job's pod would never complete.
+        raise InjectError(f"{ref.object}: restartPolicy is {m.restart_policy(ref)}, so a sidecar in containers would "
+                          "keep the pod from ever completing; pass --native (an init container with restartPolicy: "
+                          "Always, Kubernetes 1.29+)")
     container = sidecar_container(_services(ref, options), options)
     if options.native:
         # First, so it starts before the other init containers and the app, and stops after them.

@@ -43,7 +43,7 @@ RULES: dict[str, Rule] = {r.id: r for r in (
     Rule("KS004", "status-file-not-on-volume", ERROR,
          "the status file's directory must be a writable volume mount (an emptyDir)"),
     Rule("KS005", "identity-fieldref", ERROR,
-         "POD_NAME, POD_NAMESPACE, POD_IP and HOST_IP must come from their downward-API fields"),
+         "POD_NAME, POD_NAMESPACE, POD_IP, HOST_IP (and POD_UID when set) must come from their downward-API fields"),
     Rule("KS006", "unknown-named-port", ERROR,
          "a service's named port must be declared by a container of the pod"),
     Rule("KS007", "probe-timing", WARNING,
@@ -60,6 +60,12 @@ RULES: dict[str, Rule] = {r.id: r for r in (
          "without the exec probe or the readiness gate nothing holds a rollout until Consul confirms"),
     Rule("KS013", "native-sidecar-without-pod-watch", ERROR,
          "a native sidecar gets SIGTERM only after the app exited: without the pod watch it drains too late"),
+    Rule("KS014", "services-env-hides-annotations", WARNING,
+         "KATALOG_SERVICES makes the sidecar ignore the pod's katalog-sidecar.io/ and katalog-sync.wish.com/ annotations"),
+    Rule("KS015", "classic-sidecar-in-completing-pod", ERROR,
+         "a sidecar in containers keeps a pod whose restartPolicy is not Always (a Job's) from ever completing"),
+    Rule("KS016", "no-pod-uid", WARNING,
+         "without POD_UID a restarted sidecar cannot recognise its pod's instance before it sees the pod"),
 )}
 
 
@@ -122,9 +128,11 @@ def lint_pod(ref: m.PodSpecRef, rbac: _Rbac | None = None) -> list[Finding]:
 
     # KS005: identity from the downward API.
     for name, field in m.IDENTITY_FIELDS.items():
-        if name == "POD_UID":
-            continue
         entry = env.get(name)
+        if name == "POD_UID" and entry is None:
+            out.append(_finding("KS016", ref, f"{at}.env", "POD_UID is not set",
+                                f"- name: {name}\n  valueFrom: {{fieldRef: {{fieldPath: {field}}}}}"))
+            continue
         if name == "HOST_IP" and entry is None and "CONSUL_HTTP_ADDR" in env:
             continue
         got = ((entry or {}).get("valueFrom") or {}).get("fieldRef", {}).get("fieldPath") if entry else None
@@ -150,7 +158,8 @@ def lint_pod(ref: m.PodSpecRef, rbac: _Rbac | None = None) -> list[Finding]:
         if theirs != status_file:
             out.append(_finding("KS003", ref, f"{ref.path}: {other.get('name')}.readinessProbe",
                                 f"{other.get('name')} runs the gate on {theirs}, the sidecar writes {status_file}",
-                                "run the gate in the sidecar container, or give both the same file on a shared volume"))
+                                "run readiness-gate only as the sidecar container's readinessProbe: it also checks "
+                                "that the sidecar's process runs, which another container cannot see"))
     directory = str(PurePosixPath(status_file).parent)
     volumes = {v.get("name"): v for v in spec.get("volumes") or [] if isinstance(v, dict)}
     mount = next((mt for mt in sidecar.get("volumeMounts") or []
@@ -218,6 +227,21 @@ def lint_pod(ref: m.PodSpecRef, rbac: _Rbac | None = None) -> list[Finding]:
                             "(KATALOG_GATE is not condition): the pod never turns Ready",
                             "- name: KATALOG_GATE\n  value: condition"))
 
+    # KS014: KATALOG_SERVICES hides the pod's annotations.
+    if "KATALOG_SERVICES" in env and m.annotated_services(ref.template_meta):
+        out.append(_finding("KS014", ref, f"{at}.env[KATALOG_SERVICES]",
+                            "KATALOG_SERVICES is set, so the pod template's service annotations (and its tags, meta, "
+                            "health, check TTL and excluded containers, and live edits of them) are ignored",
+                            "remove KATALOG_SERVICES and let the annotations name the services"))
+
+    # KS015: a classic sidecar never exits, so a pod that should complete never does.
+    if key == "containers" and not m.restarts_always(ref):
+        out.append(_finding("KS015", ref, f"{ref.path}.restartPolicy",
+                            f"restartPolicy is {m.restart_policy(ref)} and the sidecar is in containers: "
+                            "the pod never completes (the sidecar keeps running after the app exits)",
+                            "make it a native sidecar: move it to initContainers with restartPolicy: Always "
+                            "(katalog-sidecar inject --native)"))
+
     # KS013: a native sidecar must drain from the pod watch.
     source = m.literal_env(sidecar, "KATALOG_READINESS_SOURCE", "kubernetes").strip().lower()
     if key == "initContainers" and sidecar.get("restartPolicy") == "Always" and source != "kubernetes":
@@ -275,7 +299,8 @@ class _Rbac:
     def allows(self, account: str, verb: str, resource: str) -> bool:
         for rule in self._rules_of(account):
             resources, verbs = rule.get("resources") or [], rule.get("verbs") or []
-            if ("" in (rule.get("apiGroups") or []) and (resource in resources or "*" in resources)
+            groups = rule.get("apiGroups") or []
+            if (("" in groups or "*" in groups) and (resource in resources or "*" in resources)
                     and (verb in verbs or "*" in verbs)):
                 return True
         return False

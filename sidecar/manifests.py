@@ -16,6 +16,7 @@ CONTAINER_NAME = "katalog-sidecar"
 GATE_COMMAND = "readiness-gate"
 CONDITION_TYPE = "katalog-sidecar.io/consul-confirmed"
 SERVICES_ANNOTATION = "katalog-sidecar.io/services"
+KATALOG_SYNC_SERVICES = "katalog-sync.wish.com/service-names"
 STATUS_DIR = "/run/katalog"
 STATUS_FILE = f"{STATUS_DIR}/status.json"
 STATUS_VOLUME = "katalog-status"
@@ -127,3 +128,18 @@ def runs_gate(probe: Any) -> bool:
         return False
     words = [word.rsplit("/", 1)[-1] for part in command for word in str(part).split()]
     return GATE_COMMAND in words or "readiness_gate" in words
+
+
+def annotated_services(meta: Any) -> bool:
+    """Whether these (pod) annotations name the services, in either namespace."""
+    annotations = mapping(mapping(meta).get("annotations"))
+    return bool(annotations.get(SERVICES_ANNOTATION) or annotations.get(KATALOG_SYNC_SERVICES))
+
+
+def restart_policy(ref: PodSpecRef) -> str:
+    """The pod's restartPolicy as Kubernetes defaults it (a Job's template must set one)."""
+    return str(ref.spec.get("restartPolicy") or ("unset" if ref.kind == "Job" else "Always"))
+
+
+def restarts_always(ref: PodSpecRef) -> bool:
+    return restart_policy(ref) == "Always"

@@ -57,7 +57,9 @@ FIELD_VALUES = {
 # What the kubelet sets in every container (the in-cluster API address).
 CLUSTER_ENV = {"KUBERNETES_SERVICE_HOST": "10.96.0.1", "KUBERNETES_SERVICE_PORT": "443"}
 # The only access the sidecar may need: get, list and watch on pods, in its own namespace.
-ROLE_RULES = [{"apiGroups": [""], "resources": ["pods"], "verbs": ["get", "list", "watch"]}]
+# What the defaults use: the pod watch and Events (KATALOG_EVENTS=true), nothing more.
+ROLE_RULES = [{"apiGroups": [""], "resources": ["pods"], "verbs": ["get", "list", "watch"]},
+              {"apiGroups": [""], "resources": ["events"], "verbs": ["create", "patch"]}]
 DRAIN_MARGIN = 5.0  # seconds the grace period must leave after KATALOG_DRAIN_TIMEOUT
 PROBE_RANGES = {"periodSeconds": (2, 5), "timeoutSeconds": (1, 2), "failureThreshold": (1, 3)}
 WORKLOADS = ("Deployment", "StatefulSet", "DaemonSet", "ReplicaSet", "Job")
@@ -401,7 +403,7 @@ def test_gate_and_sidecar_default_to_the_same_status_file() -> None:
 # -- RBAC: exactly what the client uses -----------------------------------------------------------
 
 
-def test_role_grants_get_list_watch_on_pods_and_nothing_more() -> None:
+def test_role_grants_the_pod_watch_and_events_and_nothing_more() -> None:
     docs = rbac_docs()
     kinds = sorted(d["kind"] for d in docs)
     assert kinds == ["Role", "RoleBinding", "ServiceAccount"], "no ClusterRole: namespace only"

@@ -45,6 +45,8 @@ def workload(kind: str, name: str = "web") -> Doc:
     spec: Doc = {"template": pod_template()}
     if kind != "Job":
         spec["selector"] = {"matchLabels": {"app": "web"}}
+    else:
+        spec["template"]["spec"]["restartPolicy"] = "Never"  # a Job's template must set it
     return {"apiVersion": api, "kind": kind, "metadata": {"name": name}, "spec": spec}
 
 
@@ -61,7 +63,10 @@ def spec_of(doc: Doc) -> Doc:
 # -- inject -------------------------------------------------------------------------------------
 
 
-@pytest.mark.parametrize("kind", KINDS)
+CLASSIC_KINDS = [k for k in KINDS if k != "Job"]  # a Job needs --native
+
+
+@pytest.mark.parametrize("kind", CLASSIC_KINDS)
 def test_inject_adds_the_sidecar_and_leaves_the_rest(kind: str) -> None:
     original = workload(kind)
     result = inject([original, SERVICE], OPTIONS)
@@ -108,14 +113,45 @@ def test_inject_native_condition_and_token() -> None:
     assert both["readinessGates"] and both["containers"][1]["readinessProbe"]["exec"]["command"] == ["readiness-gate"]
 
 
-def test_inject_takes_services_from_the_annotation() -> None:
+def test_inject_copies_only_a_workload_level_annotation_into_the_environment() -> None:
+    """On the workload itself the annotation never reaches the pods: it is copied."""
     deployment = workload("Deployment")
     deployment["metadata"]["annotations"] = {m.SERVICES_ANNOTATION: "web:http,admin:9000"}
+    out = inject([deployment], InjectOptions(image=IMAGE)).documents
+    env = {e["name"]: e.get("value") for e in spec_of(out[0])["containers"][1]["env"]}
+    assert env["KATALOG_SERVICES"] == "web:http,admin:9000"
+
+
+@pytest.mark.parametrize("annotations", [
+    {m.SERVICES_ANNOTATION: "api:8080", "katalog-sidecar.io/tags": "v2", "katalog-sidecar.io/check-ttl": "30s"},
+    {m.KATALOG_SYNC_SERVICES: "api", "katalog-sync.wish.com/service-tags": "urlprefix-/api"},
+], ids=["ours", "katalog-sync"])
+def test_inject_leaves_pod_annotations_as_the_source(annotations: dict[str, str]) -> None:
+    """Copied into KATALOG_SERVICES, they would hide tags, meta, health and live edits (issue 20)."""
     pod = workload("Pod", "p")
-    pod["metadata"]["annotations"] = {m.SERVICES_ANNOTATION: "api:8080"}
-    out = inject([deployment, pod], InjectOptions(image=IMAGE)).documents
-    values = [{e["name"]: e.get("value") for e in spec_of(d)["containers"][1]["env"]}["KATALOG_SERVICES"] for d in out]
-    assert values == ["web:http,admin:9000", "api:8080"]
+    pod["metadata"]["annotations"] = dict(annotations)
+    deployment = workload("Deployment")
+    deployment["spec"]["template"]["metadata"]["annotations"] = dict(annotations)
+    for doc in inject([pod, deployment], InjectOptions(image=IMAGE)).documents:
+        sidecar = spec_of(doc)["containers"][1]
+        assert "KATALOG_SERVICES" not in {e["name"] for e in sidecar["env"]}
+        assert lint([doc]) == []
+    # The sidecar then reads them, tags and all.
+    config = load_config({"POD_NAME": "p", "POD_NAMESPACE": "shop", "POD_IP": "10.0.0.5", "HOST_IP": "10.0.0.1",
+                          "KUBERNETES_SERVICE_HOST": "10.96.0.1"}, annotations, default_port=8080)
+    assert config.services[0].tags
+
+
+def test_inject_refuses_a_classic_sidecar_in_a_pod_that_must_complete() -> None:
+    with pytest.raises(InjectError) as caught:
+        inject([workload("Job")], OPTIONS)
+    assert "Job/web: restartPolicy is Never" in str(caught.value) and "--native" in str(caught.value)
+    pod = workload("Pod", "once")
+    pod["spec"]["restartPolicy"] = "OnFailure"
+    with pytest.raises(InjectError, match="Pod/once: restartPolicy is OnFailure"):
+        inject([pod], OPTIONS)
+    native = spec_of(inject([workload("Job")], InjectOptions(image=IMAGE, services="web:http", native=True)).documents[0])
+    assert native["initContainers"][0]["restartPolicy"] == "Always"
 
 
 def test_inject_expands_lists_and_keeps_a_longer_grace_period() -> None:
@@ -187,6 +223,10 @@ OPTION_SETS = [
 @pytest.mark.parametrize("kind", KINDS)
 @pytest.mark.parametrize("options", OPTION_SETS, ids=["classic", "native", "condition", "native-both"])
 def test_lint_passes_on_everything_inject_produces(kind: str, options: InjectOptions) -> None:
+    if kind == "Job" and not options.native:
+        with pytest.raises(InjectError):  # refused: the Job would never complete
+            inject([workload(kind), SERVICE], options)
+        return
     out = inject([workload(kind), SERVICE], options).documents
     assert lint(out) == []
     if options.gate != "exec":
@@ -276,6 +316,14 @@ def _condition_without_rbac(doc: Doc) -> list[Doc]:
     return out + load(ROOT / "examples" / "rbac.yaml")
 
 
+def _services_env_and_annotations(doc: Doc) -> None:
+    doc["spec"]["template"]["metadata"]["annotations"] = {"katalog-sync.wish.com/service-names": "web"}
+
+
+def _classic_in_a_job(doc: Doc) -> None:
+    spec_of(doc)["restartPolicy"] = "OnFailure"
+
+
 # One failing manifest per rule: (rule, how to break an injected Deployment, or a whole input).
 BROKEN: list[tuple[str, Callable[[Doc], Any]]] = [
     ("KS001", _startup_gate),
@@ -296,6 +344,9 @@ BROKEN: list[tuple[str, Callable[[Doc], Any]]] = [
     ("KS011", _renamed),
     ("KS012", _no_gate),
     ("KS013", _native_http),
+    ("KS014", _services_env_and_annotations),
+    ("KS015", _classic_in_a_job),
+    ("KS016", drop_env("POD_UID")),
 ]
 
 
@@ -322,7 +373,29 @@ def test_rule_ids_are_stable() -> None:
         "KS006": "unknown-named-port", "KS007": "probe-timing", "KS008": "condition-without-readiness-gate",
         "KS009": "readiness-gate-without-rbac", "KS010": "role-without-watch", "KS011": "container-name-differs",
         "KS012": "no-gate", "KS013": "native-sidecar-without-pod-watch",
+        "KS014": "services-env-hides-annotations", "KS015": "classic-sidecar-in-completing-pod", "KS016": "no-pod-uid",
     }
+
+
+def test_a_wildcard_api_group_grants_the_condition() -> None:
+    """apiGroups: ["*"] covers the core group: no false KS009."""
+    out = inject([workload("Deployment")], InjectOptions(image=IMAGE, services="web:http", gate="condition")).documents
+    rbac = load(ROOT / "examples" / "rbac-condition.yaml")
+    role = next(d for d in rbac if d["kind"] == "Role")
+    for rule in role["rules"]:
+        rule["apiGroups"] = ["*"]
+    assert lint(out + rbac) == []
+    role["rules"] = [r for r in role["rules"] if "pods/status" not in r["resources"]]
+    assert [f.rule for f in lint(out + rbac)] == ["KS009"]
+
+
+def test_the_gate_in_another_container_gets_advice_that_works() -> None:
+    doc = injected()
+    spec_of(doc)["containers"][0]["readinessProbe"] = {"exec": {"command": ["readiness-gate"]}}
+    spec_of(doc)["containers"][0]["env"] = [{"name": "KATALOG_STATUS_FILE", "value": "/shared/status.json"}]
+    (finding,) = [f for f in lint([doc]) if f.rule == "KS003"]
+    assert "only as the sidecar container's readinessProbe" in finding.fix
+    assert "shared volume" not in finding.fix
 
 
 # -- the commands ---------------------------------------------------------------------------------
