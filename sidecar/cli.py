@@ -355,8 +355,8 @@ def inject(files: tuple[str, ...], services: str | None, native: bool, gate: str
     import yaml
 
     from sidecar.durations import parse_duration
-    from sidecar.inject import InjectError, InjectOptions
-    from sidecar.inject import inject as run_inject
+    from sidecar.manifests.inject import InjectError, InjectOptions
+    from sidecar.manifests.inject import inject as run_inject
 
     try:
         drain = parse_duration(drain_timeout)
@@ -388,8 +388,8 @@ def lint(files: tuple[str, ...], output: str) -> None:
     import json
     from dataclasses import replace
 
-    from sidecar.lint import ERROR
-    from sidecar.lint import lint as run_lint
+    from sidecar.manifests.lint import ERROR
+    from sidecar.manifests.lint import lint as run_lint
 
     try:
         documents = _read_documents(files)

@@ -14,10 +14,10 @@ import pytest
 import yaml
 from sidecar_process import SIDECAR
 
-from sidecar import manifests as m
 from sidecar.config import load_config
-from sidecar.inject import InjectError, InjectOptions, inject
-from sidecar.lint import RULES, lint
+from sidecar.manifests import templates as m
+from sidecar.manifests.inject import InjectError, InjectOptions, inject
+from sidecar.manifests.lint import RULES, lint
 
 ROOT = Path(__file__).resolve().parent.parent
 EXAMPLES = sorted((ROOT / "examples").glob("*.yaml"))
@@ -445,7 +445,7 @@ def test_lint_exit_codes_and_json(tmp_path: Path) -> None:
 
 def test_the_daemon_never_imports_yaml() -> None:
     """PyYAML is for inject and lint only: not in `run`'s memory (RSS target) nor the gate's."""
-    code = ("import sys, sidecar.cli, sidecar.syncer, sidecar.kube_source, sidecar.consul_api, sidecar.lint, "
-            "sidecar.inject; print('yaml' in sys.modules)")
+    code = ("import sys, sidecar.cli, sidecar.syncer, sidecar.kube_source, sidecar.consul_api, sidecar.manifests.lint, "
+            "sidecar.manifests.inject; print('yaml' in sys.modules)")
     done = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, timeout=30)
     assert done.stdout.strip() == "False", done.stderr

@@ -1,6 +1,6 @@
 """Kubernetes manifests as plain data: where pod specs live, and the names inject and lint share.
 
-Pure: no YAML, no I/O. `inject` (sidecar.inject) and `lint` (sidecar.lint) walk the same
+Pure: no YAML, no I/O. `inject` (sidecar.manifests.inject) and `lint` (sidecar.manifests.lint) walk the same
 documents the same way, so what one writes the other reads.
 """
 

@@ -17,9 +17,9 @@ from dataclasses import asdict, dataclass
 from pathlib import PurePosixPath
 from typing import Any
 
-from sidecar import manifests as m
 from sidecar.durations import parse_duration
-from sidecar.manifests import Doc
+from sidecar.manifests import templates as m
+from sidecar.manifests.templates import Doc
 
 ERROR = "error"
 WARNING = "warning"

@@ -14,8 +14,8 @@ import copy
 from collections.abc import Iterable
 from dataclasses import dataclass
 
-from sidecar import manifests as m
-from sidecar.manifests import Doc
+from sidecar.manifests import templates as m
+from sidecar.manifests.templates import Doc
 
 GATES = ("exec", "condition", "both")
 
