@@ -422,3 +422,8 @@ def _holds(doc: object, obj: str) -> bool:
     if doc.get("kind") == kind and str(meta.get("name")) == name:
         return True
     return any(_holds(item, obj) for item in doc.get("items") or []) if str(doc.get("kind", "")).endswith("List") else False
+
+
+from sidecar.manifests.webhook_cli import webhook  # noqa: E402 - registered last; imports only click
+
+main.add_command(webhook)
