@@ -12,6 +12,11 @@ echo "consul: $CONSUL_BIN ($("$CONSUL_BIN" version | head -1))"
 # built once (~5-10 min on 2 cores), then cached. With CI set, its tests fail when it is missing.
 eval "$(bash scripts/provide-kube.sh)"
 echo "kube-apiserver: $KUBE_APISERVER_BIN ($("$KUBE_APISERVER_BIN" --version)); etcd: $("$ETCD_BIN" --version | head -1)"
+# Toxiproxy, the fault proxy of the regression tests (latency, hangs, cut connections): built from
+# the Go module proxy once (~2 min), then cached. With CI set, its tests fail when it is missing.
+TOXIPROXY_BIN="$(bash scripts/provide-toxiproxy.sh)"
+export TOXIPROXY_BIN
+echo "toxiproxy: $TOXIPROXY_BIN ($("$TOXIPROXY_BIN" --version))"
 
 # promtool checks and unit-tests the alert rules in examples/monitoring (built once, ~N min cold).
 PROMTOOL_BIN="$(bash scripts/provide-promtool.sh)"

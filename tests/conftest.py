@@ -27,6 +27,28 @@ def consul_bin() -> str:
     return binary
 
 
+@pytest.fixture(scope="session")
+def toxiproxy_bin() -> str:
+    from toxiproxy import find_toxiproxy
+
+    binary = find_toxiproxy()
+    if binary is None:
+        message = "no toxiproxy-server binary: run scripts/provide-toxiproxy.sh or set TOXIPROXY_BIN"
+        if os.environ.get("CI"):
+            pytest.fail(message + " (integration tests may not be skipped in CI)")
+        pytest.skip(message)
+    return binary
+
+
+@pytest.fixture
+def toxiproxy(toxiproxy_bin: str, tmp_path: Path) -> Iterator[Any]:
+    """A toxiproxy-server on loopback (tests/toxiproxy.py), stopped after the test."""
+    from toxiproxy import Toxiproxy
+
+    with Toxiproxy(toxiproxy_bin, tmp_path / "toxiproxy.log") as server:
+        yield server
+
+
 @pytest.fixture
 def dev_agent(consul_bin: str, tmp_path: Path) -> Iterator[ConsulAgent]:
     agent = ConsulAgent(consul_bin, tmp_path, "dev", "127.0.0.1", [], dev=True).start()

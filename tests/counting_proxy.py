@@ -4,6 +4,13 @@ It counts on the server side of the sidecar's connection, so a request counts wh
 sidecar's own metrics saw it or not. `down()` makes it what a stopped agent is to the sidecar:
 every request is answered by closing the connection (the sidecar sees a reset), and still
 counted; `up()` forwards again. Loopback only; stopped by whoever started it.
+
+Faults a real agent cannot produce on demand, per request (issue 18's regression tests):
+`refuse(status, when)` answers the matching requests with that status itself (a 500 on writes
+while reads work, a 403 on writes); `delay(seconds, when)` holds the matching requests before
+forwarding them (an agent taking 3 s a write, under the sidecar's timeout);
+`cut_long_polls(after)` resets every blocking query (`index=` or `hash=`) that is still
+waiting after that many seconds (a mesh proxy or load balancer cutting idle streams).
 """
 
 from __future__ import annotations
@@ -13,6 +20,7 @@ import socket
 import struct
 import threading
 import time
+from collections.abc import Callable
 from dataclasses import dataclass
 from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
 from typing import Any
@@ -32,12 +40,37 @@ class Seen:
         return "agent" if self.path.startswith("/v1/agent/") else "servers"
 
 
+Match = Callable[[Seen], bool]
+
+
+def writes(seen: Seen) -> bool:
+    """PUT/POST/DELETE: registrations, TTL updates, deregistrations."""
+    return seen.method in ("PUT", "POST", "DELETE")
+
+
+def long_poll(seen: Seen) -> bool:
+    """A blocking query: a non-zero `index` (server reads) or a `hash` (the agent's own views)."""
+    query = seen.path.partition("?")[2].split("&")
+    return any((part.startswith("index=") and part != "index=0") or part.startswith("hash=") for part in query)
+
+
+@dataclass(frozen=True)
+class _Rule:
+    when: Match
+    status: int = 0  # answer with this status instead of forwarding (0: forward)
+    body: bytes = b""
+    delay: float = 0.0  # seconds to hold the request before forwarding
+
+
 class CountingProxy:
     def __init__(self, upstream_host: str, upstream_port: int, host: str = "127.0.0.1") -> None:
         self.upstream = (upstream_host, upstream_port)
         self.seen: list[Seen] = []
         self._lock = threading.Lock()
         self._down = False
+        self._rules: list[_Rule] = []
+        self._cut_after: float | None = None
+        self.cuts = 0  # blocking queries reset by cut_long_polls
         self._server = ThreadingHTTPServer((host, 0), _handler(self))
         self._server.daemon_threads = True
         self._thread = threading.Thread(target=self._server.serve_forever, name="counting-proxy", daemon=True)
@@ -60,6 +93,31 @@ class CountingProxy:
 
     def up(self) -> None:
         self._down = False
+
+    def refuse(self, status: int, when: Match = writes, body: str = "") -> None:
+        """Answers the requests `when` matches with `status` (and `body`), not forwarding them."""
+        with self._lock:
+            self._rules.append(_Rule(when, status=status, body=body.encode()))
+
+    def delay(self, seconds: float, when: Match = writes) -> None:
+        """Holds the requests `when` matches for `seconds` before forwarding them."""
+        with self._lock:
+            self._rules.append(_Rule(when, delay=seconds))
+
+    def cut_long_polls(self, after: float | None) -> None:
+        """Resets every blocking query still unanswered after `after` seconds (None: never)."""
+        self._cut_after = after
+
+    def heal(self) -> None:
+        """Forgets every refusal, delay and cut: forwards everything as it is again."""
+        with self._lock:
+            self._rules.clear()
+        self._cut_after = None
+        self._down = False
+
+    def _rules_for(self, seen: Seen) -> list[_Rule]:
+        with self._lock:
+            return [rule for rule in self._rules if rule.when(seen)]
 
     def record(self, seen: Seen) -> None:
         with self._lock:
@@ -85,29 +143,43 @@ def _handler(proxy: CountingProxy) -> type[BaseHTTPRequestHandler]:
 
         def _forward(self) -> None:
             # Recorded on arrival, so a request to a hung agent counts too.
-            proxy.record(Seen(time.monotonic(), self.command, self.path))
+            seen = Seen(time.monotonic(), self.command, self.path)
+            proxy.record(seen)
             length = int(self.headers.get("Content-Length") or 0)
             body = self.rfile.read(length) if length else b""
             if proxy._down:
-                # RST instead of an answer: to the sidecar, the agent is gone.
-                self.connection.setsockopt(socket.SOL_SOCKET, socket.SO_LINGER, struct.pack("ii", 1, 0))
-                self.close_connection = True
+                self._reset()  # to the sidecar, the agent is gone
+                return
+            rules = proxy._rules_for(seen)
+            for rule in rules:
+                if rule.delay:
+                    time.sleep(rule.delay)
+            refusal = next((rule for rule in rules if rule.status), None)
+            if refusal is not None:
+                self._answer(refusal.status, "Refused by the test", [("Content-Type", "text/plain")], refusal.body)
                 return
             headers = {k: v for k, v in self.headers.items() if k.lower() not in _HOP_BY_HOP | {"host"}}
-            upstream = http.client.HTTPConnection(*proxy.upstream, timeout=600)  # blocking queries wait minutes
+            cut_after = proxy._cut_after if long_poll(seen) else None
+            # Blocking queries wait minutes, unless this proxy is to cut them.
+            upstream = http.client.HTTPConnection(*proxy.upstream, timeout=cut_after or 600)
             try:
                 upstream.request(self.command, self.path, body=body or None, headers=headers)
                 response = upstream.getresponse()
                 data = response.read()
-            except OSError:
-                self.connection.setsockopt(socket.SOL_SOCKET, socket.SO_LINGER, struct.pack("ii", 1, 0))
-                self.close_connection = True
+            except OSError as exc:
+                if cut_after is not None and isinstance(exc, TimeoutError):
+                    with proxy._lock:
+                        proxy.cuts += 1
+                self._reset()
                 return
             finally:
                 upstream.close()
+            self._answer(response.status, response.reason, response.getheaders(), data)
+
+        def _answer(self, status: int, reason: str, headers: list[tuple[str, str]], data: bytes) -> None:
             try:
-                self.send_response(response.status, response.reason)
-                for key, value in response.getheaders():
+                self.send_response(status, reason)
+                for key, value in headers:
                     if key.lower() not in _HOP_BY_HOP | {"content-length"}:
                         self.send_header(key, value)
                 self.send_header("Content-Length", str(len(data)))
@@ -115,6 +187,11 @@ def _handler(proxy: CountingProxy) -> type[BaseHTTPRequestHandler]:
                 self.wfile.write(data)
             except OSError:
                 self.close_connection = True  # the client went away (a sidecar killed mid-request)
+
+        def _reset(self) -> None:
+            """RST instead of an answer."""
+            self.connection.setsockopt(socket.SOL_SOCKET, socket.SO_LINGER, struct.pack("ii", 1, 0))
+            self.close_connection = True
 
         do_GET = do_PUT = do_POST = do_DELETE = _forward  # noqa: N815 - http.server's naming
 
