@@ -16,7 +16,8 @@ from cryptography.hazmat.primitives import hashes, serialization
 from cryptography.hazmat.primitives.asymmetric import ec
 from cryptography.x509.oid import ExtendedKeyUsageOID, NameOID
 
-_BACKDATE = datetime.timedelta(minutes=1)
+BACKDATE = 60.0  # seconds a certificate starts before it is issued
+_BACKDATE = datetime.timedelta(seconds=BACKDATE)
 
 
 @dataclass(frozen=True)
@@ -31,6 +32,14 @@ class KeyPair:
     @property
     def not_before(self) -> float:
         return self.certificate.not_valid_before_utc.timestamp()
+
+    @property
+    def issued(self) -> float:
+        return self.not_before + BACKDATE
+
+    def renew_at(self) -> float:
+        """Two thirds into its life, counted from its issue (not from the backdated start)."""
+        return self.issued + (self.not_after - self.issued) * 2 / 3
 
     @property
     def not_after(self) -> float:

@@ -190,8 +190,9 @@ class Webhook:
         self.tls = TlsContexts(self.workdir)
         self.server: _Server | None = None
         self._serving_ca: bytes | None = None  # the CA that signed the certificate in use
-        self._serving_until = 0.0
-        self._serving_from = 0.0
+        self._renew_at = 0.0
+        self._pending_ca: tuple[Any, float] | None = None  # (a new CA, when it may be used)
+        self._life = 3600.0
         self._cert_mtime: tuple[float, float] | None = None
         self._reported: set[str] = set()
 
@@ -231,30 +232,36 @@ class Webhook:
         data = {k: _b64(v) for k, v in (secret.get("data") or {}).items()}
         ca = certs.KeyPair(data[_CA_FILE], data[_CA_KEY])
         now = time.time()
-        if now > ca.not_before + (ca.not_after - ca.not_before) * 2 / 3:
-            # A new CA: into the bundle first (beside the old), then, once the apiserver has it,
-            # into the Secret, where every replica finds it.
-            fresh = certs.new_ca("katalog-sidecar-webhook-ca", s.ca_lifetime)
-            s.kube.ensure_ca_bundle(s.webhook_config, fresh.cert_pem + ca.cert_pem)
-            if self.stop.wait(s.bundle_propagation):
-                return
-            if s.kube.replace_secret(secret, {_CA_FILE: fresh.cert_pem, _CA_KEY: fresh.key_pem,
-                                              _PREVIOUS: ca.cert_pem}):
-                log.info("new webhook CA (the previous one stays trusted until it expires)")
-            return self._refresh_own()  # read back whichever CA won
+        if now >= ca.renew_at():
+            # A new CA: into the bundle first (beside the old); once the apiserver has had time to
+            # pick the bundle up, into the Secret, where every replica finds it. Meanwhile the
+            # serving certificate keeps being renewed from the old CA (below).
+            if self._pending_ca is None:
+                fresh = certs.new_ca("katalog-sidecar-webhook-ca", s.ca_lifetime)
+                s.kube.ensure_ca_bundle(s.webhook_config, fresh.cert_pem + ca.cert_pem)
+                self._pending_ca = (fresh, now + s.bundle_propagation)
+            elif now >= self._pending_ca[1]:
+                fresh = self._pending_ca[0]
+                self._pending_ca = None
+                if s.kube.replace_secret(secret, {_CA_FILE: fresh.cert_pem, _CA_KEY: fresh.key_pem,
+                                                  _PREVIOUS: ca.cert_pem}):
+                    log.info("new webhook CA (the previous one stays trusted until it expires)")
+                return self._refresh_own()  # read back whichever CA won
+        else:
+            self._pending_ca = None
+        pending = self._pending_ca[0].cert_pem if self._pending_ca else b""
         previous = data.get(_PREVIOUS, b"")
         if previous and certs.KeyPair(previous, b"").not_after < now:
             previous = b""
-        bundle = ca.cert_pem + previous
+        bundle = pending + ca.cert_pem + previous
         if s.kube.ensure_ca_bundle(s.webhook_config, bundle) and self._serving_ca not in (None, ca.cert_pem):
             # The bundle had lost our CA (e.g. an upgrade rewrote the configuration).
             self.stop.wait(s.bundle_propagation)
-        due = self._serving_from + (self._serving_until - self._serving_from) * 2 / 3
-        if self._serving_ca != ca.cert_pem or now >= due:
+        if self._serving_ca != ca.cert_pem or now >= self._renew_at:
             serving = certs.new_serving(ca, s.hosts, s.cert_lifetime)
             self.tls.use(serving.cert_pem, serving.key_pem)
-            kind = "new CA" if self._serving_ca not in (None, ca.cert_pem) else "renewal"
-            self._serving_ca, self._serving_from, self._serving_until = ca.cert_pem, serving.not_before, serving.not_after
+            kind = "new-ca" if self._serving_ca not in (None, ca.cert_pem) else "renewal"
+            self._serving_ca, self._renew_at, self._life = ca.cert_pem, serving.renew_at(), serving.not_after - serving.issued
             self.metrics.expiry.set(serving.not_after)
             self.metrics.rotations.labels(kind).inc()
             log.info("serving a new certificate (%s), valid until %s", kind,
@@ -263,8 +270,7 @@ class Webhook:
     def _next_certificate_check(self) -> float:
         if self.settings.cert_dir is not None:
             return 10.0
-        life = max(self._serving_until - self._serving_from, 3.0)
-        return min(max(life / 12, 0.5), 60.0)
+        return min(max(self._life / 12, 0.5), 60.0)
 
     def _cert_loop(self) -> None:
         delay = 1.0

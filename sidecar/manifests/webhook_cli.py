@@ -50,6 +50,8 @@ def _address(value: str, flag: str) -> tuple[str, int]:
               help="Use tls.crt/tls.key from this directory (e.g. cert-manager's Secret) instead of its own CA.")
 @click.option("--cert-lifetime", default="168h", show_default=True)
 @click.option("--ca-lifetime", default="8760h", show_default=True)
+@click.option("--bundle-propagation", default="5s", show_default=True,
+              help="Wait between adding a new CA to the caBundle and serving a certificate it signed.")
 @click.option("--check-interval", default="60s", show_default=True,
               help="How often opted-in pods without the sidecar are looked for (0: never).")
 @click.option("--metrics-addr", default="0.0.0.0:9465", show_default=True, help="/metrics; `off` disables it.")
@@ -59,7 +61,7 @@ def _address(value: str, flag: str) -> tuple[str, int]:
 @click.option("--log-level", type=click.Choice(["debug", "info", "warning", "error"]), default="info")
 def webhook(listen: str, namespace: str | None, image: str, native: bool, gate: str, token_secret: str | None,
             drain_timeout: str, webhook_config: str, ca_secret: str, hosts: tuple[str, ...], service: str,
-            cert_dir: Path | None, cert_lifetime: str, ca_lifetime: str, check_interval: str, metrics_addr: str,
+            cert_dir: Path | None, cert_lifetime: str, ca_lifetime: str, bundle_propagation: str, check_interval: str, metrics_addr: str,
             kube_api_url: str | None, kube_token_file: str, kube_ca_file: str, log_level: str) -> None:
     """Serve the mutating admission webhook that injects the sidecar (see the README, Install with Helm)."""
     import logging
@@ -92,6 +94,7 @@ def webhook(listen: str, namespace: str | None, image: str, native: bool, gate: 
         hosts=list(hosts) or [f"{service}.{own}.svc", f"{service}.{own}.svc.cluster.local", service],
         cert_dir=cert_dir, cert_lifetime=_duration(cert_lifetime, "--cert-lifetime"),
         ca_lifetime=_duration(ca_lifetime, "--ca-lifetime"), check_interval=check,
+        bundle_propagation=_duration(bundle_propagation, "--bundle-propagation"),
         metrics_addr=None if metrics_addr.strip().lower() == "off" else _address(metrics_addr, "--metrics-addr"),
     )
     done = threading.Event()

@@ -99,7 +99,15 @@ class Kube:
         """Write `bundle` into every webhook of the configuration; True if anything changed."""
         path = f"/apis/admissionregistration.k8s.io/v1/mutatingwebhookconfigurations/{config_name}"
         for _attempt in range(3):
-            config: Doc = self.call("GET", path)
+            try:
+                config: Doc = self.call("GET", path)
+            except ApiError as exc:
+                if exc.status != 404:
+                    raise
+                # Not created yet (or renamed): served anyway, written once it exists.
+                log.warning("MutatingWebhookConfiguration %s not found: its caBundle is written once it exists",
+                            config_name)
+                return False
             encoded = base64.b64encode(bundle).decode()
             hooks = config.get("webhooks") or []
             if all((h.get("clientConfig") or {}).get("caBundle") == encoded for h in hooks):

@@ -1,0 +1,240 @@
+"""The admission webhook registered with a real kube-apiserver (a `url:` clientConfig on loopback,
+as the chart's Service would be on a cluster), run as the real `katalog-sidecar webhook` process:
+
+- a Deployment in an opted-in namespace gets the sidecar, which runs (real Consul, the pod
+  runner), rolls and drains; the order in which its objects are created makes no difference;
+- with the webhook down, pods are created without the sidecar (failurePolicy Ignore), and once
+  it is back its check puts a Warning Event on them and counts them in its metric;
+- certificate rotation (serving and CA) during a burst of pod creations loses no admission.
+"""
+
+from __future__ import annotations
+
+import copy
+import subprocess
+import time
+from collections.abc import Iterator
+from pathlib import Path
+from typing import Any
+
+import pytest
+import requests
+from consul_agents import free_port
+from katalog_cluster import APP_IMAGE, SIDECAR_IMAGE, KatalogCluster, example_docs, sidecar_entrypoint
+from kube_control_plane import ADMIN_TOKEN, ControlPlane
+from waiting import wait_until
+
+pytest.importorskip("cryptography")
+pytestmark = [pytest.mark.kube, pytest.mark.filterwarnings("ignore::urllib3.exceptions.InsecureRequestWarning")]
+
+OWN = "katalog-system"
+LABEL = "katalog-sidecar.io/inject"
+CONFIG = "katalog-sidecar"
+
+
+class WebhookProcess:
+    def __init__(self, cp: ControlPlane, workdir: Path, *args: str) -> None:
+        self.cp, self.workdir, self.args = cp, workdir, list(args)
+        self.port, self.metrics_port = free_port("127.0.0.1"), free_port("127.0.0.1")
+        token = workdir / "admin-token"
+        token.write_text(ADMIN_TOKEN)
+        self.process: subprocess.Popen[bytes] | None = None
+        self.log = workdir / "webhook.log"
+        self.argv = [*sidecar_entrypoint(), "webhook", "--namespace", OWN, "--image", f"{SIDECAR_IMAGE}:test",
+                     "--listen", f"127.0.0.1:{self.port}", "--host", "127.0.0.1",
+                     "--metrics-addr", f"127.0.0.1:{self.metrics_port}", "--kube-api-url", cp.url,
+                     "--kube-token-file", str(token), "--kube-ca-file", str(cp.pki.ca_crt), *self.args]
+
+    def start(self) -> WebhookProcess:
+        with self.log.open("ab") as log:
+            self.process = subprocess.Popen(self.argv, stdout=log, stderr=subprocess.STDOUT)
+        wait_until(self._healthy, 30, f"the webhook serving (log: {self.log})")
+        return self
+
+    def _healthy(self) -> bool:
+        assert self.process is not None
+        if self.process.poll() is not None:
+            raise AssertionError(f"the webhook exited {self.process.returncode}: {self.log.read_text()[-2000:]}")
+        try:
+            return requests.get(f"https://127.0.0.1:{self.port}/healthz", verify=False, timeout=2).status_code == 200  # noqa: S501 - a liveness poke
+        except requests.RequestException:
+            return False
+
+    def stop(self) -> None:
+        if self.process is not None and self.process.poll() is None:
+            self.process.terminate()
+            try:
+                self.process.wait(10)
+            except subprocess.TimeoutExpired:
+                self.process.kill()
+                self.process.wait(10)
+
+    def metric(self, name: str, labels: str = "") -> float:
+        text = requests.get(f"http://127.0.0.1:{self.metrics_port}/metrics", timeout=5).text
+        wanted = f"{name}{{{labels}}}" if labels else name
+        return sum(float(line.rsplit(" ", 1)[1]) for line in text.splitlines() if line.split(" ")[0] == wanted)
+
+
+def webhook_configuration(port: int) -> dict[str, Any]:
+    """What the chart writes, with a loopback URL in place of its Service."""
+    common = {
+        "admissionReviewVersions": ["v1"], "sideEffects": "None", "failurePolicy": "Ignore", "timeoutSeconds": 5,
+        "reinvocationPolicy": "Never", "matchPolicy": "Equivalent",
+        "clientConfig": {"url": f"https://127.0.0.1:{port}/inject"},
+        "rules": [{"operations": ["CREATE"], "apiGroups": [""], "apiVersions": ["v1"], "resources": ["pods"],
+                   "scope": "Namespaced"}],
+    }
+    not_own = {"key": "kubernetes.io/metadata.name", "operator": "NotIn", "values": [OWN]}
+    return {
+        "apiVersion": "admissionregistration.k8s.io/v1", "kind": "MutatingWebhookConfiguration",
+        "metadata": {"name": CONFIG},
+        "webhooks": [
+            {**common, "name": "namespace.inject.katalog-sidecar.io",
+             "namespaceSelector": {"matchLabels": {LABEL: "enabled"}, "matchExpressions": [not_own]},
+             "objectSelector": {"matchExpressions": [{"key": LABEL, "operator": "NotIn", "values": ["disabled"]}]}},
+            {**common, "name": "pod.inject.katalog-sidecar.io",
+             "namespaceSelector": {"matchExpressions": [
+                 {"key": LABEL, "operator": "NotIn", "values": ["enabled"]}, not_own]},
+             "objectSelector": {"matchLabels": {LABEL: "enabled"}}},
+        ],
+    }
+
+
+def namespace(cp: ControlPlane, name: str, labels: dict[str, str] | None = None) -> None:
+    cp.api.post("/api/v1/namespaces", {"apiVersion": "v1", "kind": "Namespace",
+                                      "metadata": {"name": name, "labels": labels or {}}})
+    cp.wait_namespace_ready(name)
+
+
+def app_deployment(name: str = "web") -> dict[str, Any]:
+    """The classic example's Deployment without the sidecar: what a user writes before opting in."""
+    [deployment] = [copy.deepcopy(d) for d in example_docs("deployment-classic-sidecar.yaml") if d["kind"] == "Deployment"]
+    deployment["metadata"]["name"] = name
+    deployment["spec"]["replicas"] = 1
+    spec = deployment["spec"]["template"]["spec"]
+    spec["containers"] = [c for c in spec["containers"] if c["name"] != "katalog-sidecar"]
+    used = {mount["name"] for c in spec["containers"] for mount in c.get("volumeMounts") or []}
+    spec["volumes"] = [v for v in spec.get("volumes") or [] if v["name"] in used]
+    spec.pop("terminationGracePeriodSeconds", None)
+    assert spec["containers"][0]["image"].startswith(APP_IMAGE)
+    deployment["spec"]["template"]["metadata"].setdefault("annotations", {})["katalog-sidecar.io/services"] = "web:http"
+    return deployment
+
+
+def has_sidecar(pod: dict[str, Any]) -> bool:
+    return any(c["name"] == "katalog-sidecar" for c in pod["spec"].get("containers", []) + pod["spec"].get("initContainers", []))
+
+
+def bare_pod(name: str, labels: dict[str, str] | None = None) -> dict[str, Any]:
+    return {"apiVersion": "v1", "kind": "Pod",
+            "metadata": {"name": name, "labels": labels or {}, "annotations": {"katalog-sidecar.io/services": "web:80"}},
+            "spec": {"containers": [{"name": "web", "image": APP_IMAGE, "ports": [{"containerPort": 80}]}]}}
+
+
+@pytest.fixture
+def cluster_with_webhook(katalog_cluster: KatalogCluster, tmp_path: Path) -> Iterator[tuple[KatalogCluster, WebhookProcess]]:
+    cp = katalog_cluster.control_plane
+    namespace(cp, OWN)
+    hook = WebhookProcess(cp, tmp_path, "--check-interval", "1s")
+    cp.api.post("/apis/admissionregistration.k8s.io/v1/mutatingwebhookconfigurations", webhook_configuration(hook.port))
+    try:
+        yield katalog_cluster, hook.start()
+    finally:
+        hook.stop()
+
+
+def test_a_deployment_in_an_opted_in_namespace_gets_the_sidecar_runs_rolls_and_drains(
+        cluster_with_webhook: tuple[KatalogCluster, WebhookProcess]) -> None:
+    cluster, hook = cluster_with_webhook
+    cp = cluster.control_plane
+    rbac = [d for d in example_docs("rbac.yaml")]
+    service = {"apiVersion": "v1", "kind": "Service", "metadata": {"name": "web"},
+               "spec": {"selector": {"app.kubernetes.io/name": "web"}, "ports": [{"port": 80, "targetPort": "http"}]}}
+    # Two namespaces, the same objects in opposite orders: the Deployment first (its pods wait for
+    # the ServiceAccount), or last.
+    for ns, objects in (("first", [app_deployment(), service, *rbac]), ("last", [*rbac, service, app_deployment()])):
+        namespace(cp, ns, {LABEL: "enabled"})
+        for obj in objects:
+            cluster.apply(obj, namespace=ns)
+    for ns in ("first", "last"):
+        [pod] = cluster.runner.wait_for_pods(ns, 1, ready=True, timeout=120)
+        assert has_sidecar(cp.api.get(f"/api/v1/namespaces/{ns}/pods/{pod.name}")), ns
+        assert cluster.consul.server.passing_ids("web") >= {f"{ns}:{pod.name}:web"}
+        assert pod.exec("katalog-sidecar", ["readiness-gate"]).returncode == 0
+
+    # A rollout: the new pod is injected and registered, the old one drained and deregistered.
+    [old] = cluster.runner.wait_for_pods("first", 1)
+    cp.kubectl("-n", "first", "patch", "deployment", "web", "--type=merge",
+               "-p", '{"spec":{"template":{"metadata":{"labels":{"rev":"2"}}}}}')
+    [new] = cluster.runner.wait_for_pods("first", 1, ready=True, timeout=120, where=lambda p: p.name != old.name)
+    wait_until(lambda: f"first:{old.name}:web" not in cluster.consul.server.passing_ids("web")
+               and f"first:{new.name}:web" in cluster.consul.server.passing_ids("web"), 60,
+               "the old pod drained and the new one registered")
+    assert old.terminated.wait(60) and old.container("katalog-sidecar").exit_code == 0, old.log("katalog-sidecar")
+
+    # Opt-in by pod label elsewhere; never the webhook's own namespace; unlabelled pods untouched.
+    namespace(cp, "plain")
+    labelled = cp.api.post("/api/v1/namespaces/plain/pods", bare_pod("labelled", {LABEL: "enabled"}))
+    unlabelled = cp.api.post("/api/v1/namespaces/plain/pods", bare_pod("unlabelled"))
+    own = cp.api.post(f"/api/v1/namespaces/{OWN}/pods", bare_pod("own", {LABEL: "enabled"}))
+    assert [has_sidecar(p) for p in (labelled, unlabelled, own)] == [True, False, False]
+    assert hook.metric("katalog_webhook_reviews_total", 'result="injected"') >= 4
+
+
+@pytest.fixture
+def control_plane_with_webhook(control_plane: ControlPlane, tmp_path: Path) -> Iterator[tuple[ControlPlane, Path]]:
+    namespace(control_plane, OWN)
+    namespace(control_plane, "shop", {LABEL: "enabled"})
+    yield control_plane, tmp_path
+
+
+def test_webhook_down_pods_are_admitted_without_sidecar_then_reported(
+        control_plane_with_webhook: tuple[ControlPlane, Path]) -> None:
+    cp, tmp_path = control_plane_with_webhook
+    hook = WebhookProcess(cp, tmp_path, "--check-interval", "1s")
+    cp.api.post("/apis/admissionregistration.k8s.io/v1/mutatingwebhookconfigurations", webhook_configuration(hook.port))
+    hook.start()
+    try:
+        assert has_sidecar(cp.api.post("/api/v1/namespaces/shop/pods", bare_pod("while-up")))
+        hook.stop()
+        started = time.monotonic()
+        missed = cp.api.post("/api/v1/namespaces/shop/pods", bare_pod("while-down"))
+        assert not has_sidecar(missed) and time.monotonic() - started < 5  # never blocked
+        hook.start()
+
+        def warning() -> list[dict[str, Any]]:
+            events = cp.api.get("/api/v1/namespaces/shop/events")["items"]
+            return [e for e in events if e["reason"] == "KatalogSidecarNotInjected"]
+
+        [event] = wait_until(warning, 20, "the Warning Event on the pod admitted without the sidecar")
+        assert event["type"] == "Warning" and event["involvedObject"]["uid"] == missed["metadata"]["uid"]
+        wait_until(lambda: hook.metric("katalog_webhook_pods_without_sidecar") == 1
+                   and hook.metric("katalog_webhook_missed_injections_total") == 1, 10, "the metric")
+        cp.api.delete("/api/v1/namespaces/shop/pods/while-down", {"gracePeriodSeconds": 0})
+        wait_until(lambda: hook.metric("katalog_webhook_pods_without_sidecar") == 0, 20, "the gauge back to 0")
+    finally:
+        hook.stop()
+
+
+def test_certificate_rotation_during_a_burst_of_pod_creations_loses_no_admission(
+        control_plane_with_webhook: tuple[ControlPlane, Path]) -> None:
+    cp, tmp_path = control_plane_with_webhook
+    # A serving certificate renewed every 2 s and a CA every 8 s, with 2 s for the bundle to spread.
+    hook = WebhookProcess(cp, tmp_path, "--cert-lifetime", "3s", "--ca-lifetime", "12s",
+                          "--bundle-propagation", "2s", "--check-interval", "0")
+    cp.api.post("/apis/admissionregistration.k8s.io/v1/mutatingwebhookconfigurations", webhook_configuration(hook.port))
+    hook.start()
+    try:
+        results = []
+        deadline = time.monotonic() + 25
+        index = 0
+        while time.monotonic() < deadline:
+            created = cp.api.post("/api/v1/namespaces/shop/pods", bare_pod(f"burst-{index}"))
+            results.append(has_sidecar(created))
+            index += 1
+            time.sleep(0.1)
+        assert len(results) >= 50 and all(results), f"{results.count(False)} of {len(results)} pods not injected"
+        assert hook.metric("katalog_webhook_certificate_rotations_total", 'kind="renewal"') >= 5
+        assert hook.metric("katalog_webhook_certificate_rotations_total", 'kind="new-ca"') >= 1
+    finally:
+        hook.stop()
