@@ -16,6 +16,7 @@ waiting after that many seconds (a mesh proxy or load balancer cutting idle stre
 from __future__ import annotations
 
 import http.client
+import select
 import socket
 import struct
 import threading
@@ -159,17 +160,17 @@ def _handler(proxy: CountingProxy) -> type[BaseHTTPRequestHandler]:
                 self._answer(refusal.status, "Refused by the test", [("Content-Type", "text/plain")], refusal.body)
                 return
             headers = {k: v for k, v in self.headers.items() if k.lower() not in _HOP_BY_HOP | {"host"}}
-            cut_after = proxy._cut_after if long_poll(seen) else None
-            # Blocking queries wait minutes, unless this proxy is to cut them.
-            upstream = http.client.HTTPConnection(*proxy.upstream, timeout=cut_after or 600)
+            upstream = http.client.HTTPConnection(*proxy.upstream, timeout=600)  # blocking queries wait minutes
             try:
                 upstream.request(self.command, self.path, body=body or None, headers=headers)
-                response = upstream.getresponse()
-                data = response.read()
-            except OSError as exc:
-                if cut_after is not None and isinstance(exc, TimeoutError):
+                if long_poll(seen) and not self._await_answer(upstream, seen.time):
                     with proxy._lock:
                         proxy.cuts += 1
+                    self._reset()
+                    return
+                response = upstream.getresponse()
+                data = response.read()
+            except OSError:
                 self._reset()
                 return
             finally:
@@ -187,6 +188,18 @@ def _handler(proxy: CountingProxy) -> type[BaseHTTPRequestHandler]:
                 self.wfile.write(data)
             except OSError:
                 self.close_connection = True  # the client went away (a sidecar killed mid-request)
+
+        def _await_answer(self, upstream: http.client.HTTPConnection, arrived: float) -> bool:
+            """Waits for the upstream's answer to start; False when cut_long_polls says to cut this
+            query first (also a query that was already waiting when the cut was switched on)."""
+            while True:
+                assert upstream.sock is not None
+                readable, _, _ = select.select([upstream.sock], [], [], 0.1)
+                if readable:
+                    return True
+                cut_after = proxy._cut_after
+                if cut_after is not None and time.monotonic() - arrived >= cut_after:
+                    return False
 
         def _reset(self) -> None:
             """RST instead of an answer."""
