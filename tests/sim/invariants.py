@@ -1,4 +1,5 @@
-"""The contracts of ARCHITECTURE.md as invariants, checked after every simulated step.
+"""The sidecar's contracts (README.md: "How it works", "Faults", "Performance") as invariants,
+checked after every simulated step.
 
 Each raises Violation with what broke; bounds are the documented ones (staleness: 3 missed
 heartbeats plus a probe period; SIGTERM: one agent call's timeout plus a second; ceilings
