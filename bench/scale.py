@@ -57,10 +57,11 @@ sys.path.insert(0, str(REPO / "tests"))
 
 from consul_agents import ServerAndClients, find_consul  # noqa: E402
 
-from sidecar.catalog_view import CatalogReads  # noqa: E402
 from sidecar.config import Config, load_config  # noqa: E402
-from sidecar.consul_api import ConsulAgent  # noqa: E402
-from sidecar.drain import Drainer  # noqa: E402
+from sidecar.consul.api import ConsulAgent  # noqa: E402
+from sidecar.consul.catalog_view import CatalogReads  # noqa: E402
+from sidecar.consul.drain import Drainer  # noqa: E402
+from sidecar.consul.watchers import Confirmer, Expectation  # noqa: E402
 from sidecar.errors import ConsulError, ConsulNotFound  # noqa: E402
 from sidecar.registration import (  # noqa: E402
     CRITICAL,
@@ -70,7 +71,6 @@ from sidecar.registration import (  # noqa: E402
     Instance,
     registration_payload,
 )
-from sidecar.watchers import Confirmer, Expectation  # noqa: E402
 
 SERVICE = "web"
 DESIGNS = ("service", "node", "cached", "none")

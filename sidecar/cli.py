@@ -113,8 +113,8 @@ def _config_error_events(environ: Mapping[str, str]) -> SyncObserver | None:
     if not (pod and namespace and api.startswith(("http://", "https://"))) or "/" in pod + namespace:
         return None
     from sidecar.durations import parse_duration
-    from sidecar.kube_client import KubeClient
-    from sidecar.pod_events import PodEventRecorder
+    from sidecar.kube.client import KubeClient
+    from sidecar.kube.pod_events import PodEventRecorder
 
     try:
         timeout = parse_duration(value("KATALOG_KUBE_TIMEOUT"))
@@ -157,7 +157,7 @@ def _previous_ever_confirmed(config: Config) -> bool:
 def _run(config: Config) -> int:
     _without_charset_guessing()
     # Imported here so `status`, `check-config` and `--help` stay quick.
-    from sidecar.consul_api import ConsulAgent
+    from sidecar.consul.api import ConsulAgent
     from sidecar.live_config import ConfigFollower
     from sidecar.metrics import Metrics
     from sidecar.readiness import ReadinessSink, make_source
@@ -211,7 +211,7 @@ def _run(config: Config) -> int:
 def _observers(config: Config, supervisor: Supervisor) -> SyncObserver:
     """The pod condition (KATALOG_GATE=condition) and Events (KATALOG_EVENTS), when there is an API."""
     from sidecar import observers
-    from sidecar.kube_client import KubeClient
+    from sidecar.kube.client import KubeClient
 
     k = config.kubernetes
     if not k.api_url or not (config.events or config.gate == "condition"):
@@ -226,13 +226,13 @@ def _observers(config: Config, supervisor: Supervisor) -> SyncObserver:
     chosen: list[SyncObserver] = []
     events = None
     if config.events:
-        from sidecar.pod_events import PodEventRecorder
+        from sidecar.kube.pod_events import PodEventRecorder
 
         events = PodEventRecorder(client(), config.pod_namespace, config.pod_name, config.pod_uid,
                                   supervisor=supervisor)
         chosen.append(events)
     if config.gate == "condition":
-        from sidecar.pod_condition import PodConditionWriter
+        from sidecar.kube.pod_condition import PodConditionWriter
 
         on_forbidden = (lambda message: events.event(observers.KUBERNETES_FORBIDDEN, message)) if events else None
         chosen.append(PodConditionWriter(client(), config.pod_namespace, config.pod_name, on_forbidden=on_forbidden,

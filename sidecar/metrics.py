@@ -82,7 +82,7 @@ class Metrics:
         self.confirmation_latency.observe(latency)
         self.last_confirmed.set(time.time())
 
-    # KubeMetrics protocol of sidecar.kube_source
+    # KubeMetrics protocol of sidecar.kube.source
     def request_error(self, kind: str) -> None:
         self.kube_errors.labels(kind).inc()
 

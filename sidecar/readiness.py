@@ -3,7 +3,7 @@
 A source runs in its own thread and reports to a `ReadinessSink`: an `Observation` whenever
 what it sees changes, and a problem text (or None when it clears) when it cannot see. The
 sync loop does the rest, so every source plugs into the same place: the Kubernetes watch
-(sidecar.kube_source), an HTTP or TCP probe of the app, or a fixed status.
+(sidecar.kube.source), an HTTP or TCP probe of the app, or a fixed status.
 """
 
 from __future__ import annotations
@@ -20,7 +20,7 @@ import urllib3
 from sidecar.config import Config
 
 if TYPE_CHECKING:
-    from sidecar.kube_source import KubeMetrics
+    from sidecar.kube.source import KubeMetrics
 
 
 @dataclass(frozen=True)
@@ -134,6 +134,6 @@ def make_source(config: Config, metrics: KubeMetrics | None = None) -> Readiness
     if r.source == "tcp":
         assert r.tcp_host is not None and r.tcp_port is not None
         return TcpProbeSource(r.tcp_host, r.tcp_port, r.probe_interval, r.probe_timeout)
-    from sidecar.kube_source import KubernetesSource  # imported lazily: only this source needs it
+    from sidecar.kube.source import KubernetesSource  # imported lazily: only this source needs it
 
     return KubernetesSource.from_config(config, metrics)

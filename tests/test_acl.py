@@ -167,7 +167,7 @@ def test_unknown_token_is_named_as_such(acl_agent: AclDevAgent, run_sidecar, tmp
 
 def test_an_unreadable_token_file_keeps_the_last_token_and_says_so_once(tmp_path: Path,
                                                                         caplog: pytest.LogCaptureFixture) -> None:
-    from sidecar.consul_api import TokenProvider
+    from sidecar.consul.api import TokenProvider
 
     token_file = tmp_path / "consul-token"
     write_token_file(token_file, "first-token")

@@ -17,10 +17,10 @@ from hypothesis import strategies as st
 
 from sidecar.annotations import KATALOG_SYNC_ANNOTATIONS, OUR_ANNOTATIONS
 from sidecar.config import PENDING, annotation_reference, load_config
-from sidecar.consul_api import ConsulAgent
+from sidecar.consul.api import ConsulAgent
 from sidecar.errors import ConfigError, ConsulError
+from sidecar.kube.pod_readiness import observe_pod
 from sidecar.live_config import ConfigFollower
-from sidecar.pod_readiness import observe_pod
 from sidecar.readiness import Observation
 from sidecar.registration import (
     CRITICAL,

@@ -13,11 +13,11 @@ from typing import Any
 
 import pytest
 
-from sidecar.blocking import MIN_INTERVAL, STALLED_INTERVAL_CAP, BlockingIndex
 from sidecar.config import load_config
-from sidecar.consul_api import ConsulAgent
+from sidecar.consul.api import ConsulAgent
+from sidecar.consul.blocking import MIN_INTERVAL, STALLED_INTERVAL_CAP, BlockingIndex
+from sidecar.consul.watchers import Confirmer, Expectation
 from sidecar.registration import CRITICAL, PASSING, build_instances
-from sidecar.watchers import Confirmer, Expectation
 
 
 def test_index_advances_clamps_and_resets() -> None:

@@ -16,7 +16,7 @@ import pytest
 from counting_proxy import CountingProxy
 from sidecar_process import base_env, wait_until
 
-from sidecar.drain import Drainer
+from sidecar.consul.drain import Drainer
 from sidecar.errors import ConsulServerError
 from sidecar.registration import Instance
 

@@ -26,8 +26,8 @@ from readiness_gate.probe import DEFAULT_STATUS_FILE
 from sidecar.cli import main as cli_main
 from sidecar.config import SETTING_NAMES, SETTINGS, Config, load_config, service_env_key
 from sidecar.errors import ConfigError
-from sidecar.kube_client import RBAC_HINT
-from sidecar.kube_source import KubernetesSource
+from sidecar.kube.client import RBAC_HINT
+from sidecar.kube.source import KubernetesSource
 from sidecar.manifests import CONDITION_TYPE
 from sidecar.readiness import Observation
 

@@ -162,7 +162,7 @@ class _AgentAnsweringAtOnce:
 @pytest.mark.parametrize("content_hash", ["", "f00d"], ids=["no hash header", "same hash at once"])
 def test_agent_watch_keeps_a_minimum_interval_when_nothing_changes(content_hash: str) -> None:
     """Loop iterations, in-process: a watch that cannot block must not turn into a poll loop."""
-    from sidecar.watchers import AgentWatcher
+    from sidecar.consul.watchers import AgentWatcher
 
     agent = _AgentAnsweringAtOnce(content_hash)
     watcher = AgentWatcher(agent, SID, lambda _kind, _payload: None)  # type: ignore[arg-type]

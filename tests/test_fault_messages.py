@@ -21,9 +21,9 @@ import requests
 from test_config import VALID
 
 from sidecar.config import SETTINGS, load_config
-from sidecar.consul_api import ConsulAgent
+from sidecar.consul.api import ConsulAgent
 from sidecar.errors import ConsulUnavailable
-from sidecar.kube_source import WATCH_RESTART_REASONS
+from sidecar.kube.source import WATCH_RESTART_REASONS
 from sidecar.metrics import Metrics
 from sidecar.readiness import HttpProbeSource
 from sidecar.status import StatusWriter

@@ -445,7 +445,7 @@ def test_lint_exit_codes_and_json(tmp_path: Path) -> None:
 
 def test_the_daemon_never_imports_yaml() -> None:
     """PyYAML is for inject and lint only: not in `run`'s memory (RSS target) nor the gate's."""
-    code = ("import sys, sidecar.cli, sidecar.syncer, sidecar.kube_source, sidecar.consul_api, sidecar.manifests.lint, "
+    code = ("import sys, sidecar.cli, sidecar.syncer, sidecar.kube.source, sidecar.consul.api, sidecar.manifests.lint, "
             "sidecar.manifests.inject; print('yaml' in sys.modules)")
     done = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, timeout=30)
     assert done.stdout.strip() == "False", done.stderr

@@ -28,7 +28,7 @@ import pytest
 from fakekube import make_pod
 
 from sidecar.config import RESERVED_META_KEYS, load_config
-from sidecar.pod_readiness import container_ports, first_container_port, observe_pod
+from sidecar.kube.pod_readiness import container_ports, first_container_port, observe_pod
 from sidecar.registration import LIVENESS_RUNNING, PASSING, CheckState, build_instances, wanted_checks
 
 KS = "katalog-sync.wish.com/"

@@ -32,10 +32,10 @@ from test_kube_source import (  # noqa: F401 (kube, start: fixtures)
 
 from readiness_gate import state
 from sidecar.config import load_config
-from sidecar.consul_api import ConsulAgent
+from sidecar.consul.api import ConsulAgent
 from sidecar.errors import ConfigError, KubernetesError
-from sidecar.kube_client import KubeClient
-from sidecar.kube_source import RECONNECT_MAX
+from sidecar.kube.client import KubeClient
+from sidecar.kube.source import RECONNECT_MAX
 from sidecar.status import StatusWriter
 from sidecar.syncer import Syncer
 

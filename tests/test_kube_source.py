@@ -19,8 +19,8 @@ import pytest
 from fakekube import FakeKube, RecordedRequest, make_pod, status_object
 
 from sidecar.errors import KubernetesError
-from sidecar.kube_client import KubeClient
-from sidecar.kube_source import KubernetesSource
+from sidecar.kube.client import KubeClient
+from sidecar.kube.source import KubernetesSource
 from sidecar.readiness import Observation
 
 pytestmark = pytest.mark.timeout(30)

@@ -8,8 +8,8 @@ from pathlib import Path
 from fakekube import FakeKube, make_pod
 from test_kube_source import RecordingSink
 
-from sidecar.kube_client import KubeClient
-from sidecar.kube_source import KubernetesSource
+from sidecar.kube.client import KubeClient
+from sidecar.kube.source import KubernetesSource
 
 
 class CountingMetrics:

@@ -17,10 +17,10 @@ from sidecar_process import base_env, wait_until
 from readiness_gate import state as status_state
 from sidecar import observers
 from sidecar.backoff import Backoff
-from sidecar.kube_client import KubeClient
+from sidecar.kube.client import KubeClient
+from sidecar.kube.pod_condition import FORBIDDEN_RETRY, PodConditionWriter, condition_state, status_patch
+from sidecar.kube.pod_events import BURST, EventAggregator, PodEventRecorder
 from sidecar.manifests import CONDITION_TYPE
-from sidecar.pod_condition import FORBIDDEN_RETRY, PodConditionWriter, condition_state, status_patch
-from sidecar.pod_events import BURST, EventAggregator, PodEventRecorder
 
 NS, POD = "shop", "web-7d4b9c-x2k8p"
 

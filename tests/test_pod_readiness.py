@@ -12,7 +12,7 @@ from hypothesis import given
 from hypothesis import strategies as st
 
 from sidecar.config import ServiceSpec
-from sidecar.pod_readiness import container_ports, grace_seconds, observe_pod
+from sidecar.kube.pod_readiness import container_ports, grace_seconds, observe_pod
 from sidecar.registration import resolve_port
 
 SIDECAR = "katalog-sidecar"

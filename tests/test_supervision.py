@@ -29,8 +29,8 @@ from test_kube_source import (  # noqa: F401 (kube: fixture)
 
 from readiness_gate import state
 from sidecar import logs
-from sidecar.kube_client import KubeClient
-from sidecar.kube_source import KubernetesSource
+from sidecar.kube.client import KubeClient
+from sidecar.kube.source import KubernetesSource
 from sidecar.metrics import Metrics
 from sidecar.readiness import Observation
 from sidecar.status import StatusWriter

@@ -12,7 +12,7 @@ import pytest
 from sidecar_process import base_env
 
 from sidecar.config import load_config
-from sidecar.consul_api import ConsulAgent
+from sidecar.consul.api import ConsulAgent
 from sidecar.errors import ConsulTimeout
 
 

@@ -32,11 +32,11 @@ from test_kube_source import (  # noqa: F401 (kube, start: fixtures)
 )
 
 from sidecar.config import load_config
-from sidecar.consul_api import ConsulAgent
+from sidecar.consul.api import ConsulAgent
+from sidecar.consul.watchers import Confirmer, Expectation
 from sidecar.errors import ConfigError, KubernetesError
-from sidecar.kube_client import KubeClient
+from sidecar.kube.client import KubeClient
 from sidecar.registration import Instance
-from sidecar.watchers import Confirmer, Expectation
 
 pytestmark = pytest.mark.timeout(60)
 

@@ -56,9 +56,11 @@ class Deregister(Call):
 
 @dataclass(frozen=True)
 class ReadAgentInstance(Call):
-    """The agent's copy of the instance and its checks (answer: events.AgentInstance)."""
+    """The agent's copy of the instance and its checks (answer: events.AgentInstance).
+    `with_checks` False: the instance only (its UID), one read instead of two."""
 
     service_id: str
+    with_checks: bool = True
 
 
 @dataclass(frozen=True)
@@ -127,6 +129,7 @@ class Notify:
 class Log:
     level: int  # logging.INFO, ...
     message: str
+    logger: str = "katalog.sync"  # operators (and tests) filter on the logger's name
 
 
 @dataclass(frozen=True)

@@ -32,7 +32,6 @@ TRANSITIONS: Mapping[Phase, Mapping[Phase, str]] = {
         S.ADOPTING: "this pod's instance (its UID) found on the agent before the first observation",
         S.REGISTERING: "first observation with services configured",
         S.DRAINING: "SIGTERM, or the first observation is terminating",
-        S.EXITED: "SIGTERM with nothing registered",
     },
     S.ADOPTING: {
         S.STARTING: "the adopted instance is gone from the agent",
@@ -41,6 +40,7 @@ TRANSITIONS: Mapping[Phase, Mapping[Phase, str]] = {
     },
     S.REGISTERING: {
         S.CONFIRMING: "every write accepted",
+        S.CONFIRMED: "writes accepted again, nothing changed since the last confirmation",
         S.SUPERSEDED: "another pod's UID on our service ID",
         S.DRAINING: "SIGTERM or deletionTimestamp",
     },

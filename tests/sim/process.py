@@ -4,7 +4,7 @@ Events go through one FIFO; at most one agent call is in flight (as the core's A
 its answer is queued behind anything that came meanwhile (a SIGTERM is handled first). The
 process can be hung (SIGSTOP: nothing runs until it is continued) and killed (the status file
 survives; a new process starts from it). The pod watch and the condition writer are modelled
-from sidecar/kube_source.py and sidecar/pod_condition.py (their decisions are not in the core).
+from sidecar/kube/source.py and sidecar/kube/pod_condition.py (their decisions are not in the core).
 """
 
 from __future__ import annotations
@@ -21,8 +21,8 @@ from sidecar.backoff import Backoff
 from sidecar.config import Config
 from sidecar.core import actions as act
 from sidecar.core import events as ev
-from sidecar.pod_condition import condition_state
-from sidecar.pod_readiness import observe_pod
+from sidecar.kube.pod_condition import condition_state
+from sidecar.kube.pod_readiness import observe_pod
 from sidecar.registration import CheckState
 from sim.agent_front import AgentFront, classify
 from sim.clock import Timer, VirtualClock

@@ -20,8 +20,8 @@ import time
 from collections.abc import Callable, Mapping
 from typing import Any, Protocol
 
-from sidecar.blocking import BlockingIndex
-from sidecar.consul_api import ConsulAgent
+from sidecar.consul.api import ConsulAgent
+from sidecar.consul.blocking import BlockingIndex
 from sidecar.registration import Instance, compare_checks, compare_service, entry_pod_uid, same_pod
 
 log = logging.getLogger("katalog.catalog")

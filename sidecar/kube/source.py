@@ -21,8 +21,8 @@ from sidecar import annotations as pod_annotations
 from sidecar.backoff import Backoff
 from sidecar.config import Config
 from sidecar.errors import ConfigError, KubernetesError
-from sidecar.kube_client import KubeClient, StreamBrokenError, WatchInactiveError
-from sidecar.pod_readiness import container_ports, grace_seconds, observe_pod
+from sidecar.kube.client import KubeClient, StreamBrokenError, WatchInactiveError
+from sidecar.kube.pod_readiness import container_ports, grace_seconds, observe_pod
 from sidecar.readiness import Observation, ReadinessSink
 
 log = logging.getLogger("katalog.kube")

@@ -13,14 +13,14 @@ import logging
 import threading
 import time
 from collections.abc import Callable, Mapping
-from dataclasses import dataclass
 from typing import Any
 
+from sidecar.adoption import UID_META
 from sidecar.backoff import Backoff
-from sidecar.catalog_view import CatalogReads, InstanceWatch
-from sidecar.consul_api import ConsulAgent
+from sidecar.consul.api import ConsulAgent
+from sidecar.consul.catalog_view import CatalogReads, InstanceWatch
+from sidecar.core.actions import Expectation
 from sidecar.errors import ConsulError
-from sidecar.registration import Instance
 from sidecar.supervision import Supervisor
 
 log = logging.getLogger("katalog.watch")
@@ -66,21 +66,25 @@ class AgentWatcher:
 
     def _run(self) -> None:
         content_hash = ""
+        last_seen: tuple[bool, str | None] | None = None
         while not self._stop_event.is_set():
             asked = time.monotonic()
             try:
                 new_hash, service = self._agent.agent_service(self._service_id, content_hash, self._wait)
-            except ConsulError:
+            except ConsulError as exc:
+                if not self.failing:
+                    self._post("agent-failing", (self._service_id, exc))
                 self.failing = True
                 content_hash = ""
                 self._stop_event.wait(self._backoff.next_delay())
                 continue
             self._backoff.reset()
-            if self.failing:
+            seen = (service is not None, pod_uid(service))
+            if self.failing or seen != last_seen or service is None:
                 self.failing = False
-                self._post("agent-back", time.monotonic())
+                self._post("agent-seen", (self._service_id, *seen))
+            last_seen = seen
             if service is None:
-                self._post("agent-lost", self._service_id)
                 # Wait for the sync loop to register it again instead of spinning on 404s.
                 self._stop_event.wait(self._backoff.next_delay())
                 content_hash = ""
@@ -93,17 +97,10 @@ class AgentWatcher:
             content_hash = new_hash
 
 
-@dataclass(frozen=True)
-class Expectation:
-    """What the servers must show for one generation of pushed state."""
-
-    generation: int
-    instances: tuple[Instance, ...]
-    checks: Mapping[str, Mapping[str, str]]  # service ID -> check ID -> status
-    removed: bool = False
-    # A periodic re-check of a confirmed state (continuous gate mode): the first mismatch is
-    # reported as a loss of confirmation, then confirming goes on as usual.
-    recheck: bool = False
+def pod_uid(service: Mapping[str, Any] | None) -> str | None:
+    meta = service.get("Meta") if isinstance(service, Mapping) else None
+    uid = meta.get(UID_META) if isinstance(meta, Mapping) else None
+    return uid if isinstance(uid, str) and uid else None
 
 
 class Confirmer:

@@ -133,7 +133,7 @@ class KubeClient:
         for response in responses:
             _shut_down(response)
 
-    # -- writes: the pod condition and Events (sidecar.pod_condition, sidecar.pod_events) ---
+    # -- writes: the pod condition and Events (sidecar.kube.pod_condition, sidecar.kube.pod_events) ---
 
     def patch_pod_status(self, namespace: str, name: str, patch: dict[str, Any]) -> dict[str, Any]:
         """PATCH pods/<name>/status with a strategic merge patch (conditions merge by type)."""

@@ -383,9 +383,10 @@ class ConsulAgent:
         cfg = data.get("Config", {})
         return AgentInfo(cfg.get("NodeName", ""), cfg.get("Datacenter", ""), cfg.get("Version", ""))
 
-    def register_service(self, registration: Mapping[str, Any]) -> None:
+    def register_service(self, registration: Mapping[str, Any], timeout: float | None = None) -> None:
         # replace-existing-checks: a sidecar restarted with other settings leaves no stale check.
-        self._call("PUT", "/v1/agent/service/register", [("replace-existing-checks", "true")], registration)
+        self._call("PUT", "/v1/agent/service/register", [("replace-existing-checks", "true")], registration,
+                   timeout=timeout)
 
     def update_ttl_check(self, check_id: str, status: str, output: str, timeout: float | None = None) -> None:
         """`timeout` replaces KATALOG_CONSUL_TIMEOUT, e.g. to keep a drain inside its deadline."""
@@ -395,9 +396,10 @@ class ConsulAgent:
     def deregister_service(self, service_id: str, timeout: float | None = None) -> None:
         self._call("PUT", f"/v1/agent/service/deregister/{service_id}", timeout=timeout)
 
-    def service_checks(self, service_id: str) -> dict[str, dict[str, Any]]:
+    def service_checks(self, service_id: str, timeout: float | None = None) -> dict[str, dict[str, Any]]:
         """The agent's checks of one instance, by check ID (local state, never forwarded)."""
-        data = self._call("GET", "/v1/agent/checks", [("filter", f'ServiceID == "{service_id}"')]).json() or {}
+        data = self._call("GET", "/v1/agent/checks", [("filter", f'ServiceID == "{service_id}"')],
+                          timeout=timeout).json() or {}
         if not isinstance(data, dict):
             raise ConsulError("GET /v1/agent/checks: the answer is not a map of checks")
         return {str(k): v for k, v in data.items() if isinstance(v, dict)}
@@ -441,7 +443,7 @@ class ConsulAgent:
                      wait: float = 0.0, timeout: float | None = None) -> ServersRead:
         """One server-bound read (/v1/health, /v1/catalog): blocking when index and wait are set.
 
-        The caller keeps the blocking-query hygiene (sidecar.blocking): this sends what it is
+        The caller keeps the blocking-query hygiene (sidecar.consul.blocking): this sends what it is
         given. `timeout`, when set, caps the call's own timeout (a drain keeps its deadline).
         """
         params = list(params)

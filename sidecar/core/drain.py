@@ -1,0 +1,179 @@
+"""Termination as a task: checks critical and confirmed in the catalog (traffic drains), then
+deregister and confirm removal, all before a deadline inside the pod's grace period. Pure.
+
+Every attempt's timeout is clipped to the time its step has left, and a retry never starts
+when its backoff would end past that (tenacity's `stop_before_delay`, as before). Writes are
+skipped for an instance that now carries another pod's UID on this agent.
+"""
+
+from __future__ import annotations
+
+import logging
+from collections.abc import Callable, Generator, Mapping
+from dataclasses import dataclass, field
+
+from sidecar.core import actions as a
+from sidecar.core.events import AgentInstance, FailureKind
+from sidecar.core.state import Answer, Failed, Sleep, Task, TaskContext, call
+from sidecar.registration import CRITICAL, TERMINATING, Instance
+
+LOG = "katalog.drain"
+MIN_ATTEMPT_TIMEOUT = 0.1
+MAX_DRAIN_WAIT = 5.0
+WAIT_MARGIN = 0.5
+RETRYABLE = (FailureKind.UNAVAILABLE, FailureKind.SERVER_ERROR, FailureKind.NO_TTL, FailureKind.OTHER)
+
+Step = Callable[[float], Generator[a.Call | Sleep, Answer, object]]
+
+
+class NotYet(Exception):
+    """The catalog does not show the wanted state yet."""
+
+
+@dataclass
+class DrainResult:
+    """Service IDs by how far their drain got."""
+
+    removed: list[str] = field(default_factory=list)  # deregistered, removal confirmed by the catalog
+    deregistered: list[str] = field(default_factory=list)  # the agent removed it; the catalog did not confirm
+    left: list[str] = field(default_factory=list)  # the agent never accepted the deregistration
+
+    @property
+    def complete(self) -> bool:
+        return not self.deregistered and not self.left
+
+
+class Drain:
+    def __init__(self, ctx: TaskContext, deadline: float) -> None:
+        self._ctx = ctx
+        self._deadline = deadline
+        self._foreign: set[str] = set()
+
+    def _until(self, deadline: float, step: Step, what: str) -> Task:
+        """`step(timeout)` until it succeeds or `deadline` comes, retrying transient faults."""
+        ctx = self._ctx
+        start = ctx.now
+        budget = max(deadline - start, MIN_ATTEMPT_TIMEOUT)
+        attempt = 0
+        while True:
+            attempt += 1
+            try:
+                yield from step(max(deadline - ctx.now, MIN_ATTEMPT_TIMEOUT))
+                return True
+            except (Failed, NotYet) as exc:
+                retryable = isinstance(exc, NotYet) or exc.kind in RETRYABLE
+                pause = ctx.rng() * min(1.0, 0.05 * 2 ** attempt)  # random exponential, as tenacity's
+                if not retryable or (ctx.now - start) + pause >= budget:
+                    ctx.log(logging.ERROR, f"{what}: {exc or 'not confirmed before the deadline'}", LOG)
+                    return False
+                if pause > 0:
+                    yield Sleep(ctx.now + pause)
+
+    def _each(self, instances: tuple[Instance, ...], deadline: float,
+              run: Callable[[Instance, float], Task]) -> Generator[a.Call | Sleep, Answer, dict[str, bool]]:
+        """`run(inst, its_deadline)` for every instance; each gets an equal share of the time left."""
+        done: dict[str, bool] = {}
+        for i, inst in enumerate(instances):
+            share = (deadline - self._ctx.now) / (len(instances) - i)
+            done[inst.service_id] = bool((yield from run(inst, self._ctx.now + share)))
+        return done
+
+    def _wait_for(self, inst: Instance, removed: bool, deadline: float) -> Step:
+        critical: Mapping[str, str] = {inst.readiness_check_id: CRITICAL, inst.liveness_check_id: CRITICAL}
+
+        def step(timeout: float) -> Task:
+            ctx = self._ctx
+            wait = max(0.0, min(MAX_DRAIN_WAIT, deadline - ctx.now - WAIT_MARGIN))
+            mismatch = yield from call(a.ReadCatalog(ctx.request_id(), timeout, inst, None if removed else critical, wait))
+            if mismatch is not None:
+                raise NotYet(str(mismatch))
+            return None
+
+        return step
+
+    def _guarded(self, inst: Instance, make: Callable[[int, float], a.Call]) -> Step:
+        """A write, skipped when the agent's instance with our ID now belongs to another pod;
+        its 404 means the agent has nothing left to drain: that counts as done."""
+
+        def step(timeout: float) -> Task:
+            ctx = self._ctx
+            started = ctx.now
+            other: str | None = None
+            try:
+                seen = yield from call(a.ReadAgentInstance(ctx.request_id(), timeout / 2, inst.service_id, False))
+                if isinstance(seen, AgentInstance) and seen.present and seen.pod_uid and inst.pod_uid \
+                        and seen.pod_uid != inst.pod_uid:
+                    other = seen.pod_uid
+            except Failed:
+                other = None  # the agent cannot say: write as before
+            if other is not None:
+                if inst.service_id not in self._foreign:
+                    self._foreign.add(inst.service_id)
+                    ctx.log(logging.WARNING, f"{inst.service_id} now belongs to pod UID {other} on this agent, not "
+                                             f"to this pod ({inst.pod_uid}): leaving it alone", LOG)
+                return None
+            try:
+                yield from call(make(ctx.request_id(), max(timeout - (ctx.now - started), MIN_ATTEMPT_TIMEOUT)))
+            except Failed as exc:
+                if exc.kind is not FailureKind.NOT_FOUND:
+                    raise
+            return None
+
+        return step
+
+    def run(self, instances: tuple[Instance, ...]) -> Generator[a.Call | Sleep, Answer, DrainResult]:
+        ctx = self._ctx
+        start = ctx.now
+        # Keep a third of the budget for deregistration: removal matters more than the order.
+        critical_deadline = start + (self._deadline - start) * 2 / 3
+
+        def critical(inst: Instance, deadline: float) -> Task:
+            ok = True  # both checks in one share: readiness first, it is the one clients filter on
+            for n, check_id in enumerate((inst.readiness_check_id, inst.liveness_check_id)):
+                until = ctx.now + (deadline - ctx.now) / (2 - n)
+                write = self._guarded(inst, _critical_write(check_id))
+                ok &= bool((yield from self._until(until, write, f"{inst.service_id}: turning {check_id} critical")))
+            return ok
+
+        def confirm_critical(inst: Instance, deadline: float) -> Task:
+            if (yield from self._until(deadline, self._wait_for(inst, False, deadline),
+                                       f"{inst.service_id}: confirming critical in the catalog")):
+                ctx.log(logging.INFO, f"{inst.service_id} critical in the catalog: traffic drains", LOG)
+                return True
+            return False
+
+        def deregister(inst: Instance, deadline: float) -> Task:
+            write = self._guarded(inst, lambda rid, t: a.Deregister(rid, t, inst.service_id))
+            return (yield from self._until(deadline, write, f"{inst.service_id}: deregistering"))
+
+        def confirm_removed(inst: Instance, deadline: float) -> Task:
+            if (yield from self._until(deadline, self._wait_for(inst, True, deadline),
+                                       f"{inst.service_id}: confirming removal from the catalog")):
+                ctx.log(logging.INFO, f"{inst.service_id} removed from the catalog", LOG)
+                return True
+            return False
+
+        push_deadline = ctx.now + (critical_deadline - ctx.now) / 2
+        yield from self._each(instances, push_deadline, critical)
+        yield from self._each(instances, critical_deadline, confirm_critical)
+        deregister_deadline = ctx.now + (self._deadline - ctx.now) / 2
+        deregistered = yield from self._each(instances, deregister_deadline, deregister)
+        to_confirm = tuple(i for i in instances if deregistered[i.service_id])
+        confirmed = yield from self._each(to_confirm, self._deadline, confirm_removed)
+        result = DrainResult()
+        for inst in instances:
+            sid = inst.service_id
+            if confirmed.get(sid):
+                result.removed.append(sid)
+            elif deregistered[sid]:
+                result.deregistered.append(sid)
+            else:
+                result.left.append(sid)
+        return result
+
+
+def _critical_write(check_id: str) -> Callable[[int, float], a.Call]:
+    def make(request_id: int, timeout: float) -> a.Call:
+        return a.UpdateCheck(request_id, timeout, check_id, CRITICAL, TERMINATING)
+
+    return make

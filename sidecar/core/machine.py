@@ -1,0 +1,329 @@
+"""The core: `handle(event, now) -> list[Action]`. Pure (sidecar.core).
+
+Applies each event to the state, then runs at most one task at a time (a registration round,
+the adoption refresh, the drain): a task yields one agent call, the core returns it as an
+action and resumes the task when the call's answer comes back as an event. The phase is
+derived from the state after every event and checked against sidecar.core.phases.TRANSITIONS.
+"""
+
+from __future__ import annotations
+
+import logging
+import random
+from collections.abc import Callable
+
+from sidecar import observers as so
+from sidecar.config import Config
+from sidecar.core import actions as a
+from sidecar.core import events as e
+from sidecar.core.drain import Drain, DrainResult
+from sidecar.core.phases import TRANSITIONS, ImpossibleTransition, Phase
+from sidecar.core.reconfig import apply_config, config_invalid
+from sidecar.core.report import Reporter, gate_line, verdict
+from sidecar.core.state import Answer, Context, Sleep, Task
+from sidecar.core.sync import Sync
+
+EXIT_OK = 0
+EXIT_DRAIN_INCOMPLETE = 1
+
+
+class Core:
+    def __init__(self, config: Config, *, agent_address: str, rng: Callable[[], float] = random.random,
+                 strict: bool = False) -> None:
+        """`strict`: an impossible transition raises (tests, the simulator); else it is logged."""
+        self.ctx = Context(config, agent_address, rng)
+        self._reporter = Reporter(self.ctx)
+        self._sync = Sync(self.ctx, self._reporter, False)
+        self._strict = strict
+        self.phase = Phase.STARTING
+        self._task: Task | None = None
+        self._waiting: int | None = None  # the request id of the call in flight
+        self._stale: int | None = None  # a call in flight when its task was dropped (SIGTERM)
+        self._drain_then_exit = False
+        self._drain_since: float | None = None
+        self._drained: int | None = None  # the exit code, once drained before SIGTERM
+        self._exited = False
+
+    @property
+    def config(self) -> Config:
+        return self.ctx.config
+
+    def gate(self) -> a.GateVerdict:
+        phase, message = gate_line(self.ctx)
+        return verdict(self.ctx, phase, message)
+
+    # --- the one entry point ---------------------------------------------------------------
+    def handle(self, event: e.Event, now: float) -> list[a.Action | a.Call]:
+        ctx = self.ctx
+        ctx.now, ctx.out = now, []
+        if self._exited:
+            return []
+        self._dispatch(event)
+        self._derive_phase()
+        return ctx.out
+
+    def next_deadline(self) -> float:
+        """When the core has something to do next, in any state (then send Tick)."""
+        t = self.ctx.timers
+        deadlines = [t.next_heartbeat]
+        if self._drained is not None or self._exited:
+            return t.next_heartbeat
+        if t.resume_at is not None:
+            deadlines.append(t.resume_at)
+        if self._task is not None:
+            return min(deadlines)
+        s = self.ctx.state
+        if t.retry_at is not None:
+            deadlines.append(t.retry_at)
+        else:
+            if s.observation is not None and s.registered:
+                deadlines.append(t.next_refresh)
+            if s.observation is None and self._sync.adopting:
+                deadlines.append(t.next_refresh)  # keeping found statuses alive
+            if self._sync.reconfirms():
+                deadlines.append(t.next_reconfirm)
+        return min(deadlines)
+
+    def _dispatch(self, event: e.Event) -> None:
+        ctx, s = self.ctx, self.ctx.state
+        if isinstance(event, e.Start):
+            self._sync = Sync(ctx, self._reporter, event.previous_ever_confirmed)
+            self._reporter.write_status()
+            return
+        if isinstance(event, e.Terminate):
+            ctx.emit(a.StopSources())
+            if self._drained is not None:
+                self._exit(self._drained)
+                return
+            self._drain_then_exit = True
+            if not s.draining or self._drain_since is None:
+                self._start_drain(event.reason, since=event.at)
+            return
+        if isinstance(event, (e.CallSucceeded, e.CallFailed)):
+            self._answered(event)
+        elif self._drained is not None or s.draining:
+            if isinstance(event, e.Tick):
+                self._reporter.maybe_heartbeat()
+                if self._task is not None and ctx.timers.resume_at is not None and ctx.now >= ctx.timers.resume_at:
+                    ctx.timers.resume_at = None
+                    self._resume(None)
+            return
+        else:
+            self._apply(event)
+            if s.draining:
+                self._start_drain(s.drain_reason, since=None)
+                return
+        if self._task is None and not s.draining and self._drained is None:
+            self._run(self._sync.round())
+
+    # --- tasks ---------------------------------------------------------------------------------
+    def _run(self, task: Task | None) -> None:
+        if task is None:
+            return
+        self._task = task
+        self._resume(None, first=True)
+
+    def _resume(self, answer: Answer, first: bool = False) -> None:
+        assert self._task is not None
+        try:
+            step = next(self._task) if first else self._task.send(answer)
+        except StopIteration as done:
+            self._task = None
+            self._finished(done.value)
+            return
+        if isinstance(step, Sleep):
+            self.ctx.timers.resume_at = step.until
+        else:
+            self._waiting = step.request_id
+            self.ctx.emit(step)
+
+    def _answered(self, answer: e.CallSucceeded | e.CallFailed) -> None:
+        if answer.request_id == self._stale:
+            self._stale = None
+            if self._pending_drain is not None:
+                reason, since = self._pending_drain
+                self._pending_drain = None
+                self._begin_drain(reason, since)
+            return
+        if self._task is None or answer.request_id != self._waiting:
+            return  # an answer nobody waits for any more
+        self._waiting = None
+        self._resume(answer)
+
+    def _finished(self, value: object) -> None:
+        if isinstance(value, DrainResult):
+            self._drain_done(value)
+
+    # --- events that change what is wanted ----------------------------------------------------
+    def _apply(self, event: e.Event) -> None:
+        ctx, s = self.ctx, self.ctx.state
+        if isinstance(event, e.PodObserved):
+            obs = event.observation
+            previous = s.observation
+            s.observation = obs
+            s.source_problem = None
+            if previous is None or previous.ready != obs.ready:
+                ctx.info(f"app {'ready' if obs.ready else 'not ready'}: {obs.detail}")
+            if obs.terminating and not s.draining:
+                s.draining = True
+                s.drain_reason = "pod deleted" if obs.deleted else "deletionTimestamp set"
+                ctx.info(f"pod is terminating ({s.drain_reason}): draining")
+        elif isinstance(event, e.SourceProblem):
+            if event.message != s.source_problem:
+                if event.message:
+                    ctx.warning(f"readiness source: {event.message} (keeping the last known status)")
+                    if "forbidden" in event.message:
+                        ctx.notify(so.KUBERNETES_FORBIDDEN, event.message)
+                else:
+                    ctx.info("readiness source recovered")
+                # News for the gate (a 401/403 names what to fix): write now, not at the next heartbeat.
+                ctx.timers.next_heartbeat = ctx.now
+            s.source_problem = event.message
+        elif isinstance(event, e.ConfirmResult):
+            self._confirm_result(event)
+        elif isinstance(event, e.AgentReadFailed):
+            ctx.watched[event.service_id] = True
+        elif isinstance(event, e.AgentSeen):
+            was_failing = ctx.watched.get(event.service_id, False)
+            if event.service_id in ctx.watched:
+                ctx.watched[event.service_id] = False
+            if was_failing:
+                self._sync.agent_back(ctx.now)
+            if not event.present:
+                self._sync.agent_lost(event.service_id)
+        elif isinstance(event, e.ConfigChanged):
+            apply_config(ctx, event.config)
+        elif isinstance(event, e.ConfigInvalid):
+            config_invalid(ctx, "; ".join(event.problems) or None)
+        elif isinstance(event, e.TokenRotated):
+            self._sync.token_rotated = True
+
+    def _confirm_result(self, event: e.ConfirmResult) -> None:
+        ctx, s = self.ctx, self.ctx.state
+        if event.generation != s.generation:
+            return
+        if event.outcome == "confirmed":
+            ctx.timers.next_reconfirm = ctx.now + ctx.config.reconfirm_interval
+            if s.confirmed_generation != event.generation:
+                ctx.emit(a.RecordConfirmed(ctx.now - ctx.timers.pushed_at))
+                if s.confirm_message:
+                    ctx.info("catalog confirms the registration again")
+            s.confirmed_generation = event.generation
+            s.confirm_message = ""
+            return
+        if event.outcome == "lost" and s.confirmed_generation == event.generation:
+            ctx.warning(f"lost confirmation: {event.message}")
+            ctx.notify(so.CONFIRMATION_LOST, event.message)
+            s.confirmed_generation = -1
+        s.confirm_message = event.message
+
+    # --- termination ---------------------------------------------------------------------------
+    _pending_drain: tuple[str, float | None] | None = None
+
+    def _start_drain(self, reason: str, since: float | None) -> None:
+        self._drain_since = since
+        if self._task is not None:
+            self._task.close()
+            self._task = None
+            self.ctx.timers.resume_at = None
+            if self._waiting is not None:
+                # One call at a time: the drain's first write waits for this answer.
+                self._stale, self._waiting = self._waiting, None
+                self._pending_drain = (reason, since)
+                if not self.ctx.state.draining:
+                    self.ctx.state.draining, self.ctx.state.drain_reason = True, reason
+                return
+        self._begin_drain(reason, since)
+
+    def _begin_drain(self, reason: str, since: float | None) -> None:
+        """Checks critical, confirmed in the catalog; deregister, removal confirmed; bounded.
+
+        The budget counts from `since` (the signal), so time spent finishing an agent call is
+        not added on top; the drain still gets a last second to try its writes."""
+        ctx, s = self.ctx, self.ctx.state
+        obs = s.observation
+        budget = ctx.config.drain_timeout
+        if obs is not None and obs.grace_period:
+            budget = min(budget, max(1.0, obs.grace_period - 2.0))
+        now = ctx.now
+        deadline = max((now if since is None else since) + budget, now + min(1.0, budget))
+        if not s.draining or (since is not None and not self._announced):
+            s.draining, s.drain_reason = True, reason
+            ctx.info(f"{reason}: draining {len(s.instances)} instance(s) within {deadline - now:.1f}s")
+        self._announced = True
+        ctx.notify(so.DRAINING, f"{s.drain_reason}: instances critical in Consul, then deregistered")
+        ctx.emit(a.StopConfirming())
+        for sid in list(ctx.watched):
+            ctx.emit(a.UnwatchAgent(sid))
+        ctx.watched.clear()
+        self._reporter.write_status()
+        if not s.instances:
+            ctx.info("nothing was registered: nothing to drain")
+            self._reporter.final_status("stopped: nothing was registered")
+            self._drain_done(None)
+            return
+        self._run(Drain(ctx, deadline).run(s.instances))
+
+    _announced = False
+
+    def _drain_done(self, result: DrainResult | None) -> None:
+        ctx, s = self.ctx, self.ctx.state
+        code = EXIT_OK
+        if result is not None and result.complete:
+            ctx.notify(so.DEREGISTERED, f"drained and deregistered {', '.join(i.service_id for i in s.instances)}")
+            self._reporter.final_status("drained and deregistered")
+        elif result is not None:
+            code = EXIT_DRAIN_INCOMPLETE
+            if result.left:
+                ctx.error(
+                    "drain incomplete before the deadline: the liveness check goes critical within "
+                    f"{ctx.config.check_ttl:g}s and the agent reaps the instance {ctx.config.deregister_critical_after:g}s "
+                    f"after that (still registered with the agent: {', '.join(result.left)})")
+            if result.deregistered:
+                ctx.error(
+                    f"drain incomplete before the deadline: the agent deregistered {', '.join(result.deregistered)} "
+                    "but the catalog did not confirm the removal; the agent removes it from the catalog once it "
+                    "reaches the servers")
+            ctx.notify(so.DRAIN_INCOMPLETE, "drain incomplete before the deadline: " + (
+                "left to the TTL and the agent's reaper" if result.left else "removal from the catalog not confirmed"))
+            self._reporter.final_status("drain incomplete: left to the TTL and the agent's reaper" if result.left
+                                        else "deregistered from the agent; removal from the catalog not confirmed yet")
+        if self._drain_then_exit:
+            self._exit(code)
+        else:
+            self._drained = code
+
+    def _exit(self, code: int) -> None:
+        self._exited = True
+        self._derive_phase()
+        self.ctx.emit(a.Exit(code))
+
+    # --- the phase -------------------------------------------------------------------------------
+    def _derived(self) -> Phase:
+        s = self.ctx.state
+        if self._exited:
+            return Phase.EXITED
+        if self._drained is not None:
+            return Phase.DRAINED
+        if s.draining:
+            return Phase.DRAINING
+        if s.observation is None or not s.instances:
+            return Phase.ADOPTING if self._sync.found else Phase.STARTING
+        if s.agent_problem or self._sync.writes_pending():
+            return Phase.REGISTERING
+        return Phase.CONFIRMED if s.confirmed_generation == s.generation else Phase.CONFIRMING
+
+    def _derive_phase(self) -> None:
+        new = self._derived()
+        old = self.phase
+        if new is old:
+            return
+        why = TRANSITIONS[old].get(new)
+        if why is None:
+            message = f"internal: {old.value} -> {new.value} is not an allowed transition"
+            if self._strict:
+                raise ImpossibleTransition(message)
+            self.ctx.log(logging.ERROR, message)
+            why = "not in the table"
+        self.phase = new
+        self.ctx.emit(a.PhaseChanged(old.value, new.value, why))
