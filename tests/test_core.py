@@ -2,6 +2,8 @@
 
 from __future__ import annotations
 
+from collections.abc import Callable
+
 from core_harness import UID, AgentModel, Run, config, observation
 
 from sidecar.core import actions as a
@@ -76,3 +78,65 @@ def test_a_failing_agent_is_retried_with_capped_backoff() -> None:
     assert 6 <= len(registers) <= 16, len(registers)  # 0.2 s doubling to a 10 s cap (half jittered)
     assert run.core.phase is Phase.REGISTERING
     assert "waiting for the agent" in run.last_status()["message"]
+
+
+# --- defect 1: read flaps reset nothing ------------------------------------------------------
+
+def _flapping(run: Run, seconds: float, every: float = 2.5) -> None:
+    """The agent watch's long-poll is cut every `every` seconds and answers again at once."""
+    end = run.now + seconds
+    while run.now < end:
+        run.advance(every)
+        run.send(e.AgentReadFailed(SID, e.Failure(e.FailureKind.UNAVAILABLE, "connection reset")))
+        run.send(e.AgentSeen(SID, True, UID))
+
+
+def _writes_fail(kind: e.FailureKind) -> Callable[[a.Call], e.Failure | None]:
+    def fail(call: a.Call) -> e.Failure | None:
+        return e.Failure(kind, "refused") if isinstance(call, (a.Register, a.UpdateCheck)) else None
+    return fail
+
+
+def test_read_flaps_while_writes_fail_keep_the_backoff() -> None:
+    run = Run()
+    run.send(e.PodObserved(observation(ready=True)))
+    run.agent.fail = _writes_fail(e.FailureKind.SERVER_ERROR)
+    run.send(e.PodObserved(observation(ready=False)))  # a push that fails from now on
+    before = len(run.calls(a.UpdateCheck))
+    _flapping(run, 120)
+    tries = len(run.calls(a.UpdateCheck)) - before
+    assert tries / 120 <= 0.2, f"{tries} tries in 120 s"
+    assert len(run.calls(a.Register)) == 1
+
+
+def test_read_flaps_never_shorten_the_hold_after_a_403() -> None:
+    run = Run()
+    run.agent.fail = _writes_fail(e.FailureKind.FORBIDDEN)
+    run.send(e.PodObserved(observation(ready=True)))
+    run.send(e.AgentSeen(SID, True, UID))
+    _flapping(run, 180)
+    assert len(run.calls(a.Register)) <= 1 + 180 / 60, len(run.calls(a.Register))
+
+
+def test_read_flaps_with_writes_working_register_nothing_and_confirm_nothing_new() -> None:
+    run = Run()
+    run.send(e.PodObserved(observation(ready=True)))
+    confirms = len([x for x in run.actions if isinstance(x, a.Confirm)])
+    _flapping(run, 60)
+    assert len(run.calls(a.Register)) == 1
+    assert len([x for x in run.actions if isinstance(x, a.Confirm)]) == confirms
+    assert run.core.phase is Phase.CONFIRMED
+    assert sum("answers again" in line for line in run.logs()) <= 2  # once per 30 s at most
+
+
+def test_an_agent_that_comes_back_empty_gets_our_instance_again_at_once() -> None:
+    run = Run()
+    run.send(e.PodObserved(observation(ready=True)))
+    run.agent.fail = lambda _c: e.Failure(e.FailureKind.UNAVAILABLE, "connection refused")
+    run.send(e.AgentReadFailed(SID, e.Failure(e.FailureKind.UNAVAILABLE, "connection refused")))
+    run.advance(20)  # refreshes fail; the retry waits for the watch
+    run.agent = AgentModel()  # back, without its state
+    run.send(e.AgentSeen(SID, False))
+    run.advance(0.5)
+    assert run.agent.services == {SID: UID}
+    assert run.agent.checks[f"{SID}:readiness"].status == "passing"

@@ -188,7 +188,7 @@ class Core:
             if event.service_id in ctx.watched:
                 ctx.watched[event.service_id] = False
             if was_failing:
-                self._sync.agent_back(ctx.now)
+                self._sync.agent_back(ctx.now, event.present)
             if not event.present:
                 self._sync.agent_lost(event.service_id)
         elif isinstance(event, e.ConfigChanged):

@@ -46,7 +46,6 @@ class Timers:
     next_heartbeat: float = 0.0
     next_reconfirm: float = 0.0
     pushed_at: float = 0.0
-    registered_all_at: float = float("-inf")
     resume_at: float | None = None  # a task waiting (a drain retry's backoff)
 
 

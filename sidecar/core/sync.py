@@ -32,9 +32,9 @@ from sidecar.registration import (
 
 # A safety net only: while the agent watches see the agent down, they wake the core when it is back.
 AGENT_DOWN_RETRY = 30.0
-# Every service's watch notices the same agent restart within one retry period of each other
-# (sidecar.consul.watchers.AGENT_RETRY_CAP + 0.5).
-RESTART_NOTICE_SPREAD = 1.6 + 0.5
+# Reads that recover re-push our statuses at most this often: a restarted agent gets them at
+# once, a proxy that cuts long-polls every few seconds costs nothing more than steady state.
+RECOVERY_REFRESH_EVERY = 30.0
 REFUSED_HOLD = 60.0  # after a 400/403: a permission or validation error does not fix itself
 
 
@@ -48,6 +48,9 @@ class Sync:
         self.found: dict[str, CheckState] | None = None
         self._adopt_latch = previous_ever_confirmed and ctx.config.gate_mode == "latch"
         self.token_rotated = False
+        self._waiting_for_agent = False  # the pending retry waits for the agent watch to see it back
+        self._earliest_retry = 0.0  # what the backoff allows, when the agent watch brings a retry forward
+        self._last_recovery = float("-inf")
 
     # --- what is wanted -----------------------------------------------------------------
     def wanted(self) -> tuple[CheckState, CheckState]:
@@ -246,8 +249,6 @@ class Sync:
                                       f"with the Consul agent at {ctx.agent_address}")
             changed = True
         if changed:
-            if len(s.registered) == len(s.instances):
-                ctx.timers.registered_all_at = ctx.now
             ctx.timers.next_refresh = ctx.now + ctx.config.check_ttl / 3
             ctx.timers.next_readiness_refresh = ctx.now + ctx.config.check_ttl * READINESS_TTL_FACTOR / 3
         return changed
@@ -314,10 +315,13 @@ class Sync:
         else:
             text = f"waiting for the agent at {ctx.agent_address}: {exc}"
             delay = ctx.retry_backoff.next_delay()
+            self._earliest_retry = ctx.now + delay
             if failure.kind is FailureKind.UNAVAILABLE and ctx.watched and all(ctx.watched.values()):
                 # The agent watches probe it every 0.8-1.6 s and report when it answers, which
-                # retries at once: a retry of our own would only add requests.
+                # brings the retry forward (to no earlier than the backoff): a retry of our own
+                # would only add requests.
                 delay = AGENT_DOWN_RETRY
+        self._waiting_for_agent = delay == AGENT_DOWN_RETRY
         s.last_error = text
         if text != s.agent_problem:
             when = "when it answers again" if delay == AGENT_DOWN_RETRY else f"in {delay:.1f}s"
@@ -328,17 +332,24 @@ class Sync:
         ctx.timers.retry_at = ctx.now + delay
 
     # --- what the agent watch saw ------------------------------------------------------------
-    def agent_back(self, at: float) -> None:
-        """The agent answered again after failing: it may have restarted with or without its
-        state. Re-register (idempotent, keeps the same ID) and re-push the status, once: every
-        service's watch reports the same restart, within one retry period."""
+    def agent_back(self, at: float, present: bool) -> None:
+        """The agent answers reads again after failing. That proves nothing about writes, and a
+        read that recovers is common (a proxy that cuts idle long-polls, a flaky network), so it
+        never resets the backoff or a hold and never re-registers by itself: an instance the
+        agent lost is seen as absent (agent_lost). It may have restarted with its state: re-push
+        our statuses once (a TTL refresh, no Raft write when unchanged), at most once per
+        RECOVERY_REFRESH_EVERY; and a retry that was waiting for the agent to come back (the
+        long AGENT_DOWN_RETRY) comes forward, but no earlier than its backoff allows."""
         ctx = self._ctx
-        if at < ctx.timers.registered_all_at + RESTART_NOTICE_SPREAD:
+        t = ctx.timers
+        if self._waiting_for_agent and t.retry_at is not None:
+            t.retry_at = min(t.retry_at, max(at, self._earliest_retry))
+        if not present or at < self._last_recovery + RECOVERY_REFRESH_EVERY:
             return
-        ctx.info(f"agent at {ctx.agent_address} answers again: re-registering and re-pushing status")
-        ctx.state.registered.clear()
-        ctx.timers.retry_at = None
-        ctx.retry_backoff.reset()
+        self._last_recovery = at
+        ctx.info(f"agent at {ctx.agent_address} answers again: re-pushing status (our instance is still there)")
+        t.next_refresh = min(t.next_refresh, at)
+        t.next_readiness_refresh = min(t.next_readiness_refresh, at)
 
     def agent_lost(self, sid: str) -> None:
         s = self._ctx.state
