@@ -23,6 +23,7 @@ SYNCING = "syncing"
 CONFIRMED = "confirmed"
 DRAINING = "draining"
 STOPPED = "stopped"
+SUPERSEDED = "superseded"  # another pod (UID) holds our service ID on this node: fails even a latched gate
 
 
 def _replace(path: str, text: str) -> None:
@@ -112,6 +113,8 @@ def evaluate(state: Mapping[str, Any], now: float,
             return False, f"sidecar process {pid} is not running (last said: {message})"
     if phase in (DRAINING, STOPPED):
         return False, f"draining: {message}"
+    if phase == SUPERSEDED:
+        return False, f"superseded: {message}"
     if state.get("gate_mode") == "latch" and state.get("ever_confirmed"):
         return True, f"ok (latched): {message}"
     if phase == CONFIRMED:

@@ -140,3 +140,33 @@ def test_an_agent_that_comes_back_empty_gets_our_instance_again_at_once() -> Non
     run.advance(0.5)
     assert run.agent.services == {SID: UID}
     assert run.agent.checks[f"{SID}:readiness"].status == "passing"
+
+
+# --- defect 4: superseded by a same-node successor ---------------------------------------------
+
+def test_an_instance_taken_over_by_another_uid_stops_every_write_and_fails_even_a_latched_gate() -> None:
+    run = Run()
+    run.send(e.PodObserved(observation(ready=True)))
+    assert [x for x in run.actions if isinstance(x, a.GateVerdict)][-1].passes
+    run.agent.services[SID] = "uid-2"  # the successor registered the same ID
+    run.send(e.AgentSeen(SID, True, "uid-2"))
+    before = len(run.calls())
+    run.advance(120)
+    assert run.calls()[before:] == [], "a write to another pod's instance"
+    assert run.core.phase is Phase.SUPERSEDED
+    verdict = [x for x in run.actions if isinstance(x, a.GateVerdict)][-1]
+    assert not verdict.passes and verdict.line.startswith("superseded: shop:web-0:web on this agent now belongs to pod UID uid-2")
+    # A SIGTERM drains nothing of the other pod's.
+    run.send(e.Terminate("SIGTERM", run.now))
+    assert run.exit == 0 and run.agent.services == {SID: "uid-2"}
+    assert not [c for c in run.calls()[before:] if not isinstance(c, a.ReadAgentInstance)]
+
+
+def test_when_the_other_pods_instance_is_gone_ours_is_registered_again() -> None:
+    run = Run()
+    run.send(e.PodObserved(observation(ready=True)))
+    run.send(e.AgentSeen(SID, True, "uid-2"))
+    del run.agent.services[SID]
+    run.send(e.AgentSeen(SID, False))
+    assert run.agent.services == {SID: UID}
+    assert run.core.phase is Phase.CONFIRMED

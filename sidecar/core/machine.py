@@ -113,7 +113,9 @@ class Core:
             if s.draining:
                 self._start_drain(s.drain_reason, since=None)
                 return
-        if self._task is None and not s.draining and self._drained is None:
+        if s.superseded:
+            self._reporter.maybe_heartbeat(force=True)  # no write of ours while another pod holds our ID
+        elif self._task is None and not s.draining and self._drained is None:
             self._run(self._sync.round())
 
     # --- tasks ---------------------------------------------------------------------------------
@@ -187,6 +189,8 @@ class Core:
             was_failing = ctx.watched.get(event.service_id, False)
             if event.service_id in ctx.watched:
                 ctx.watched[event.service_id] = False
+            if self._sync.other_pod(event.service_id, event.present, event.pod_uid):
+                return
             if was_failing:
                 self._sync.agent_back(ctx.now, event.present)
             if not event.present:
@@ -251,18 +255,25 @@ class Core:
             s.draining, s.drain_reason = True, reason
             ctx.info(f"{reason}: draining {len(s.instances)} instance(s) within {deadline - now:.1f}s")
         self._announced = True
+        self._derive_phase()
         ctx.notify(so.DRAINING, f"{s.drain_reason}: instances critical in Consul, then deregistered")
         ctx.emit(a.StopConfirming())
         for sid in list(ctx.watched):
             ctx.emit(a.UnwatchAgent(sid))
         ctx.watched.clear()
         self._reporter.write_status()
+        ours = tuple(i for i in s.instances if i.service_id not in s.superseded)
+        if s.instances and not ours:
+            ctx.info("every instance now belongs to another pod on this agent: nothing of ours to drain")
+            self._reporter.final_status("stopped: superseded, nothing of ours to drain")
+            self._drain_done(None)
+            return
         if not s.instances:
             ctx.info("nothing was registered: nothing to drain")
             self._reporter.final_status("stopped: nothing was registered")
             self._drain_done(None)
             return
-        self._run(Drain(ctx, deadline).run(s.instances))
+        self._run(Drain(ctx, deadline).run(ours))
 
     _announced = False
 
@@ -307,6 +318,8 @@ class Core:
             return Phase.DRAINED
         if s.draining:
             return Phase.DRAINING
+        if s.superseded:
+            return Phase.SUPERSEDED
         if s.observation is None or not s.instances:
             return Phase.ADOPTING if self._sync.found else Phase.STARTING
         if s.agent_problem or self._sync.writes_pending():

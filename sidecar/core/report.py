@@ -16,6 +16,11 @@ def gate_line(ctx: Context) -> tuple[str, str]:
     s = ctx.state
     if s.draining:
         return status_state.DRAINING, f"{s.drain_reason}: instances critical, deregistering"
+    if s.superseded:
+        sid, uid = sorted(s.superseded.items())[0]
+        ours = (s.observation.pod_uid if s.observation else None) or ctx.config.pod_uid
+        return status_state.SUPERSEDED, (f"{sid} on this agent now belongs to pod UID {uid}, not to this pod ({ours}): "
+                                         "a newer pod with this name on this node; this sidecar writes nothing to it")
     if s.config_problem and not s.instances:
         return status_state.CONFIG_ERROR, s.config_problem
     if s.port_problem:

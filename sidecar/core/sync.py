@@ -351,6 +351,23 @@ class Sync:
         t.next_refresh = min(t.next_refresh, at)
         t.next_readiness_refresh = min(t.next_readiness_refresh, at)
 
+    def other_pod(self, sid: str, present: bool, uid: str | None) -> bool:
+        """True while another pod (UID) holds `sid` on this agent: a same-node successor with the
+        same name took it over. Every write of ours stops (its checks are not ours to refresh),
+        the gate fails and says why; when that instance is gone, ours is registered again."""
+        ctx, s = self._ctx, self._ctx.state
+        ours = (s.observation.pod_uid if s.observation else None) or ctx.config.pod_uid
+        if present and uid and ours and uid != ours:
+            if s.superseded.get(sid) != uid:
+                ctx.warning(f"{sid} now belongs to pod UID {uid} on this agent, not to this pod ({ours}): "
+                            "superseded, writing nothing to it")
+            s.superseded[sid] = uid
+            s.registered.discard(sid)
+            return True
+        if s.superseded.pop(sid, None) is not None:
+            ctx.info(f"{sid} no longer belongs to another pod on this agent")
+        return False
+
     def agent_lost(self, sid: str) -> None:
         s = self._ctx.state
         if sid in s.registered:
