@@ -24,7 +24,8 @@ from sidecar.consul.calls import Caller, failure_of
 from sidecar.consul.watchers import AgentWatcher, Confirmer
 from sidecar.core import actions as a
 from sidecar.core import events as e
-from sidecar.core.machine import EXIT_DRAIN_INCOMPLETE, EXIT_OK, Core
+from sidecar.core.machine import Core
+from sidecar.core.terminate import EXIT_DRAIN_INCOMPLETE, EXIT_OK
 from sidecar.metrics import Metrics
 from sidecar.readiness import Observation
 from sidecar.status import StatusWriter

@@ -170,3 +170,33 @@ def test_when_the_other_pods_instance_is_gone_ours_is_registered_again() -> None
     run.send(e.AgentSeen(SID, False))
     assert run.agent.services == {SID: UID}
     assert run.core.phase is Phase.CONFIRMED
+
+
+# --- defect 3: a restart on a terminating pod drains what it finds -----------------------------
+
+def _left_by_a_previous_process(uid: str = UID) -> AgentModel:
+    from sidecar.registration import CheckState
+
+    agent = AgentModel()
+    agent.services[SID] = uid
+    agent.checks[f"{SID}:readiness"] = CheckState("passing", "app ready")
+    agent.checks[f"{SID}:liveness"] = CheckState("passing", "katalog-sidecar is running")
+    return agent
+
+
+def test_a_restart_on_a_terminating_pod_drains_the_instance_it_finds() -> None:
+    run = Run(agent=_left_by_a_previous_process())
+    run.send(e.PodObserved(observation(ready=False, terminating=True)))
+    run.advance(5)
+    assert run.agent.services == {}, "left passing on the agent"
+    assert "nothing was registered: nothing to drain" not in run.logs()
+    assert run.core.phase is Phase.DRAINED
+
+
+def test_a_restart_on_a_terminating_pod_leaves_another_pods_instance_alone() -> None:
+    run = Run(agent=_left_by_a_previous_process(uid="uid-2"))
+    run.send(e.PodObserved(observation(ready=False, terminating=True)))
+    run.advance(5)
+    assert run.agent.services == {SID: "uid-2"}
+    assert not run.calls(a.UpdateCheck) and not run.calls(a.Deregister)
+    assert "nothing was registered: nothing to drain" in run.logs()

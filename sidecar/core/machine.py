@@ -16,15 +16,15 @@ from sidecar import observers as so
 from sidecar.config import Config
 from sidecar.core import actions as a
 from sidecar.core import events as e
-from sidecar.core.drain import Drain, DrainResult
+from sidecar.core.drain import DrainResult
 from sidecar.core.phases import TRANSITIONS, ImpossibleTransition, Phase
 from sidecar.core.reconfig import apply_config, config_invalid
 from sidecar.core.report import Reporter, gate_line, verdict
 from sidecar.core.state import Answer, Context, Sleep, Task
 from sidecar.core.sync import Sync
+from sidecar.core.terminate import EXIT_DRAIN_INCOMPLETE, EXIT_OK, Drained, drain_deadline, drain_task, report_drain
 
-EXIT_OK = 0
-EXIT_DRAIN_INCOMPLETE = 1
+__all__ = ["EXIT_DRAIN_INCOMPLETE", "EXIT_OK", "Core"]
 
 
 class Core:
@@ -153,8 +153,8 @@ class Core:
         self._resume(answer)
 
     def _finished(self, value: object) -> None:
-        if isinstance(value, DrainResult):
-            self._drain_done(value)
+        if isinstance(value, Drained):
+            self._drain_done(value.result)
 
     # --- events that change what is wanted ----------------------------------------------------
     def _apply(self, event: e.Event) -> None:
@@ -240,20 +240,11 @@ class Core:
         self._begin_drain(reason, since)
 
     def _begin_drain(self, reason: str, since: float | None) -> None:
-        """Checks critical, confirmed in the catalog; deregister, removal confirmed; bounded.
-
-        The budget counts from `since` (the signal), so time spent finishing an agent call is
-        not added on top; the drain still gets a last second to try its writes."""
         ctx, s = self.ctx, self.ctx.state
-        obs = s.observation
-        budget = ctx.config.drain_timeout
-        if obs is not None and obs.grace_period:
-            budget = min(budget, max(1.0, obs.grace_period - 2.0))
-        now = ctx.now
-        deadline = max((now if since is None else since) + budget, now + min(1.0, budget))
+        deadline = drain_deadline(ctx, since)
         if not s.draining or (since is not None and not self._announced):
             s.draining, s.drain_reason = True, reason
-            ctx.info(f"{reason}: draining {len(s.instances)} instance(s) within {deadline - now:.1f}s")
+            ctx.info(f"{reason}: draining {len(s.instances)} instance(s) within {deadline - ctx.now:.1f}s")
         self._announced = True
         self._derive_phase()
         ctx.notify(so.DRAINING, f"{s.drain_reason}: instances critical in Consul, then deregistered")
@@ -262,43 +253,12 @@ class Core:
             ctx.emit(a.UnwatchAgent(sid))
         ctx.watched.clear()
         self._reporter.write_status()
-        ours = tuple(i for i in s.instances if i.service_id not in s.superseded)
-        if s.instances and not ours:
-            ctx.info("every instance now belongs to another pod on this agent: nothing of ours to drain")
-            self._reporter.final_status("stopped: superseded, nothing of ours to drain")
-            self._drain_done(None)
-            return
-        if not s.instances:
-            ctx.info("nothing was registered: nothing to drain")
-            self._reporter.final_status("stopped: nothing was registered")
-            self._drain_done(None)
-            return
-        self._run(Drain(ctx, deadline).run(ours))
+        self._run(drain_task(ctx, deadline))
 
     _announced = False
 
     def _drain_done(self, result: DrainResult | None) -> None:
-        ctx, s = self.ctx, self.ctx.state
-        code = EXIT_OK
-        if result is not None and result.complete:
-            ctx.notify(so.DEREGISTERED, f"drained and deregistered {', '.join(i.service_id for i in s.instances)}")
-            self._reporter.final_status("drained and deregistered")
-        elif result is not None:
-            code = EXIT_DRAIN_INCOMPLETE
-            if result.left:
-                ctx.error(
-                    "drain incomplete before the deadline: the liveness check goes critical within "
-                    f"{ctx.config.check_ttl:g}s and the agent reaps the instance {ctx.config.deregister_critical_after:g}s "
-                    f"after that (still registered with the agent: {', '.join(result.left)})")
-            if result.deregistered:
-                ctx.error(
-                    f"drain incomplete before the deadline: the agent deregistered {', '.join(result.deregistered)} "
-                    "but the catalog did not confirm the removal; the agent removes it from the catalog once it "
-                    "reaches the servers")
-            ctx.notify(so.DRAIN_INCOMPLETE, "drain incomplete before the deadline: " + (
-                "left to the TTL and the agent's reaper" if result.left else "removal from the catalog not confirmed"))
-            self._reporter.final_status("drain incomplete: left to the TTL and the agent's reaper" if result.left
-                                        else "deregistered from the agent; removal from the catalog not confirmed yet")
+        code = report_drain(self.ctx, self._reporter, result)
         if self._drain_then_exit:
             self._exit(code)
         else:

@@ -1,0 +1,108 @@
+"""Termination: which instances to drain, the drain's deadline, and what its result means
+(exit code, log lines, Events, the final status). Pure; the drain itself is sidecar.core.drain."""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+
+from sidecar import observers as so
+from sidecar.core import actions as a
+from sidecar.core.drain import Drain, DrainResult
+from sidecar.core.events import AgentInstance
+from sidecar.core.report import Reporter
+from sidecar.core.state import Context, Failed, Task, call
+from sidecar.registration import Instance, build_instances
+
+EXIT_OK = 0
+EXIT_DRAIN_INCOMPLETE = 1
+
+
+@dataclass(frozen=True)
+class Drained:
+    """A drain task's end: None when there was nothing of ours to drain."""
+
+    result: DrainResult | None
+
+
+def drain_deadline(ctx: Context, since: float | None) -> float:
+    """The budget counts from `since` (the signal), so time spent finishing an agent call is not
+    added on top; the drain still gets a last second to try its writes."""
+    obs = ctx.state.observation
+    budget = ctx.config.drain_timeout
+    if obs is not None and obs.grace_period:
+        budget = min(budget, max(1.0, obs.grace_period - 2.0))
+    return max((ctx.now if since is None else since) + budget, ctx.now + min(1.0, budget))
+
+
+def _instances(ctx: Context) -> tuple[Instance, ...]:
+    """This pod's instances, built from the configuration if no round has built them yet (a
+    process restarted on a terminating pod has not registered anything itself)."""
+    s = ctx.state
+    if s.instances or not ctx.config.services:
+        return s.instances
+    obs = s.observation
+    try:
+        return build_instances(ctx.config, (obs.pod_uid if obs else None) or ctx.config.pod_uid,
+                               obs.container_ports if obs else None)
+    except ValueError as exc:
+        ctx.error(f"cannot name this pod's instances to drain them: {exc}")
+        return ()
+
+
+def drain_task(ctx: Context, deadline: float) -> Task:
+    """Drain what is ours on the agent: what this process registered, and what a previous
+    process of this pod left there (its UID), never another pod's instance."""
+    s = ctx.state
+    candidates = [i for i in _instances(ctx) if i.service_id not in s.superseded]
+    ours: list[Instance] = []
+    for inst in candidates:
+        if inst.service_id in s.registered:
+            ours.append(inst)
+            continue
+        try:
+            seen = yield from call(a.ReadAgentInstance(ctx.request_id(), max(0.1, (deadline - ctx.now) / 4),
+                                                       inst.service_id, False))
+        except Failed:
+            ours.append(inst)  # the agent cannot say: try, as for our own
+            continue
+        assert isinstance(seen, AgentInstance)
+        if seen.present and (seen.pod_uid == inst.pod_uid or not inst.pod_uid):
+            ctx.info(f"{inst.service_id}: found on the agent with this pod's UID: draining it")
+            ours.append(inst)
+    if not ours:
+        return Drained(None)
+    result = yield from Drain(ctx, deadline).run(tuple(ours))
+    return Drained(result)
+
+
+def report_drain(ctx: Context, reporter: Reporter, result: DrainResult | None) -> int:
+    """Log lines, Events and the final status for a drain's result; returns the exit code."""
+    s = ctx.state
+    if result is None:
+        if s.superseded:
+            ctx.info("every instance now belongs to another pod on this agent: nothing of ours to drain")
+            reporter.final_status("stopped: superseded, nothing of ours to drain")
+        else:
+            ctx.info("nothing was registered: nothing to drain")
+            reporter.final_status("stopped: nothing was registered")
+        return EXIT_OK
+    drained = result.removed + result.deregistered + result.left
+    if result.complete:
+        ctx.notify(so.DEREGISTERED, f"drained and deregistered {', '.join(drained)}")
+        reporter.final_status("drained and deregistered")
+        return EXIT_OK
+    if result.left:
+        ctx.error(
+            "drain incomplete before the deadline: the liveness check goes critical within "
+            f"{ctx.config.check_ttl:g}s and the agent reaps the instance {ctx.config.deregister_critical_after:g}s "
+            f"after that (still registered with the agent: {', '.join(result.left)})")
+    if result.deregistered:
+        ctx.error(
+            f"drain incomplete before the deadline: the agent deregistered {', '.join(result.deregistered)} "
+            "but the catalog did not confirm the removal; the agent removes it from the catalog once it "
+            "reaches the servers")
+    ctx.notify(so.DRAIN_INCOMPLETE, "drain incomplete before the deadline: " + (
+        "left to the TTL and the agent's reaper" if result.left else "removal from the catalog not confirmed"))
+    reporter.final_status("drain incomplete: left to the TTL and the agent's reaper" if result.left
+                          else "deregistered from the agent; removal from the catalog not confirmed yet")
+    return EXIT_DRAIN_INCOMPLETE
