@@ -62,7 +62,7 @@ class AgentModel:
                 value = e.AgentInstance(False)
             else:
                 value = e.AgentInstance(True, self.services[call.service_id], {
-                    c: s for c, s in self.checks.items() if c.startswith(call.service_id + ":")})
+                    c: s for c, s in self.checks.items() if c.startswith(call.service_id + ":")}, 8080)
         elif isinstance(call, a.ReadCatalog):
             gone = call.instance.service_id not in self.services
             value = None if (call.checks is None) == gone else "not yet"

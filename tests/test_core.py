@@ -200,3 +200,29 @@ def test_a_restart_on_a_terminating_pod_leaves_another_pods_instance_alone() -> 
     assert run.agent.services == {SID: "uid-2"}
     assert not run.calls(a.UpdateCheck) and not run.calls(a.Deregister)
     assert "nothing was registered: nothing to drain" in run.logs()
+
+
+# --- defect 6: adoption keeps liveness passing; a lost adopted instance is registered again ------
+
+def test_an_adopted_instance_gets_liveness_passing_whatever_the_dead_process_left() -> None:
+    from sidecar.registration import CheckState
+
+    agent = _left_by_a_previous_process()
+    agent.checks[f"{SID}:liveness"] = CheckState("critical", "TTL expired")  # restarted after the TTL
+    run = Run(agent=agent)
+    run.advance(1)  # the pod API is unreachable: no observation
+    assert run.core.phase is Phase.ADOPTING
+    assert agent.checks[f"{SID}:liveness"] == CheckState("passing", "katalog-sidecar is running")
+    assert agent.checks[f"{SID}:readiness"] == CheckState("passing", "app ready")  # kept, unchanged
+
+
+def test_an_adopted_instance_the_agent_lost_is_registered_again_and_logged() -> None:
+    run = Run(agent=_left_by_a_previous_process())
+    run.advance(1)
+    del run.agent.services[SID]
+    run.agent.checks.clear()  # reaped by the agent
+    run.advance(10)  # the next refresh finds it gone
+    assert run.agent.services == {SID: UID}
+    assert run.agent.checks[f"{SID}:readiness"].status == "passing"
+    assert run.agent.checks[f"{SID}:liveness"].status == "passing"
+    assert any("no longer holds the adopted instance" in line for line in run.logs())

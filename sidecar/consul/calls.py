@@ -79,7 +79,8 @@ class Caller:
             checks = {}
             if call.with_checks:
                 checks = found_statuses(agent.service_checks(call.service_id, timeout=timeout), check_ids(call.service_id))
-            return e.AgentInstance(True, pod_uid(service), checks)
+            port = service.get("Port")
+            return e.AgentInstance(True, pod_uid(service), checks, port if isinstance(port, int) else None)
         elif isinstance(call, a.ReadCatalog):
             # This pod's instance on this agent's node only (sidecar.consul.catalog_view).
             watch = self._catalog.setdefault(call.instance.service_id, InstanceWatch(self._reads, call.instance))

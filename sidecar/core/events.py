@@ -103,6 +103,7 @@ class AgentInstance:
     present: bool
     pod_uid: str | None = None  # its k8s-pod-uid meta
     checks: Mapping[str, CheckState] = field(default_factory=dict)  # its TTL checks, by check ID
+    port: int | None = None  # its registered port (a named port resolved by the process that registered it)
 
 
 @dataclass(frozen=True)

@@ -78,7 +78,7 @@ class Core:
         else:
             if s.observation is not None and s.registered:
                 deadlines.append(t.next_refresh)
-            if s.observation is None and self._sync.adopting:
+            if s.observation is None and self._sync.adoption.active:
                 deadlines.append(t.next_refresh)  # keeping found statuses alive
             if self._sync.reconfirms():
                 deadlines.append(t.next_reconfirm)
@@ -281,7 +281,7 @@ class Core:
         if s.superseded:
             return Phase.SUPERSEDED
         if s.observation is None or not s.instances:
-            return Phase.ADOPTING if self._sync.found else Phase.STARTING
+            return Phase.ADOPTING if self._sync.adoption.found else Phase.STARTING
         if s.agent_problem or self._sync.writes_pending():
             return Phase.REGISTERING
         return Phase.CONFIRMED if s.confirmed_generation == s.generation else Phase.CONFIRMING

@@ -12,6 +12,7 @@ import logging
 from sidecar import observers as so
 from sidecar.adoption import all_passing
 from sidecar.core import actions as a
+from sidecar.core.adopt import Adoption
 from sidecar.core.events import AgentInstance, Failure, FailureKind
 from sidecar.core.report import Reporter
 from sidecar.core.state import Context, Failed, Task, call
@@ -24,9 +25,7 @@ from sidecar.registration import (
     CheckState,
     Instance,
     build_instances,
-    check_ids,
     registration_payload,
-    service_id,
     wanted_checks,
 )
 
@@ -42,10 +41,7 @@ class Sync:
     def __init__(self, ctx: Context, reporter: Reporter, previous_ever_confirmed: bool) -> None:
         self._ctx = ctx
         self._reporter = reporter
-        # Adoption (sidecar.adoption): statuses found on the agent, kept alive until the first
-        # observation (None: not looked yet); needs this pod's UID to tell its instance apart.
-        self.adopting = bool(ctx.config.pod_uid)
-        self.found: dict[str, CheckState] | None = None
+        self.adoption = Adoption(ctx, reporter)  # before the first observation (sidecar.core.adopt)
         self._adopt_latch = previous_ever_confirmed and ctx.config.gate_mode == "latch"
         self.token_rotated = False
         self._waiting_for_agent = False  # the pending retry waits for the agent watch to see it back
@@ -94,9 +90,9 @@ class Sync:
         ctx, s = self._ctx, self._ctx.state
         now = ctx.now
         if s.observation is None or not ctx.config.services:  # nothing seen, or services not named yet
-            if (s.observation is None and self.adopting and now >= ctx.timers.next_refresh
+            if (s.observation is None and self.adoption.active and now >= ctx.timers.next_refresh
                     and (ctx.timers.retry_at is None or now >= ctx.timers.retry_at)):
-                return self._keep_found_alive()
+                return self.adoption.keep_alive()
             self._reporter.maybe_heartbeat(force=s.observation is not None)
             return None
         if not s.instances:
@@ -167,46 +163,6 @@ class Sync:
             ctx.info(f"deregistered {inst.service_id}: no longer configured")
             changed = True
         return changed
-
-    def _keep_found_alive(self) -> Task:
-        """Before the first readiness observation: refresh, unchanged, the statuses a previous
-        process of this pod left on the agent, so its instance is not reaped meanwhile."""
-        ctx = self._ctx
-        try:
-            if self.found is None:
-                found: dict[str, CheckState] = {}
-                for spec in ctx.config.services:
-                    sid = service_id(ctx.config, spec.name)
-                    seen = yield from call(a.ReadAgentInstance(ctx.request_id(), None, sid))
-                    assert isinstance(seen, AgentInstance)
-                    if seen.present and ctx.config.pod_uid and seen.pod_uid == ctx.config.pod_uid:
-                        found.update({k: v for k, v in seen.checks.items() if k in check_ids(sid)})
-                self.found = found
-                if found:
-                    kept = ", ".join(f"{k} {v.status}" for k, v in sorted(found.items()))
-                    ctx.info(f"adopting the registration on the agent: keeping its statuses ({kept}) until the first "
-                             "readiness observation")
-            for check_id, check in self.found.items():
-                yield from call(a.UpdateCheck(ctx.request_id(), None, check_id, check.status, check.output))
-        except Failed as exc:
-            if exc.kind is FailureKind.NOT_FOUND:
-                self.found = {}  # gone meanwhile: nothing left to keep alive
-            else:
-                delay = ctx.retry_backoff.next_delay()
-                what = "look for this pod's instance on the agent" if self.found is None else "keep the adopted statuses alive"
-                if ctx.state.last_error != str(exc):
-                    ctx.warning(f"cannot {what}: {exc}; retrying in {delay:.1f}s")
-                ctx.state.last_error = str(exc)
-                ctx.timers.retry_at = ctx.now + delay
-                self._reporter.maybe_heartbeat()
-                return None
-        ctx.timers.retry_at = None
-        ctx.retry_backoff.reset()
-        if not self.found:
-            self.adopting = False  # nothing of ours on the agent
-        ctx.timers.next_refresh = ctx.now + ctx.config.check_ttl / 3
-        self._reporter.maybe_heartbeat()
-        return None
 
     def _latch_adoptable(self, readiness: CheckState) -> Task:
         """The previous process confirmed, and the agent still holds every instance of this pod
