@@ -80,8 +80,10 @@ class Run:
         self.now = 0.0
         self.auto_confirm = auto_confirm
         self.hold = False
+        self.latency = 0.0  # virtual seconds each agent call takes
         self.held: list[a.Call] = []
         self.actions: list[Any] = []
+        self.timeline: list[tuple[float, Any]] = []  # (virtual time it was returned, action)
         self.exit: int | None = None
         self.send(e.Start(previous_ever_confirmed))
 
@@ -99,11 +101,16 @@ class Run:
         while todo:
             out = self.core.handle(todo.pop(0), self.now)
             self.actions += out
+            self.timeline += [(self.now, x) for x in out]
             for action in out:
                 if isinstance(action, a.CALLS):
                     if self.hold:
                         self.held.append(action)
+                    elif action.timeout is not None and self.latency > action.timeout:
+                        self.now += action.timeout  # the call times out
+                        todo.append(e.CallFailed(action.request_id, e.Failure(e.FailureKind.UNAVAILABLE, "timed out")))
                     else:
+                        self.now += self.latency
                         todo.append(self.agent.answer(action))
                 elif isinstance(action, a.Confirm) and self.auto_confirm:
                     todo.append(e.ConfirmResult(action.expectation.generation, "confirmed"))

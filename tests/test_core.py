@@ -226,3 +226,32 @@ def test_an_adopted_instance_the_agent_lost_is_registered_again_and_logged() -> 
     assert run.agent.checks[f"{SID}:readiness"].status == "passing"
     assert run.agent.checks[f"{SID}:liveness"].status == "passing"
     assert any("no longer holds the adopted instance" in line for line in run.logs())
+
+
+# --- defect 5: a slow agent (3 s a call, under the timeout) --------------------------------------
+
+FOUR = "web:8080,admin:9000,grpc:9090,debug:9999"
+
+
+def test_a_slow_agent_keeps_the_heartbeat_during_a_long_round() -> None:
+    run = Run(config(KATALOG_SERVICES=FOUR))
+    run.latency = 3.0
+    run.send(e.PodObserved(observation(ready=True)))
+    assert len(run.agent.services) == 4  # 12 calls, 36 virtual seconds
+    writes = [t for t, x in run.timeline if isinstance(x, a.WriteStatus)]
+    gaps = [later - earlier for earlier, later in zip(writes, writes[1:], strict=False)]
+    assert writes[-1] >= 36 and max(gaps) <= run.core.config.heartbeat_interval + run.latency, gaps
+
+
+def test_a_slow_agent_drain_deregisters_every_instance_within_the_budget() -> None:
+    run = Run(config(KATALOG_SERVICES=FOUR, KATALOG_DRAIN_TIMEOUT="20s"))
+    run.send(e.PodObserved(observation(ready=True)))
+    run.latency = 3.0
+    signalled = run.now
+    run.send(e.Terminate("SIGTERM", signalled))
+    run.advance(30)
+    assert run.exit is not None
+    assert run.agent.services == {}, f"left: {sorted(run.agent.services)}"
+    deregisters = run.calls(a.Deregister)
+    assert len(deregisters) == 4
+    assert run.now - signalled <= 20 + run.latency

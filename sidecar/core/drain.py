@@ -19,6 +19,7 @@ from sidecar.registration import CRITICAL, TERMINATING, Instance
 
 LOG = "katalog.drain"
 MIN_ATTEMPT_TIMEOUT = 0.1
+RESERVE_FACTOR = 1.5  # a deregistration's reserve: this many times the slowest call seen
 MAX_DRAIN_WAIT = 5.0
 WAIT_MARGIN = 0.5
 RETRYABLE = (FailureKind.UNAVAILABLE, FailureKind.SERVER_ERROR, FailureKind.NO_TTL, FailureKind.OTHER)
@@ -44,10 +45,14 @@ class DrainResult:
 
 
 class Drain:
-    def __init__(self, ctx: TaskContext, deadline: float) -> None:
+    def __init__(self, ctx: TaskContext, deadline: float, verified: frozenset[str] = frozenset()) -> None:
+        """`verified`: service IDs the caller knows to be this pod's on the agent right now (no
+        ownership read before each write for those; the agent may be slow)."""
         self._ctx = ctx
         self._deadline = deadline
+        self._verified = verified
         self._foreign: set[str] = set()
+        self._slowest = 0.0
 
     def _until(self, deadline: float, step: Step, what: str) -> Task:
         """`step(timeout)` until it succeeds or `deadline` comes, retrying transient faults."""
@@ -99,6 +104,9 @@ class Drain:
             ctx = self._ctx
             started = ctx.now
             other: str | None = None
+            if inst.service_id in self._verified:
+                yield from self._timed(make(ctx.request_id(), timeout))
+                return None
             try:
                 seen = yield from call(a.ReadAgentInstance(ctx.request_id(), timeout / 2, inst.service_id, False))
                 if isinstance(seen, AgentInstance) and seen.present and seen.pod_uid and inst.pod_uid \
@@ -112,39 +120,46 @@ class Drain:
                     ctx.log(logging.WARNING, f"{inst.service_id} now belongs to pod UID {other} on this agent, not "
                                              f"to this pod ({inst.pod_uid}): leaving it alone", LOG)
                 return None
-            try:
-                yield from call(make(ctx.request_id(), max(timeout - (ctx.now - started), MIN_ATTEMPT_TIMEOUT)))
-            except Failed as exc:
-                if exc.kind is not FailureKind.NOT_FOUND:
-                    raise
+            yield from self._timed(make(ctx.request_id(), max(timeout - (ctx.now - started), MIN_ATTEMPT_TIMEOUT)))
             return None
 
         return step
 
-    def run(self, instances: tuple[Instance, ...]) -> Generator[a.Call | Sleep, Answer, DrainResult]:
-        ctx = self._ctx
-        start = ctx.now
-        # Keep a third of the budget for deregistration: removal matters more than the order.
-        critical_deadline = start + (self._deadline - start) * 2 / 3
+    def _timed(self, request: a.Call) -> Task:
+        """A write; its 404 means the agent has nothing left to drain: that counts as done."""
+        started = self._ctx.now
+        try:
+            yield from call(request)
+        except Failed as exc:
+            if exc.kind is not FailureKind.NOT_FOUND:
+                raise
+        finally:
+            self._slowest = max(self._slowest, self._ctx.now - started)
+        return None
 
-        def critical(inst: Instance, deadline: float) -> Task:
-            ok = True  # both checks in one share: readiness first, it is the one clients filter on
-            for n, check_id in enumerate((inst.readiness_check_id, inst.liveness_check_id)):
-                until = ctx.now + (deadline - ctx.now) / (2 - n)
-                write = self._guarded(inst, _critical_write(check_id))
-                ok &= bool((yield from self._until(until, write, f"{inst.service_id}: turning {check_id} critical")))
-            return ok
+    def run(self, instances: tuple[Instance, ...]) -> Generator[a.Call | Sleep, Answer, DrainResult]:
+        """In priority order, deregistration never starved: every step before it keeps, for
+        the deregistrations still to do, a reserve of what agent calls have cost so far."""
+        ctx = self._ctx
+        n = len(instances)
+
+        def critical(inst: Instance, check_id: str) -> Task:
+            until = self._deadline - self._reserve(n)
+            if ctx.now + self._cost() > until:
+                ctx.log(logging.WARNING, f"{inst.service_id}: no time left to turn {check_id} critical "
+                                         "(the agent is slow): deregistering first", LOG)
+                return False
+            write = self._guarded(inst, _critical_write(check_id))
+            return (yield from self._until(until, write, f"{inst.service_id}: turning {check_id} critical"))
 
         def confirm_critical(inst: Instance, deadline: float) -> Task:
+            if deadline - ctx.now < self._cost():
+                return False  # no time for a read: deregistration first
             if (yield from self._until(deadline, self._wait_for(inst, False, deadline),
                                        f"{inst.service_id}: confirming critical in the catalog")):
                 ctx.log(logging.INFO, f"{inst.service_id} critical in the catalog: traffic drains", LOG)
                 return True
             return False
-
-        def deregister(inst: Instance, deadline: float) -> Task:
-            write = self._guarded(inst, lambda rid, t: a.Deregister(rid, t, inst.service_id))
-            return (yield from self._until(deadline, write, f"{inst.service_id}: deregistering"))
 
         def confirm_removed(inst: Instance, deadline: float) -> Task:
             if (yield from self._until(deadline, self._wait_for(inst, True, deadline),
@@ -153,11 +168,20 @@ class Drain:
                 return True
             return False
 
-        push_deadline = ctx.now + (critical_deadline - ctx.now) / 2
-        yield from self._each(instances, push_deadline, critical)
-        yield from self._each(instances, critical_deadline, confirm_critical)
-        deregister_deadline = ctx.now + (self._deadline - ctx.now) / 2
-        deregistered = yield from self._each(instances, deregister_deadline, deregister)
+        # The readiness checks first (clients filter on them), then the liveness checks.
+        pushed = {inst.service_id: True for inst in instances}
+        for n_check in (0, 1):
+            for inst in instances:
+                check_id = (inst.readiness_check_id, inst.liveness_check_id)[n_check]
+                pushed[inst.service_id] &= bool((yield from critical(inst, check_id)))
+        # Confirming critical gets what is left before the deregistrations' reserve.
+        confirm_until = self._deadline - self._reserve(n)
+        yield from self._each(tuple(i for i in instances if pushed[i.service_id]), confirm_until, confirm_critical)
+        deregistered: dict[str, bool] = {}
+        for j, inst in enumerate(instances):
+            until = self._deadline - self._reserve(n - j - 1)
+            write = self._guarded(inst, _deregister(inst.service_id))
+            deregistered[inst.service_id] = bool((yield from self._until(until, write, f"{inst.service_id}: deregistering")))
         to_confirm = tuple(i for i in instances if deregistered[i.service_id])
         confirmed = yield from self._each(to_confirm, self._deadline, confirm_removed)
         result = DrainResult()
@@ -171,9 +195,23 @@ class Drain:
                 result.left.append(sid)
         return result
 
+    def _cost(self) -> float:
+        """What one agent call is expected to take: the slowest seen in this drain, or a floor."""
+        return max(self._slowest, MIN_ATTEMPT_TIMEOUT)
+
+    def _reserve(self, deregistrations: int) -> float:
+        return deregistrations * self._cost() * RESERVE_FACTOR
+
 
 def _critical_write(check_id: str) -> Callable[[int, float], a.Call]:
     def make(request_id: int, timeout: float) -> a.Call:
         return a.UpdateCheck(request_id, timeout, check_id, CRITICAL, TERMINATING)
+
+    return make
+
+
+def _deregister(service_id: str) -> Callable[[int, float], a.Call]:
+    def make(request_id: int, timeout: float) -> a.Call:
+        return a.Deregister(request_id, timeout, service_id)
 
     return make

@@ -59,6 +59,10 @@ class Core:
         if self._exited:
             return []
         self._dispatch(event)
+        if not self._exited and ctx.now >= ctx.timers.next_heartbeat:
+            # Also between two calls of a long round or drain (a slow agent): the gate must not
+            # take a sidecar waiting on its agent for a hung one.
+            self._reporter.maybe_heartbeat()
         self._derive_phase()
         return ctx.out
 

@@ -55,9 +55,11 @@ def drain_task(ctx: Context, deadline: float) -> Task:
     s = ctx.state
     candidates = [i for i in _instances(ctx) if i.service_id not in s.superseded]
     ours: list[Instance] = []
+    verified: set[str] = set()
     for inst in candidates:
         if inst.service_id in s.registered:
             ours.append(inst)
+            verified.add(inst.service_id)  # registered by us, and the agent watch saw no other UID
             continue
         try:
             seen = yield from call(a.ReadAgentInstance(ctx.request_id(), max(0.1, (deadline - ctx.now) / 4),
@@ -69,9 +71,10 @@ def drain_task(ctx: Context, deadline: float) -> Task:
         if seen.present and (seen.pod_uid == inst.pod_uid or not inst.pod_uid):
             ctx.info(f"{inst.service_id}: found on the agent with this pod's UID: draining it")
             ours.append(inst)
+            verified.add(inst.service_id)
     if not ours:
         return Drained(None)
-    result = yield from Drain(ctx, deadline).run(tuple(ours))
+    result = yield from Drain(ctx, deadline, frozenset(verified)).run(tuple(ours))
     return Drained(result)
 
 
