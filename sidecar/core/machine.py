@@ -74,9 +74,9 @@ class Core:
             return t.next_heartbeat
         if t.resume_at is not None:
             deadlines.append(t.resume_at)
-        if self._task is not None:
-            return min(deadlines)
         s = self.ctx.state
+        if self._task is not None or s.draining:
+            return min(deadlines)  # retries, refreshes and re-checks wait for the task; none while draining
         if t.retry_at is not None:
             deadlines.append(t.retry_at)
         else:
@@ -100,8 +100,9 @@ class Core:
                 self._exit(self._drained)
                 return
             self._drain_then_exit = True
-            if not s.draining or self._drain_since is None:
+            if not s.draining:
                 self._start_drain(event.reason, since=event.at)
+            # else: a drain (deletionTimestamp) is under way, within its own deadline; exit after it
             return
         if isinstance(event, (e.CallSucceeded, e.CallFailed)):
             self._answered(event)
