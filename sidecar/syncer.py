@@ -2,10 +2,11 @@
 
 Everything else (readiness source, agent watches, confirmer, signals) posts events into one
 queue; this loop hands them to the core in order and carries out the actions it returns, so
-there are no races between a readiness flip, a re-registration and a drain. The core makes
-one agent call at a time; its answer goes back through the same queue, so a SIGTERM that came
-during a call is seen before the next one. Between events the loop only wakes for the core's
-next deadline (TTL refresh, heartbeat, retry), never to poll.
+there are no races between a readiness flip, a re-registration and a drain. The core asks for
+one agent call at a time; it runs on a thread of its own and its answer comes back through the
+same queue, so the loop never blocks on the agent: a SIGTERM during a slow call starts the
+drain at once. Between events the loop only wakes for the core's next deadline (TTL refresh,
+heartbeat, retry), never to poll.
 """
 
 from __future__ import annotations
@@ -137,7 +138,9 @@ class Syncer:
     def _carry_out(self, actions: list[a.Action | a.Call]) -> None:
         for action in actions:
             if isinstance(action, a.CALLS):
-                self._post(self._caller.perform(action))
+                # On a thread of its own: the loop goes on handling events meanwhile (a SIGTERM
+                # starts the drain at once, a slow agent does not hold the heartbeat up).
+                threading.Thread(target=self._perform, args=(action,), name="agent-call", daemon=True).start()
             elif isinstance(action, a.Log):
                 logging.getLogger(action.logger).log(action.level, "%s", action.message)
             elif isinstance(action, a.WriteStatus):
@@ -165,6 +168,9 @@ class Syncer:
                 self._stop_sources.set()
             elif isinstance(action, a.Exit):
                 self._exit = action.code
+
+    def _perform(self, call: a.Call) -> None:
+        self._post(self._caller.perform(call))
 
     def _watch(self, service_id: str) -> None:
         if service_id not in self._watchers:

@@ -46,17 +46,17 @@ def test_phases_follow_the_table_through_a_flip_and_a_drain() -> None:
     assert run.agent.services == {}
 
 
-def test_sigterm_during_a_call_waits_for_its_answer_then_drains() -> None:
+def test_sigterm_during_a_slow_call_starts_the_drain_at_once() -> None:
     run = Run()
     run.hold = True
     run.send(e.PodObserved(observation(ready=True)))
     assert len(run.held) == 1 and isinstance(run.held[0], a.Register)
     run.send(e.Terminate("SIGTERM", run.now))
     assert run.core.phase is Phase.DRAINING
-    assert len(run.held) == 1, "a second call while one is in flight"
-    run.release()
+    assert len(run.held) == 2, "the drain waited for the call in flight"  # the call in flight is left to finish
+    run.release()  # the stale answer first: ignored
+    run.advance(5)
     assert run.exit == 0
-    assert run.agent.services == {}
 
 
 def test_ttls_are_refreshed_at_a_third_of_the_ttl_with_no_other_write() -> None:
@@ -255,3 +255,19 @@ def test_a_slow_agent_drain_deregisters_every_instance_within_the_budget() -> No
     deregisters = run.calls(a.Deregister)
     assert len(deregisters) == 4
     assert run.now - signalled <= 20 + run.latency
+
+
+def test_a_registration_in_flight_at_sigterm_cannot_land_after_the_deregistration() -> None:
+    run = Run()
+    run.hold = True
+    run.send(e.PodObserved(observation(ready=True)))
+    register = run.held.pop(0)
+    run.send(e.Terminate("SIGTERM", run.now))
+    run.hold = False
+    run.release()  # the drain's critical pushes answer (404: nothing registered yet)
+    run.advance(3)
+    assert not run.calls(a.Deregister)[-1:] or run.exit is None, "deregistered before the registration answered"
+    run.send(run.agent.answer(register))  # the registration lands now
+    run.advance(10)
+    assert run.calls(a.Deregister) and run.agent.services == {}
+    assert run.exit == 0

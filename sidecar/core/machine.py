@@ -38,7 +38,11 @@ class Core:
         self.phase = Phase.STARTING
         self._task: Task | None = None
         self._waiting: int | None = None  # the request id of the call in flight
-        self._stale: int | None = None  # a call in flight when its task was dropped (SIGTERM)
+        self._waiting_register: str | None = None  # ... and the instance it registers
+        # A registration still in flight when the drain began: the drain's deregistration of
+        # that instance waits for its answer, so the registration cannot land after it.
+        self._stale_register: int | None = None
+        self._deferred: a.Call | None = None
         self._drain_then_exit = False
         self._drain_since: float | None = None
         self._drained: int | None = None  # the exit code, once drained before SIGTERM
@@ -141,16 +145,20 @@ class Core:
         if isinstance(step, Sleep):
             self.ctx.timers.resume_at = step.until
         else:
+            if isinstance(step, a.Deregister) and self._stale_register is not None:
+                self._deferred = step
+                return
             self._waiting = step.request_id
+            self._waiting_register = step.service_id if isinstance(step, a.Register) else None
             self.ctx.emit(step)
 
     def _answered(self, answer: e.CallSucceeded | e.CallFailed) -> None:
-        if answer.request_id == self._stale:
-            self._stale = None
-            if self._pending_drain is not None:
-                reason, since = self._pending_drain
-                self._pending_drain = None
-                self._begin_drain(reason, since)
+        if answer.request_id == self._stale_register:
+            self._stale_register = None
+            if self._deferred is not None:
+                step, self._deferred = self._deferred, None
+                self._waiting = step.request_id
+                self.ctx.emit(step)
             return
         if self._task is None or answer.request_id != self._waiting:
             return  # an answer nobody waits for any more
@@ -227,21 +235,18 @@ class Core:
         s.confirm_message = event.message
 
     # --- termination ---------------------------------------------------------------------------
-    _pending_drain: tuple[str, float | None] | None = None
-
     def _start_drain(self, reason: str, since: float | None) -> None:
+        """Drop what was under way; a call still in flight is left to finish on its own (its
+        answer is ignored): the drain does not wait for it, its budget runs from the signal."""
         self._drain_since = since
         if self._task is not None:
             self._task.close()
             self._task = None
             self.ctx.timers.resume_at = None
-            if self._waiting is not None:
-                # One call at a time: the drain's first write waits for this answer.
-                self._stale, self._waiting = self._waiting, None
-                self._pending_drain = (reason, since)
-                if not self.ctx.state.draining:
-                    self.ctx.state.draining, self.ctx.state.drain_reason = True, reason
-                return
+            if self._waiting is not None and self._waiting_register is not None:
+                self._stale_register = self._waiting
+                self.ctx.state.registered.add(self._waiting_register)  # it may land: drain it
+            self._waiting = None
         self._begin_drain(reason, since)
 
     def _begin_drain(self, reason: str, since: float | None) -> None:
