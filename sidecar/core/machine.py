@@ -263,7 +263,8 @@ class Core:
             ctx.emit(a.UnwatchAgent(sid))
         ctx.watched.clear()
         self._reporter.write_status()
-        self._run(drain_task(ctx, deadline))
+        found = self._sync.adoption.found or {}
+        self._run(drain_task(ctx, deadline, frozenset(cid.rpartition(":")[0] for cid in found)))
 
     _announced = False
 

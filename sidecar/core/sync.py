@@ -316,7 +316,7 @@ class Sync:
         if present and uid and ours and uid != ours:
             if s.superseded.get(sid) != uid:
                 ctx.warning(f"{sid} now belongs to pod UID {uid} on this agent, not to this pod ({ours}): "
-                            "superseded, writing nothing to it")
+                            "leaving it alone (superseded: no write of ours)")
             s.superseded[sid] = uid
             s.registered.discard(sid)
             return True

@@ -49,23 +49,24 @@ def _instances(ctx: Context) -> tuple[Instance, ...]:
         return ()
 
 
-def drain_task(ctx: Context, deadline: float) -> Task:
-    """Drain what is ours on the agent: what this process registered, and what a previous
-    process of this pod left there (its UID), never another pod's instance."""
+def drain_task(ctx: Context, deadline: float, adopted: frozenset[str] = frozenset()) -> Task:
+    """Drain what is ours on the agent: what this process registered or adopted, and what a
+    previous process of this pod left there (its UID, read now), never another pod's instance.
+    An instance the agent cannot say anything about is left to its TTL, as before."""
     s = ctx.state
     candidates = [i for i in _instances(ctx) if i.service_id not in s.superseded]
     ours: list[Instance] = []
     verified: set[str] = set()
     for inst in candidates:
-        if inst.service_id in s.registered:
+        if inst.service_id in s.registered or inst.service_id in adopted:
             ours.append(inst)
             verified.add(inst.service_id)  # registered by us, and the agent watch saw no other UID
             continue
         try:
             seen = yield from call(a.ReadAgentInstance(ctx.request_id(), max(0.1, (deadline - ctx.now) / 4),
                                                        inst.service_id, False))
-        except Failed:
-            ours.append(inst)  # the agent cannot say: try, as for our own
+        except Failed as exc:
+            ctx.warning(f"{inst.service_id}: cannot tell whether the agent holds it ({exc}): not draining it")
             continue
         assert isinstance(seen, AgentInstance)
         if seen.present and (seen.pod_uid == inst.pod_uid or not inst.pod_uid):
