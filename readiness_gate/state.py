@@ -95,22 +95,49 @@ def evaluate(state: Mapping[str, Any], now: float,
 
     `started(pid)` is the process's start time, compared with `pid_start` when the file has one
     (None: do not compare).
+
+    Condition mode (`gate` = "condition"): the pod's readinessGates condition carries the
+    verdict, and this probe says whether that condition can be trusted: it passes only when
+    the live sidecar's last successful write of the condition (`condition`) is its verdict now.
+    A hung sidecar (stale heartbeat), a restarted one that has not written the condition yet,
+    or one that cannot write it fail the probe, so the pod is NotReady within this gate's bound
+    even though a condition nobody refreshes never expires.
     """
     phase = state.get("phase")
     message = str(state.get("message") or "")
     if phase == CONFIG_ERROR:
         return False, f"config error: {message}"
+    dead = _not_alive(state, now, pid_alive, started, message)
+    if dead is not None:
+        return False, dead
+    passes, line = _phase_verdict(state, phase, message)
+    if state.get("gate") != "condition":
+        return passes, line
+    want = "True" if passes else "False"
+    written = state.get("condition")
+    if written != want:
+        return False, f"pod condition not yet {want} from this sidecar (it is {written or 'unset'}): {line}"
+    return True, f"pod condition {want} is current: {line}"
+
+
+def _not_alive(state: Mapping[str, Any], now: float, pid_alive: Callable[[int], bool],
+               started: Callable[[int], str | None], message: str) -> str | None:
+    """Why the writer cannot be trusted (stale heartbeat, process gone), or None."""
     age = now - float(state.get("updated_at", 0))
     if age > float(state.get("stale_after", 15)):
-        return False, f"heartbeat stale {age:.0f}s: sidecar hung? (last said: {message})"
+        return f"heartbeat stale {age:.0f}s: sidecar hung? (last said: {message})"
     pid = state.get("pid")
     if isinstance(pid, int) and not pid_alive(pid):
-        return False, f"sidecar process {pid} is not running (last said: {message})"
+        return f"sidecar process {pid} is not running (last said: {message})"
     pid_start = state.get("pid_start")
     if isinstance(pid, int) and pid_start:
         now_started = started(pid)
         if now_started is not None and now_started != str(pid_start):
-            return False, f"sidecar process {pid} is not running (last said: {message})"
+            return f"sidecar process {pid} is not running (last said: {message})"
+    return None
+
+
+def _phase_verdict(state: Mapping[str, Any], phase: object, message: str) -> tuple[bool, str]:
     if phase in (DRAINING, STOPPED):
         return False, f"draining: {message}"
     if phase == SUPERSEDED:

@@ -13,7 +13,7 @@ import warnings
 from collections.abc import Mapping
 from pathlib import Path
 from types import FrameType
-from typing import TYPE_CHECKING
+from typing import TYPE_CHECKING, Any
 
 import click
 
@@ -24,6 +24,7 @@ from sidecar.errors import ConfigError
 from sidecar.observers import CONFIG_ERROR, SyncObserver
 
 if TYPE_CHECKING:
+    from sidecar.kube.pod_condition import PodConditionWriter
     from sidecar.supervision import Supervisor
 
 log = logging.getLogger("katalog")
@@ -169,9 +170,18 @@ def _run(config: Config) -> int:
     metrics = Metrics()
     supervisor = Supervisor(on_restart=metrics.worker_restart)  # runs every worker thread
     agent = ConsulAgent(config.consul, on_error=metrics.consul_error, on_request=metrics.consul_request)
+    condition: list[Any] = []  # the pod condition writer, once made (condition mode)
+
+    def extra() -> dict[str, Any]:
+        fields: dict[str, Any] = dict(supervisor.report())
+        if config.gate == "condition":
+            # What readiness-gate checks in condition mode: the condition this process last set.
+            fields.update(gate="condition", condition=condition[0].written() if condition else None)
+        return fields
+
     status = StatusWriter(config.status_file, gate_mode=config.gate_mode,
                           heartbeat_interval=config.heartbeat_interval, agent=agent.address,
-                          pod=f"{config.pod_namespace}/{config.pod_name}", extra=supervisor.report)
+                          pod=f"{config.pod_namespace}/{config.pod_name}", extra=extra)
     try:
         status.write(phase=status_state.STARTING, message="starting", since=time.time(),
                      ever_confirmed=False, services=[])
@@ -182,9 +192,13 @@ def _run(config: Config) -> int:
     from sidecar.observers import Observers
 
     gate_metrics = GateMetrics(metrics)
-    observer = Observers([_observers(config, supervisor), gate_metrics])
+    kube_observer, writer = _observers(config, supervisor)
+    observer = Observers([kube_observer, gate_metrics])
     syncer = Syncer(config, agent, status, metrics=metrics, supervisor=supervisor,
                     previous_ever_confirmed=previous_ever_confirmed, observer=observer)
+    if writer is not None:
+        condition.append(writer)
+        writer.on_written = syncer.rewrite_status  # the probe sees a new condition at once
     if config.metrics_addr is not None:
         metrics.serve(config.metrics_addr, syncer, workers=supervisor.statuses)
     source = make_source(config, metrics)
@@ -208,8 +222,9 @@ def _run(config: Config) -> int:
     return code
 
 
-def _observers(config: Config, supervisor: Supervisor) -> SyncObserver:
-    """The pod condition (KATALOG_GATE=condition) and Events (KATALOG_EVENTS), when there is an API."""
+def _observers(config: Config, supervisor: Supervisor) -> tuple[SyncObserver, PodConditionWriter | None]:
+    """The pod condition (KATALOG_GATE=condition) and Events (KATALOG_EVENTS), when there is an API;
+    and the condition writer alone (its last write goes into the status file)."""
     from sidecar import observers
     from sidecar.kube.client import KubeClient
 
@@ -217,7 +232,7 @@ def _observers(config: Config, supervisor: Supervisor) -> SyncObserver:
     if not k.api_url or not (config.events or config.gate == "condition"):
         if config.events and not k.api_url:
             log.info("no Kubernetes API configured: no Events")
-        return observers.NullObserver()
+        return observers.NullObserver(), None
 
     def client() -> KubeClient:  # one per writer thread: a requests.Session is not shared
         assert k.api_url is not None
@@ -225,6 +240,7 @@ def _observers(config: Config, supervisor: Supervisor) -> SyncObserver:
 
     chosen: list[SyncObserver] = []
     events = None
+    writer = None
     if config.events:
         from sidecar.kube.pod_events import PodEventRecorder
 
@@ -235,9 +251,10 @@ def _observers(config: Config, supervisor: Supervisor) -> SyncObserver:
         from sidecar.kube.pod_condition import PodConditionWriter
 
         on_forbidden = (lambda message: events.event(observers.KUBERNETES_FORBIDDEN, message)) if events else None
-        chosen.append(PodConditionWriter(client(), config.pod_namespace, config.pod_name, on_forbidden=on_forbidden,
-                                         supervisor=supervisor))
-    return observers.Observers(chosen)
+        writer = PodConditionWriter(client(), config.pod_namespace, config.pod_name, on_forbidden=on_forbidden,
+                                    supervisor=supervisor)
+        chosen.append(writer)
+    return observers.Observers(chosen), writer
 
 
 @main.command()

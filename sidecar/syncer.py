@@ -58,6 +58,8 @@ class Syncer:
         self._watchers: dict[str, AgentWatcher] = {}
         self._caller = Caller(agent, clock=clock)
         self._status_problem: str | None = None
+        self._last_fields: dict[str, Any] | None = None
+        self._rewrite = False
         self._exit: int | None = None
         self._stop_sources = threading.Event()
         self.last_loop = clock()  # for the liveness endpoint: a stuck loop stops updating it
@@ -87,6 +89,12 @@ class Syncer:
     def config_problem(self, problems: list[str] | None) -> None:
         """The pod's annotations make no valid configuration (None: that is over)."""
         self._post(e.ConfigInvalid(tuple(problems or ())))
+
+    def rewrite_status(self) -> None:
+        """Something the status file shows besides the core's fields changed (the pod condition
+        this process set): write it again now, not at the next heartbeat."""
+        self._rewrite = True
+        self._post(e.Tick())
 
     def _from_reader(self, kind: str, payload: Any) -> None:
         """What the confirmer and the agent watches post (sidecar.consul.watchers)."""
@@ -131,6 +139,9 @@ class Syncer:
 
     def _handle(self, event: e.Event) -> None:
         self.last_loop = self.clock()
+        if self._rewrite and self._last_fields is not None:
+            self._rewrite = False
+            self._write(dict(self._last_fields))
         if isinstance(event, e.Tick) and self.core.ctx.timers.retry_at is not None and self.agent.token_rotated():
             self._carry_out(self.core.handle(e.TokenRotated(), self.clock()))
         self._carry_out(self.core.handle(event, self.clock()))
@@ -189,6 +200,10 @@ class Syncer:
         fields["since"] = time.time() - (self.clock() - fields["since"])  # the core's clock -> wall time
         if self.metrics is not None and fields["phase"] != "stopped":
             self.metrics.phase(fields["phase"])
+        self._last_fields = dict(fields)
+        self._write(fields)
+
+    def _write(self, fields: dict[str, Any]) -> None:
         try:
             self.status.write(**fields)
         except OSError as exc:

@@ -46,3 +46,11 @@ def test_the_markdown_table_has_one_row_per_transition() -> None:
     rows = table_markdown().splitlines()[2:]
     assert len(rows) == sum(len(t) for t in TRANSITIONS.values())
     assert "| draining | drained |" in table_markdown()
+
+
+def test_the_readme_shows_the_table_as_it_is() -> None:
+    from pathlib import Path
+
+    readme = (Path(__file__).resolve().parents[1] / "README.md").read_text(encoding="utf-8")
+    shown = readme.split("<!-- phases:begin -->\n", 1)[1].split("\n<!-- phases:end -->", 1)[0]
+    assert shown == table_markdown()

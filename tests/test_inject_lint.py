@@ -103,7 +103,7 @@ def test_inject_native_condition_and_token() -> None:
     spec = spec_of(inject([workload("StatefulSet")], options).documents[0])
     sidecar = spec["initContainers"][0]
     assert sidecar["restartPolicy"] == "Always" and len(spec["containers"]) == 1
-    assert "readinessProbe" not in sidecar
+    assert sidecar["readinessProbe"]["exec"]["command"] == ["readiness-gate"]  # defect 2: the staleness bound
     assert spec["readinessGates"] == [{"conditionType": m.CONDITION_TYPE}]
     env = {e["name"]: e.get("value") for e in sidecar["env"]}
     assert env["KATALOG_GATE"] == "condition" and env["CONSUL_HTTP_TOKEN_FILE"] == "/etc/katalog/consul/token"

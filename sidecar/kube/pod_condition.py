@@ -77,7 +77,15 @@ class PodConditionWriter:
         self.patches = 0  # successful PATCH requests, for tests and the benchmark
         self.failures = 0
         self._stopped = threading.Event()  # cuts a supervisor's restart backoff short at close()
+        # Called after a successful PATCH that changed the status (the sync loop rewrites the
+        # status file, whose `condition` field readiness-gate checks in condition mode).
+        self.on_written: Callable[[], None] | None = None
         self._thread = (supervisor or Supervisor()).start("pod-condition", self._run, self._stopped)
+
+    def written(self) -> str | None:
+        """The condition status this process last set ("True"/"False"), None before its first PATCH."""
+        with self._cond:
+            return self._patched[0] if self._patched is not None else None
 
     # -- SyncObserver ----------------------------------------------------------------------
     def gate(self, passes: bool, phase: str, line: str) -> None:
@@ -144,4 +152,6 @@ class PodConditionWriter:
         with self._cond:
             self._patched = desired
         log.info("pod condition %s=%s (%s): %s", CONDITION_TYPE, status, reason, message)
+        if changed and self.on_written is not None:
+            self.on_written()
         return 0.0

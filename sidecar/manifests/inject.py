@@ -127,7 +127,9 @@ def sidecar_container(services: str | None, options: InjectOptions) -> Doc:
     }
     if options.native:
         container["restartPolicy"] = "Always"
-    if options.gate in ("exec", "both"):
+    # Every gate mode: in condition mode the probe is what makes a hung or restarted sidecar's
+    # pod NotReady (a condition nobody refreshes never expires; readiness_gate.state.evaluate).
+    if options.gate in ("exec", "condition", "both"):
         container["readinessProbe"] = {
             "exec": {"command": [m.GATE_COMMAND]},
             "periodSeconds": 2, "timeoutSeconds": 2, "failureThreshold": 2, "successThreshold": 1,
