@@ -390,6 +390,23 @@ def test_403_names_the_verb_and_the_role_and_is_logged_once(
     assert running.metrics.errors == ["forbidden"] * 3
 
 
+def test_a_first_403_is_retried_within_a_couple_of_seconds(kube: FakeKube, start: Callable[..., Running]) -> None:
+    """Defect 7 (issue 18): every 403 waited backoff_max (24-30 s), however short the refusal."""
+    kube.fail_next(403, n=1, verb="list")
+    began = time.monotonic()
+    running = start(backoff_max=30.0)
+    running.sink.wait_observation(lambda o: o.ready)
+    assert time.monotonic() - began < 4.0
+    assert running.metrics.errors == ["forbidden"]
+
+
+def test_repeated_403s_back_off_to_the_long_hold(kube: FakeKube, start: Callable[..., Running]) -> None:
+    kube.fail_next(403, n=10, verb="list")
+    running = start(backoff_max=30.0)
+    time.sleep(4.0)
+    assert running.metrics.errors == ["forbidden"] * 2  # one soon after the first, then the hold
+
+
 def test_fake_requires_the_name_selector(kube: FakeKube) -> None:
     # What a Role restricted with resourceNames does: list and watch need the name selector.
     import requests

@@ -175,6 +175,8 @@ def test_an_expired_event_starts_a_new_one(kube: FakeKube) -> None:
 
 
 def test_without_events_rbac_it_logs_once_and_stops_trying(kube: FakeKube, caplog) -> None:
+    """Defect 7 (issue 18): the refused Event is tried once more after 2 s (a refusal may be
+    transient), then Events are dropped for a minute: no storm, one log line."""
     kube.forbid("create", "events")
     caplog.set_level(logging.WARNING, logger="katalog.events")
     recorder = PodEventRecorder(client(kube), NS, POD, None)
@@ -182,12 +184,31 @@ def test_without_events_rbac_it_logs_once_and_stops_trying(kube: FakeKube, caplo
         for reason in (observers.REGISTERED, observers.CONFIRMED, observers.DRAINING, observers.DEREGISTERED):
             recorder.event(reason, "x")
         time.sleep(0.5)
+        assert len(writes(kube, "POST")) == 1, "one refusal, then a pause"
+        wait_until(lambda: len(writes(kube, "POST")) == 2, timeout=5, what="the refused Event tried again")
+        time.sleep(1.0)
     finally:
         recorder.close(2.0)
-    assert len(writes(kube, "POST")) == 1, "one refusal, then no more requests"
+    assert len(writes(kube, "POST")) == 2, "repeated refusals: no more requests for a while"
     (record,) = caplog.records
     assert record.getMessage().startswith("cannot write Events, carrying on without them: forbidden: the service "
                                           f"account cannot create events in namespace {NS}; grant create, patch on events")
+
+
+def test_events_recover_after_a_transient_refusal(kube: FakeKube) -> None:
+    """Defect 7 (issue 18): one 403 on an Event write turned Events off for the process's life."""
+    kube.forbid("create", "events")
+    recorder = PodEventRecorder(client(kube), NS, POD, None)
+    try:
+        recorder.event(observers.DRAINING, "x")
+        wait_until(lambda: len(writes(kube, "POST")) == 1, timeout=5, what="the refusal")
+        kube.allow("create", "events")  # the RBAC update has rolled out
+        wait_until(lambda: recorder.sent == 1, timeout=5, what="the refused Event, delivered")
+        recorder.event(observers.DEREGISTERED, "y")
+        wait_until(lambda: recorder.sent == 2, timeout=5, what="later Events too")
+    finally:
+        recorder.close(2.0)
+    assert [e["reason"] for e in kube.events(NS, POD)] == [observers.DRAINING, observers.DEREGISTERED]
 
 
 def test_event_bursts_are_bounded(kube: FakeKube) -> None:

@@ -6,7 +6,9 @@ a fault that recurs is one line with a count, not a flood. A token bucket bounds
 pod can send. Only transitions are reported (the sync loop calls this on state changes), never a
 heartbeat: a steady pod sends nothing.
 
-Optional: without RBAC for events (403) the sidecar logs that once and stops sending Events.
+Optional: without RBAC for events (403) the sidecar logs that once and carries on. A refusal may
+be transient: the refused Event is tried again after FIRST_REFUSAL_RETRY; only repeated refusals
+make it drop Events for REFUSED_HOLD at a time (then it tries again).
 """
 
 from __future__ import annotations
@@ -33,6 +35,8 @@ AGGREGATE_FOR = 3600.0  # the API server keeps Events an hour by default; after 
 BURST = 20
 REFILL_SECONDS = 10.0  # one more Event allowed per this many seconds once the burst is spent
 SEND_ATTEMPTS = 3
+FIRST_REFUSAL_RETRY = 2.0  # a first 403 may be transient (an RBAC update rolling out): the Event is tried again
+REFUSED_HOLD = 60.0  # repeated 403s: Events are dropped this long, then tried again
 
 
 class EventWriter(Protocol):
@@ -121,7 +125,9 @@ class PodEventRecorder:
         self._wall = wall
         self._backoff = backoff or Backoff(initial=0.5, cap=5.0)
         self._queue: queue.Queue[tuple[str, str] | None] = queue.Queue(maxsize=100)
-        self._disabled = threading.Event()
+        self._refusals = 0  # 403s in a row
+        self._refused_until = 0.0  # monotonic: Events are dropped until then (repeated 403s)
+        self._said_refused = False
         self.sent = 0  # successful requests, for tests
         self._stopped = threading.Event()  # cuts a supervisor's restart backoff short at close()
         self._thread = (supervisor or Supervisor()).start("pod-events", self._run, self._stopped)
@@ -130,8 +136,6 @@ class PodEventRecorder:
         pass
 
     def event(self, reason: str, message: str) -> None:
-        if self._disabled.is_set():
-            return
         try:
             self._queue.put_nowait((reason, message))
         except queue.Full:
@@ -151,17 +155,21 @@ class PodEventRecorder:
             item = self._queue.get()
             if item is None:
                 return
-            if self._disabled.is_set():
+            if time.monotonic() < self._refused_until:
+                self._aggregator.dropped += 1
                 continue
             write = self._aggregator.next_write(*item, self._wall())
-            if write is not None and self._send(write) == "expired":
+            outcome = self._send(write) if write is not None else "sent"
+            if outcome == "refused" and self._refusals == 1 and not self._stopped.wait(FIRST_REFUSAL_RETRY):
+                outcome = self._send(write) if write is not None else "sent"  # a transient refusal?
+            if outcome == "expired":
                 # The API server dropped the Event (its TTL): start a new one.
                 retry = self._aggregator.next_write(*item, self._wall())
                 if retry is not None:
                     self._send(retry)
 
     def _send(self, write: tuple[str, str, dict[str, Any]]) -> str:
-        """"sent", "dropped", "expired" (a patched Event is gone) or "disabled" (403)."""
+        """"sent", "dropped", "expired" (a patched Event is gone) or "refused" (403)."""
         how, name, body = write
         for attempt in range(SEND_ATTEMPTS):
             try:
@@ -171,9 +179,14 @@ class PodEventRecorder:
                     self._client.patch_event(self._namespace, name, body)
             except KubernetesError as exc:
                 if exc.status == 403:
-                    log.warning("cannot write Events, carrying on without them: %s", exc)
-                    self._disabled.set()
-                    return "disabled"
+                    self._refusals += 1
+                    if not self._said_refused:
+                        log.warning("cannot write Events, carrying on without them: %s (trying again in %gs, then "
+                                    "once every %gs while refused)", exc, FIRST_REFUSAL_RETRY, REFUSED_HOLD)
+                        self._said_refused = True
+                    if self._refusals > 1:
+                        self._refused_until = time.monotonic() + REFUSED_HOLD
+                    return "refused"
                 if exc.status == 404 and how == "patch":
                     self._aggregator.forget(name)
                     return "expired"
@@ -183,6 +196,9 @@ class PodEventRecorder:
                 time.sleep(self._backoff.next_delay())
             else:
                 self._backoff.reset()
+                if self._said_refused:
+                    log.info("Events can be written again")
+                self._refusals, self._said_refused = 0, False
                 self.sent += 1
                 return "sent"
         return "dropped"

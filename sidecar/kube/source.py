@@ -34,6 +34,9 @@ BACKOFF_MAX = 30.0
 # costs it nothing, and its return is then noticed within seconds, not after a 30 s backoff
 # chosen during a long outage. Answers it does give (5xx, 429) back off up to BACKOFF_MAX.
 RECONNECT_MAX = 5.0
+# A first 403 (or 400) is retried this soon (half of it fixed): a readiness flip right after a
+# transient refusal must not wait a whole backoff_max to reach Consul.
+FIRST_REFUSAL_RETRY = 2.0
 # The reasons of katalog_watch_restarts_total (the README lists them).
 WATCH_RESTART_REASONS = ("expired", "inactivity", "broken", "ended")
 
@@ -115,6 +118,7 @@ class KubernetesSource:
         self._problem: str | None = None
         self._fruitless = 0  # watch restarts (cut off, 410) in a row without an event between
         self._state = "starting"  # "connected" or "failing:<kind>": logs only on changes
+        self._refusals = 0  # 403s/400s in a row: the first is retried soon, repeats wait long
         self._said: set[str] = set()  # one-time log lines (unknown event types)
         self._closer: threading.Thread | None = None
         # The first observation waits until the watch is open too: with a Role that allows
@@ -321,6 +325,7 @@ class KubernetesSource:
     def _connected(self, sink: ReadinessSink) -> None:
         self._failure_backoff.reset()
         self._reconnect_backoff.reset()
+        self._refusals = 0
         if self._state != "connected":
             if self._state == "starting":
                 log.info("watching pod %s through the Kubernetes API", self.pod)
@@ -336,9 +341,11 @@ class KubernetesSource:
         kind, problem, permanent = _classify(exc)
         self._metrics.request_error(kind)
         state = f"failing:{kind}:{problem}" if permanent else f"failing:{kind}"
+        self._refusals = self._refusals + 1 if permanent else 0
         if state != self._state:
             if permanent:
-                log.error("%s; retrying every %gs", problem, self._backoff_max)
+                log.error("%s; retrying in %gs, then every %gs while refused", problem, FIRST_REFUSAL_RETRY,
+                          self._backoff_max)
             else:
                 log.warning("%s; keeping the last known readiness and retrying with backoff", problem)
             self._state = state
@@ -346,7 +353,11 @@ class KubernetesSource:
             self._problem = problem
             sink.problem(problem)
         if permanent:
-            # Permissions or a bad request: only a change of configuration helps; do not storm.
+            # Permissions or a bad request: a refusal may be transient (an RBAC update rolling
+            # out, an authorizer webhook's hiccup), so the first is retried soon; repeated ones
+            # need a change of configuration: then do not storm.
+            if self._refusals == 1:
+                return FIRST_REFUSAL_RETRY * (0.5 + 0.5 * self._rng())
             return self._backoff_max * (0.8 + 0.2 * self._rng())
         if exc.reason == "unreachable":
             return self._reconnect_backoff.next_delay()  # no answer at all: see RECONNECT_MAX
