@@ -271,3 +271,19 @@ def test_a_registration_in_flight_at_sigterm_cannot_land_after_the_deregistratio
     run.advance(10)
     assert run.calls(a.Deregister) and run.agent.services == {}
     assert run.exit == 0
+
+
+# --- issue 18, item 8: a re-registration inside a TTL refresh is confirmed --------------------
+
+def test_a_re_registration_inside_a_ttl_refresh_is_confirmed_again() -> None:
+    run = Run(auto_confirm=False)
+    run.send(e.PodObserved(observation(ready=True)))
+    run.send(e.ConfirmResult(1, "confirmed"))
+    assert run.core.phase is Phase.CONFIRMED
+    run.agent.services.clear()
+    run.agent.checks.clear()  # the agent restarted without its state; its watch has not said so
+    run.advance(6)  # the liveness refresh finds the check gone and registers again
+    assert len(run.calls(a.Register)) == 2
+    confirms = [x.expectation.generation for x in run.actions if isinstance(x, a.Confirm)]
+    assert confirms == [1, 2], confirms
+    assert run.core.phase is Phase.CONFIRMING

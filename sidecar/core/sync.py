@@ -120,7 +120,7 @@ class Sync:
             changed |= bool((yield from self._register_missing()))
             changed |= bool((yield from self._push_changes()))
             if ctx.now >= ctx.timers.next_refresh:
-                yield from self._refresh_ttls()
+                changed |= bool((yield from self._refresh_ttls()))
         except Failed as exc:
             self._agent_failed(exc.failure)
         else:
@@ -229,16 +229,17 @@ class Sync:
         ctx = self._ctx
         now = ctx.now
         with_readiness = now >= ctx.timers.next_readiness_refresh
+        changed = False  # True when the agent had lost an instance and it was registered again
         for inst in ctx.state.instances:
             ids = (inst.readiness_check_id, inst.liveness_check_id) if with_readiness else (inst.liveness_check_id,)
             for check_id in ids:
                 check = ctx.state.pushed.get(check_id)
                 if check is not None:
-                    yield from self._update_check(inst, check_id, check)
+                    changed |= bool((yield from self._update_check(inst, check_id, check)))
         ctx.timers.next_refresh = now + ctx.config.check_ttl / 3
         if with_readiness:
             ctx.timers.next_readiness_refresh = now + ctx.config.check_ttl * READINESS_TTL_FACTOR / 3
-        return None
+        return changed
 
     def _update_check(self, inst: Instance, check_id: str, check: CheckState) -> Task:
         ctx = self._ctx
@@ -250,10 +251,9 @@ class Sync:
             if exc.kind in (FailureKind.NO_TTL, FailureKind.NOT_FOUND):
                 ctx.warning(f"agent lost check {check_id}: registering {inst.service_id} again")
                 ctx.state.registered.discard(inst.service_id)
-                yield from self._register_missing()
-                return None
+                return bool((yield from self._register_missing()))  # a change: confirmed again
             raise
-        return None
+        return False
 
     def _agent_failed(self, failure: Failure) -> None:
         ctx, s = self._ctx, self._ctx.state
