@@ -104,12 +104,12 @@ class Invariants:
 
     def _gate(self, uid: str, pod: Any, now: float) -> None:
         sidecar = self._live(uid)
-        if self.w.settings.gate == "condition":
-            open_ = pod.conditions.get(CONDITION) == "True"
-        else:
-            doc = self.w.status_files.get(uid)
-            open_ = doc is not None and status_state.evaluate(
-                doc, now, lambda pid: sidecar is not None and sidecar.pid == pid, lambda _pid: None)[0]
+        doc = self.w.status_files.get(uid)
+        probe = doc is not None and status_state.evaluate(
+            doc, now, lambda pid: sidecar is not None and sidecar.pid == pid, lambda _pid: None)[0]
+        # Condition mode: Ready = the readinessGates condition True and the sidecar's readinessProbe
+        # passing (in condition mode it checks that the live sidecar set that condition itself).
+        open_ = probe and (self.w.settings.gate != "condition" or pod.conditions.get(CONDITION) == "True")
         was = self.gate_open.get(uid, False)
         self.gate_open[uid] = open_
         if open_ and not was:

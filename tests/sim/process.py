@@ -134,6 +134,8 @@ class Sidecar:
                 doc = dict(action.fields)
                 doc.update(updated_at=self.clock.now, pid=self.pid, uid=self.uid, gate_mode=self.config.gate_mode,
                            stale_after=max(3 * self.config.heartbeat_interval, 10.0))
+                if self.condition is not None:  # what the driver adds in condition mode (sidecar/cli.py)
+                    doc.update(gate="condition", condition=self.condition.written())
                 self.world.status_files[self.uid] = doc
             elif isinstance(action, act.GateVerdict):
                 if self.condition is not None:
@@ -390,6 +392,9 @@ class ConditionWriter:
         if self._timer is not None:
             self._timer.cancel()
 
+    def written(self) -> str | None:
+        return self.patched[0] if self.patched is not None else None
+
     def _schedule(self) -> None:
         if self._timer is not None and not self._timer.cancelled:
             return
@@ -406,7 +411,11 @@ class ConditionWriter:
         code = self.s.api.patch_condition(self.s.pod_name, desired[0]) if self.s.api.pods.get(
             self.s.pod_name) is not None and self.s.api.pods[self.s.pod_name].uid == self.s.uid else 404
         if code == 200:
+            changed = self.patched is None or self.patched[0] != desired[0]
             self.patched = desired
+            doc = self.s.world.status_files.get(self.s.uid)
+            if changed and doc is not None and doc.get("pid") == self.s.pid:
+                doc["condition"] = desired[0]  # the driver rewrites the status file at once (on_written)
             self.backoff.reset()
             self.retry_at = 0.0
         else:
