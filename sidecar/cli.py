@@ -5,12 +5,13 @@ from __future__ import annotations
 import base64
 import logging
 import os
+import select
 import signal
 import sys
 import threading
 import time
 import warnings
-from collections.abc import Mapping
+from collections.abc import Callable, Mapping
 from pathlib import Path
 from types import FrameType
 from typing import TYPE_CHECKING, Any
@@ -20,6 +21,7 @@ import click
 from readiness_gate import state as status_state
 from sidecar import logs
 from sidecar.config import LOG_FORMATS, Config, annotation_reference, load_config, reference_table, status_file_path
+from sidecar.entry import early_signal
 from sidecar.errors import ConfigError
 from sidecar.observers import CONFIG_ERROR, SyncObserver
 
@@ -39,12 +41,17 @@ def main() -> None:
     """Registers this pod's services with the node's Consul agent and gates readiness on it."""
 
 
-def _on_terminate(callback: object) -> None:
+def _on_terminate(callback: Callable[[str, float | None], None]) -> None:
+    """`callback(signal name, when)` on SIGTERM/SIGINT; at once for one that came before this
+    handler was installed (sidecar.entry records those), with that signal's time."""
     def handler(signum: int, _frame: FrameType | None) -> None:
-        callback(signal.Signals(signum).name)  # type: ignore[operator]
+        callback(signal.Signals(signum).name, None)
 
     signal.signal(signal.SIGTERM, handler)
     signal.signal(signal.SIGINT, handler)
+    early = early_signal()
+    if early is not None:
+        callback(*early)
 
 
 def _secrets() -> list[str | None]:
@@ -76,9 +83,21 @@ def _serve_config_error(error: ConfigError) -> int:
     events = _config_error_events(os.environ)
     if events is not None:
         events.event(CONFIG_ERROR, message)
-    stop = threading.Event()
-    _on_terminate(lambda _name: stop.set())
-    while not stop.is_set():
+    # A signal handler must not call Event.set() (it takes a lock the interrupted main thread
+    # may hold): it writes a byte to a pipe, which the wait below watches.
+    wake_r, wake_w = os.pipe()
+    os.set_blocking(wake_w, False)
+    stopped: list[bool] = []
+
+    def on_signal(_name: str, _at: float | None) -> None:
+        stopped.append(True)
+        try:
+            os.write(wake_w, b"x")
+        except OSError:
+            pass  # the pipe is full: a byte is already waiting
+
+    _on_terminate(on_signal)
+    while not stopped:
         try:
             status_state.write_atomically(str(path), {
                 "schema": status_state.SCHEMA, "phase": status_state.CONFIG_ERROR, "message": message,
@@ -88,7 +107,7 @@ def _serve_config_error(error: ConfigError) -> int:
         except OSError as exc:
             log.error("cannot write the status file %s: %s", path, exc.strerror or exc)
             return EXIT_STATUS_UNWRITABLE
-        stop.wait(5.0)
+        select.select([wake_r], [], [], 5.0)
     if events is not None:
         events.close(2.0)
     return EXIT_CONFIG_ERROR

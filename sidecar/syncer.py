@@ -78,9 +78,10 @@ class Syncer:
     def problem(self, message: str | None) -> None:
         self._post(e.SourceProblem(message))
 
-    def request_shutdown(self, reason: str = "SIGTERM") -> None:
-        # The time of the signal: the kubelet's grace period runs from it.
-        self._post(e.Terminate(reason, self.clock()))
+    def request_shutdown(self, reason: str = "SIGTERM", at: float | None = None) -> None:
+        """`at`: when the signal came (this loop's clock; default now): the kubelet's grace
+        period runs from it. Safe in a signal handler: SimpleQueue.put is reentrant."""
+        self._post(e.Terminate(reason, self.clock() if at is None else at))
 
     def reconfigure(self, config: Config) -> None:
         """A new configuration (the pod's annotations changed): re-register what differs."""
