@@ -56,7 +56,7 @@ def test_adapter_calls_time_out(black_hole: BlackHole) -> None:
                           "KATALOG_CONSUL_TIMEOUT": "300ms"})
     agent = ConsulAgent(config.consul)
     calls = [
-        lambda: agent.self_info(),
+        lambda: agent.service_checks("n:p:web"),
         lambda: agent.update_ttl_check("c", "passing", "ok"),
         lambda: agent.node_of_service("n:p:web"),
         lambda: agent.node_instance("node-a", "web", "n:p:web"),

@@ -316,13 +316,6 @@ class ServersRead:
     filtered: bool  # X-Consul-Results-Filtered-By-ACLs: the token may not see everything
 
 
-@dataclass(frozen=True)
-class AgentInfo:
-    node_name: str
-    datacenter: str
-    version: str
-
-
 class ConsulAgent:
     """The calls the sidecar makes. Only health/catalog reads reach the servers."""
 
@@ -377,11 +370,6 @@ class ConsulAgent:
             return False
         self._refused_token = _NOT_REFUSED
         return True
-
-    def self_info(self) -> AgentInfo:
-        data = self._call("GET", "/v1/agent/self").json()
-        cfg = data.get("Config", {})
-        return AgentInfo(cfg.get("NodeName", ""), cfg.get("Datacenter", ""), cfg.get("Version", ""))
 
     def register_service(self, registration: Mapping[str, Any], timeout: float | None = None) -> None:
         # replace-existing-checks: a sidecar restarted with other settings leaves no stale check.
