@@ -52,8 +52,10 @@ def _instances(ctx: Context) -> tuple[Instance, ...]:
 def drain_task(ctx: Context, deadline: float, adopted: frozenset[str] = frozenset()) -> Task:
     """Drain what is ours on the agent: what this process registered or adopted, and what a
     previous process of this pod left there (its UID, read now), never another pod's instance.
-    An instance the agent cannot say anything about is left to its TTL, as before."""
+    One the agent cannot say anything about is drained if this process tried to register it,
+    else left to its TTL."""
     s = ctx.state
+    attempted = {i.service_id for i in s.instances}  # a round built them: registration was tried
     candidates = [i for i in _instances(ctx) if i.service_id not in s.superseded]
     ours: list[Instance] = []
     verified: set[str] = set()
@@ -66,7 +68,10 @@ def drain_task(ctx: Context, deadline: float, adopted: frozenset[str] = frozense
             seen = yield from call(a.ReadAgentInstance(ctx.request_id(), max(0.1, (deadline - ctx.now) / 4),
                                                        inst.service_id, False))
         except Failed as exc:
-            ctx.warning(f"{inst.service_id}: cannot tell whether the agent holds it ({exc}): not draining it")
+            if inst.service_id in attempted:
+                ours.append(inst)  # its registration was tried (it may have landed): drain it, as before
+            else:
+                ctx.warning(f"{inst.service_id}: cannot tell whether the agent holds it ({exc}): not draining it")
             continue
         assert isinstance(seen, AgentInstance)
         if seen.present and (seen.pod_uid == inst.pod_uid or not inst.pod_uid):
