@@ -23,6 +23,7 @@ SYNCING = "syncing"
 CONFIRMED = "confirmed"
 DRAINING = "draining"
 STOPPED = "stopped"
+WORKER_DOWN = "worker-down"  # a worker the verdict depends on is crash-looping: fails even a latched gate
 SUPERSEDED = "superseded"  # another pod (UID) holds our service ID on this node: fails even a latched gate
 
 
@@ -142,6 +143,8 @@ def _phase_verdict(state: Mapping[str, Any], phase: object, message: str) -> tup
         return False, f"draining: {message}"
     if phase == SUPERSEDED:
         return False, f"superseded: {message}"
+    if phase == WORKER_DOWN:
+        return False, f"worker down: {message}"
     if state.get("gate_mode") == "latch" and state.get("ever_confirmed"):
         return True, f"ok (latched): {message}"
     if phase == CONFIRMED:

@@ -29,6 +29,7 @@ log = logging.getLogger("katalog.supervisor")
 RESTART_INITIAL = 1.0  # seconds before the first restart
 RESTART_CAP = 30.0  # a worker failing on every start is retried at most this often
 STABLE_AFTER = 60.0  # a worker that ran this long before failing was healthy: back off from the start
+CRASH_LOOP_AFTER = 3  # failures in a row, each before STABLE_AFTER: the worker is crash-looping
 
 RUNNING = "running"
 RESTARTING = "restarting"
@@ -43,6 +44,7 @@ class WorkerStatus:
     state: str  # RUNNING, RESTARTING or FINISHED
     restarts: int
     last_error: str | None  # "ValueError: ...", of the last failure
+    crash_looping: bool = False  # CRASH_LOOP_AFTER quick failures in a row, not running stably since
 
     def describe(self) -> str:
         text = f"{self.name}: {self.state}"
@@ -60,6 +62,8 @@ class _Entry:
     state: str = RUNNING
     restarts: int = 0
     last_error: str | None = None
+    quick_failures: int = 0  # in a row, each after less than STABLE_AFTER of running
+    started_at: float = 0.0
 
 
 class Supervisor:
@@ -95,8 +99,15 @@ class Supervisor:
         return thread
 
     def statuses(self) -> list[WorkerStatus]:
+        now = self._clock()
         with self._lock:
-            return [WorkerStatus(e.name, e.state, e.restarts, e.last_error) for e in self._entries.values()]
+            return [WorkerStatus(e.name, e.state, e.restarts, e.last_error, self._crash_looping(e, now))
+                    for e in self._entries.values()]
+
+    def _crash_looping(self, entry: _Entry, now: float) -> bool:
+        if entry.quick_failures < CRASH_LOOP_AFTER:
+            return False
+        return not (entry.state == RUNNING and now - entry.started_at >= self._stable_after)
 
     def down(self) -> list[WorkerStatus]:
         """Workers that failed and wait for their restart."""
@@ -104,12 +115,14 @@ class Supervisor:
 
     def report(self) -> dict[str, Any]:
         """The `workers` field of the status file."""
-        return {"workers": [{"name": s.name, "state": s.state, "restarts": s.restarts, "last_error": s.last_error}
-                            for s in self.statuses()]}
+        return {"workers": [{"name": s.name, "state": s.state, "restarts": s.restarts, "last_error": s.last_error,
+                             "crash_looping": s.crash_looping} for s in self.statuses()]}
 
     def _run(self, entry: _Entry) -> None:
         while True:
             began = self._clock()
+            with self._lock:
+                entry.started_at = began
             try:
                 entry.work()
             except Exception as exc:  # noqa: BLE001 - the point: no exception ends a worker unseen
@@ -130,6 +143,7 @@ class Supervisor:
             entry.backoff.reset()
         delay = entry.backoff.next_delay()
         with self._lock:
+            entry.quick_failures = 0 if ran_for >= self._stable_after else entry.quick_failures + 1
             entry.restarts += 1
             entry.last_error = error
             entry.state = RESTARTING

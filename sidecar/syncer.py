@@ -36,6 +36,8 @@ __all__ = ["EXIT_DRAIN_INCOMPLETE", "EXIT_OK", "Syncer"]
 
 log = logging.getLogger("katalog.sync")
 
+READINESS_WORKER = "readiness"  # the supervised readiness source (sidecar.cli)
+
 
 class Syncer:
     def __init__(self, config: Config, agent: ConsulAgent, status: StatusWriter, *,
@@ -60,6 +62,7 @@ class Syncer:
         self._status_problem: str | None = None
         self._last_fields: dict[str, Any] | None = None
         self._rewrite = False
+        self._worker_problem: str | None = None
         self._exit: int | None = None
         self._stop_sources = threading.Event()
         self.last_loop = clock()  # for the liveness endpoint: a stuck loop stops updating it
@@ -140,6 +143,7 @@ class Syncer:
 
     def _handle(self, event: e.Event) -> None:
         self.last_loop = self.clock()
+        self._check_readiness_worker()
         if self._rewrite and self._last_fields is not None:
             self._rewrite = False
             self._write(dict(self._last_fields))
@@ -180,6 +184,16 @@ class Syncer:
                 self._stop_sources.set()
             elif isinstance(action, a.Exit):
                 self._exit = action.code
+
+    def _check_readiness_worker(self) -> None:
+        """Tell the core when the readiness worker starts or stops crash-looping."""
+        status = next((w for w in self.supervisor.statuses() if w.name == READINESS_WORKER), None)
+        problem = None
+        if status is not None and status.crash_looping:
+            problem = f"last failure: {status.last_error}"
+        if problem != self._worker_problem:
+            self._worker_problem = problem
+            self._carry_out(self.core.handle(e.WorkerDown(READINESS_WORKER, problem), self.clock()))
 
     def _perform(self, call: a.Call) -> None:
         self._post(self._caller.perform(call))

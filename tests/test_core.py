@@ -287,3 +287,19 @@ def test_a_re_registration_inside_a_ttl_refresh_is_confirmed_again() -> None:
     confirms = [x.expectation.generation for x in run.actions if isinstance(x, a.Confirm)]
     assert confirms == [1, 2], confirms
     assert run.core.phase is Phase.CONFIRMING
+
+
+# --- issue 18, item 8: a crash-looping readiness worker fails the gate -------------------------
+
+def test_a_crash_looping_readiness_worker_fails_even_a_latched_gate_and_says_so() -> None:
+    run = Run()
+    run.send(e.PodObserved(observation(ready=True)))
+    assert [x for x in run.actions if isinstance(x, a.GateVerdict)][-1].passes
+    run.send(e.WorkerDown("readiness", "last failure: RuntimeError: boom"))
+    verdict = [x for x in run.actions if isinstance(x, a.GateVerdict)][-1]
+    assert not verdict.passes
+    assert verdict.line == ("worker down: the readiness worker is crash-looping (last failure: RuntimeError: boom): "
+                            "the app's readiness is not being followed")
+    assert run.last_status()["phase"] == "worker-down"
+    run.send(e.WorkerDown("readiness", None))
+    assert [x for x in run.actions if isinstance(x, a.GateVerdict)][-1].passes

@@ -245,9 +245,9 @@ def test_status_file_and_status_command_list_each_worker(tmp_path: Path, stop: t
                  ever_confirmed=True, services=[])
     doc = state.read(str(tmp_path / "status.json"))
     assert doc["workers"] == [
-        {"name": "confirmer", "state": RUNNING, "restarts": 0, "last_error": None},
+        {"name": "confirmer", "state": RUNNING, "restarts": 0, "last_error": None, "crash_looping": False},
         {"name": "readiness", "state": RESTARTING, "restarts": 1,
-         "last_error": "AttributeError: 'str' object has no attribute 'get'"},
+         "last_error": "AttributeError: 'str' object has no attribute 'get'", "crash_looping": False},
     ]
     ok, line = state.evaluate(doc, time.time(), lambda _pid: True)
     text = render(doc, ok, line, time.time())
@@ -287,3 +287,33 @@ def test_the_pod_watch_is_restarted_after_a_failure_and_follows_the_pod_again(
     sink.wait_observation(lambda o: not o.ready)
     closers = [t for t in threading.enumerate() if t.name == "kube-watch-stop"]
     assert len(closers) == 1  # a restart does not start another helper thread
+
+
+def test_a_worker_failing_quickly_three_times_in_a_row_is_crash_looping_until_it_runs_stably() -> None:
+    """Issue 18, item 8: the status file says so (and the sync loop fails the gate)."""
+    from sidecar.supervision import CRASH_LOOP_AFTER
+
+    now = [0.0]
+    runs = []
+    release = threading.Event()
+
+    def work() -> None:
+        runs.append(now[0])
+        if len(runs) <= CRASH_LOOP_AFTER:
+            raise RuntimeError("boom")
+        release.wait(10)
+
+    supervisor = Supervisor(initial=0.001, cap=0.002, stable_after=60.0, clock=lambda: now[0])
+    stop = threading.Event()
+    supervisor.start("readiness", work, stop)
+    deadline = time.monotonic() + 5
+    while len(runs) <= CRASH_LOOP_AFTER and time.monotonic() < deadline:
+        time.sleep(0.01)
+    (status,) = supervisor.statuses()
+    assert status.crash_looping and status.restarts == CRASH_LOOP_AFTER
+    assert supervisor.report()["workers"][0]["crash_looping"] is True
+    now[0] = 61.0  # running for longer than stable_after since its last start
+    (status,) = supervisor.statuses()
+    assert not status.crash_looping
+    stop.set()
+    release.set()

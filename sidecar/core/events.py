@@ -155,5 +155,14 @@ class ConfirmResult:
     message: str = ""
 
 
+@dataclass(frozen=True)
+class WorkerDown:
+    """A background worker the verdict depends on (the readiness source) is crash-looping
+    (sidecar.supervision); None: it runs stably again."""
+
+    name: str
+    problem: str | None
+
+
 Event = (Start | PodObserved | SourceProblem | ConfigChanged | ConfigInvalid | Terminate | Tick | TokenRotated
-         | CallSucceeded | CallFailed | AgentSeen | AgentReadFailed | ConfirmResult)
+         | CallSucceeded | CallFailed | AgentSeen | AgentReadFailed | ConfirmResult | WorkerDown)

@@ -214,6 +214,16 @@ class Core:
             config_invalid(ctx, "; ".join(event.problems) or None)
         elif isinstance(event, e.TokenRotated):
             self._sync.token_rotated = True
+        elif isinstance(event, e.WorkerDown):
+            problem = (f"the {event.name} worker is crash-looping ({event.problem}): the app's readiness is not "
+                       "being followed" if event.problem else None)
+            if problem != s.worker_problem:
+                if problem:
+                    ctx.error(problem)
+                else:
+                    ctx.info(f"the {event.name} worker runs stably again")
+                ctx.timers.next_heartbeat = ctx.now  # news for the gate: write now
+            s.worker_problem = problem
 
     def _confirm_result(self, event: e.ConfirmResult) -> None:
         ctx, s = self.ctx, self.ctx.state

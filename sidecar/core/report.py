@@ -21,6 +21,8 @@ def gate_line(ctx: Context) -> tuple[str, str]:
         ours = (s.observation.pod_uid if s.observation else None) or ctx.config.pod_uid
         return status_state.SUPERSEDED, (f"{sid} on this agent now belongs to pod UID {uid}, not to this pod ({ours}): "
                                          "a newer pod with this name on this node; this sidecar writes nothing to it")
+    if s.worker_problem:
+        return status_state.WORKER_DOWN, s.worker_problem
     if s.config_problem and not s.instances:
         return status_state.CONFIG_ERROR, s.config_problem
     if s.port_problem:

@@ -34,6 +34,7 @@ class SyncState:
     config_problem: str | None = None  # the pod's annotations do not make a valid configuration
     retired: list[Instance] = field(default_factory=list)  # no longer configured: to deregister
     last_error: str | None = None
+    worker_problem: str | None = None  # the readiness worker is crash-looping (its last failure)
     superseded: dict[str, str] = field(default_factory=dict)  # service ID -> the other pod's UID on this agent
 
 
