@@ -336,6 +336,63 @@ def status(path: Path | None) -> None:
     sys.exit(0 if ok else 1)
 
 
+# --- explain: why a pod is (not) Ready, from the operator's machine ------------------------------
+
+EXIT_NOT_READY = 1
+EXIT_CANNOT_EXPLAIN = 2
+
+
+@click.command("explain")
+@click.argument("pod")
+@click.option("-n", "--namespace", default=None, help="The pod's namespace (default: the kubeconfig context's).")
+@click.option("--kubeconfig", default=None, help="Default: $KUBECONFIG, else ~/.kube/config.")
+@click.option("--context", default=None, help="kubeconfig context (default: the current one).")
+@click.option("--consul", "consul_addr", default=None, envvar="CONSUL_HTTP_ADDR",
+              help="A Consul agent or server to read the catalog from ($CONSUL_HTTP_ADDR). "
+                   "Default: the pod's node agent, where reachable from here.")
+@click.option("--consul-token", default=None, envvar="CONSUL_HTTP_TOKEN", help="($CONSUL_HTTP_TOKEN) Needs read access.")
+@click.option("--consul-cacert", default=None, envvar="CONSUL_CACERT", help="CA bundle for Consul over HTTPS ($CONSUL_CACERT).")
+@click.option("--container", default=None, help="The sidecar container's name, if it cannot be found by itself.")
+@click.option("--timeout", default=5.0, show_default=True, type=click.FloatRange(0.1, 120), help="Seconds per request.")
+@click.option("--output", "-o", type=click.Choice(["text", "json"]), default="text", show_default=True)
+def explain(pod: str, namespace: str | None, kubeconfig: str | None, context: str | None, consul_addr: str | None,
+            consul_token: str | None, consul_cacert: str | None, container: str | None, timeout: float,
+            output: str) -> None:
+    """Why POD is or is not Ready: its services, the node's Consul agent, the catalog and the gate.
+
+    Reads the pod and its Events with your kubeconfig (no exec rights needed) and asks Consul.
+    Exit 0: the pod is Ready; 1: it is not; 2: it cannot be explained (no such pod, no access).
+    """
+    import json
+
+    from sidecar.explain import analyze, render_text
+    from sidecar.explain_sources import ConsulAccess, ExplainError, gather, load_kubeconfig
+
+    if consul_addr and "://" not in consul_addr:
+        consul_addr = f"http://{consul_addr}"
+    try:
+        kube = load_kubeconfig(kubeconfig, context, timeout)
+        facts = gather(kube, namespace or kube.namespace, pod, consul_addr=consul_addr.rstrip("/") if consul_addr else None,
+                       consul=ConsulAccess(consul_token or None, consul_cacert or True, timeout), container=container)
+    except ExplainError as exc:
+        click.echo(f"explain: {exc}", err=True)
+        sys.exit(EXIT_CANNOT_EXPLAIN)
+    report = analyze(facts)
+    click.echo(json.dumps(report.as_json(), indent=2) if output == "json" else render_text(report))
+    sys.exit(0 if report.ready else EXIT_NOT_READY)
+
+
+main.add_command(explain)
+
+
+@click.group()
+def kubectl_plugin() -> None:
+    """kubectl katalog: katalog-sidecar's commands as a kubectl plugin (`kubectl katalog explain POD`)."""
+
+
+kubectl_plugin.add_command(explain)
+
+
 # --- manifests: inject and lint (PyYAML is imported here only, never by `run` or the gate) ----
 
 EXIT_LINT_FINDINGS = 1

@@ -182,7 +182,8 @@ class ServerAndClient:
 
     def start(self) -> ServerAndClient:
         self.server.start()
-        self.client.extra = [f"-retry-join={self.server.host}:{self.server.serf_lan_port}", "-retry-interval=1s"]
+        self.client.extra = [*self.client.extra, f"-retry-join={self.server.host}:{self.server.serf_lan_port}",
+                             "-retry-interval=1s"]
         self.client.start()
         return self
 
