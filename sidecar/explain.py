@@ -328,6 +328,11 @@ def _conclude(facts: Facts, sidecar: Container | None, app: list[Container], age
             return (reasons.AGENT_UNREACHABLE, f"the sidecar cannot reach its node's Consul agent: {where}",
                     f"the Consul agent on node {pod.node} (its DaemonSet pod and log), HOST_IP and port 8500; {logs}")
     if agent is not None and not agent.error:
+        taken = [i for i in agent_has.values() if i.pod_uid not in (None, pod.uid)]
+        if taken:
+            return (reasons.SUPERSEDED, f"{taken[0].service_id} on the node's agent belongs to pod UID "
+                    f"{taken[0].pod_uid}, not to this pod ({pod.uid}): a newer pod with this name on this node; "
+                    "this sidecar leaves it alone", "nothing if this pod is on its way out; else the other pod")
         missing = [e.name for e in facts.configured if e.service_id not in agent_has]
         if missing:
             forbidden = _last_of(facts, observers.KUBERNETES_FORBIDDEN, (observers.REGISTERED, observers.CONFIRMED))

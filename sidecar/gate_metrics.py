@@ -39,10 +39,11 @@ CONSUL_REFUSED = "consul_refused"  # 400/403 from the agent: ACL token or invali
 SERVERS_UNREACHABLE = "servers_unreachable"  # the agent accepted; the catalog cannot be read
 NOT_CONFIRMED = "not_confirmed"  # the catalog answers but does not show the instance as pushed yet
 DRAINING = "draining"  # the pod is terminating (or the sidecar stopped)
+SUPERSEDED = "superseded"  # a newer pod (another UID) holds this pod's service ID on the node
 OTHER = "other"  # a line this version does not know: a bug to report, never a new label value
 
 CLOSED_REASONS = (STARTING, KUBERNETES_UNAVAILABLE, KUBERNETES_FORBIDDEN, CONFIG_ERROR, APP_NOT_READY,
-                  AGENT_UNREACHABLE, CONSUL_REFUSED, SERVERS_UNREACHABLE, NOT_CONFIRMED, DRAINING, OTHER)
+                  AGENT_UNREACHABLE, CONSUL_REFUSED, SERVERS_UNREACHABLE, NOT_CONFIRMED, DRAINING, SUPERSEDED, OTHER)
 
 
 def closed_reason(passes: bool, phase: str, line: str) -> str:
@@ -51,6 +52,8 @@ def closed_reason(passes: bool, phase: str, line: str) -> str:
         return ""
     if phase in (status_state.DRAINING, status_state.STOPPED):
         return DRAINING
+    if phase == status_state.SUPERSEDED:
+        return SUPERSEDED
     if phase == status_state.CONFIG_ERROR or line.startswith("config error: "):
         return CONFIG_ERROR
     if line.startswith("waiting for the first readiness observation"):

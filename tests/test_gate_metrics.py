@@ -39,6 +39,8 @@ LINES = [
     (False, status_state.SYNCING, "waiting for the catalog to confirm the registration", gm.NOT_CONFIRMED),
     (False, status_state.DRAINING, "draining: SIGTERM: instances critical, deregistering", gm.DRAINING),
     (False, status_state.STOPPED, "draining: drained and deregistered", gm.DRAINING),
+    (False, status_state.SUPERSEDED, "superseded: shop:web-0:web on this agent now belongs to pod UID u2, not to "
+                                     "this pod (u1): a newer pod with this name on this node", gm.SUPERSEDED),
     (False, status_state.SYNCING, "something this version never says", gm.OTHER),
     (True, status_state.CONFIRMED, "ok: web passing in the catalog", ""),
     (True, status_state.SYNCING, "ok (latched): agent accepted web but the catalog cannot be read", ""),
