@@ -1,12 +1,23 @@
 """A rolling update decided by the real Deployment controller, against real Consul agents,
 sampling the catalog's passing instances throughout.
 
-The cluster is `tests/katalog_cluster.py`: etcd, kube-apiserver and kube-controller-manager
-built from source, a Consul server plus the node's client agent, and the pod runner standing
-in for kubelet. `examples/rbac.yaml` and an example Deployment (3 replicas, maxSurge 1,
-maxUnavailable 0) are applied unchanged with kubectl; `kubectl rollout restart` starts the
+Two clusters run it (both from tests/): `katalog_nodes.NodeCluster`, real nodes (containerd +
+kubelet, one per loopback address, each with its own Consul client agent) with
+kube-scheduler; or `katalog_cluster.KatalogCluster`, the pod runner standing in for the
+kubelet on one node with one client agent. The examples (`examples/rbac.yaml` and an example
+Deployment: 3 replicas, maxSurge 1, maxUnavailable 0) are applied with kubectl (on real nodes
+through tests/node_overlay.py: images and hostNetwork); `kubectl rollout restart` starts the
 rollout. Nothing here decides which pod goes when: the controller does, from the pods' Ready
 conditions, which come from the manifest's own probes (`readiness-gate` for the sidecar).
+
+What a sample counts, read from the Consul servers' catalog (`/v1/health/service/web`):
+- `healthy`: instances whose checks are *all* passing (the service's and its node's
+  `serfHealth`), what a Consul client resolving `web` gets;
+- `service_healthy`: instances whose *service* checks are passing (the sidecar's), whatever
+  Consul's failure detector says about their node;
+- `nodes_failing`: nodes whose node checks (serfHealth) are not passing at that moment.
+Pods are read from the API server (the same for the pod runner and real kubelets): `created`
+counts new pods, `deleted` old pods whose deletion started (or that are gone).
 """
 
 from __future__ import annotations
@@ -22,21 +33,24 @@ from typing import Any
 
 import requests
 
-from bench.harness import REPO, ServerAndClient, instance_status
+from bench.harness import REPO, instance_status
 
 SERVICE = "web"
 NAMESPACE = "default"
 REPLICAS = 3
+SELECTOR = "app.kubernetes.io/name=web"
 
 
 @dataclass
 class Sample:
     t: float
-    healthy: int | None  # passing instances in the catalog; None while it cannot be read
-    agent_healthy: int | None  # passing instances in the client agent's own view; None: no answer in time
+    healthy: int | None  # instances with every check passing in the catalog; None while it cannot be read
+    agent_healthy: int | None  # passing instances in the client agents' own views; None: no answer in time
     created: int  # new pods created since the rollout started
     deleted: int  # old pods whose deletion the controller started
     servers_up: bool
+    service_healthy: int | None = None  # instances whose service checks pass (node checks aside)
+    nodes_failing: list[str] = field(default_factory=list)  # nodes whose serfHealth is not passing
 
 
 @dataclass
@@ -48,19 +62,62 @@ class RolloutResult:
     final_ids: set[str] = field(default_factory=set)
     new_ids: set[str] = field(default_factory=set)
     kube_version: str = ""
+    kubelet: str = ""  # who ran the pods: "kubelet v1.34.4, containerd 1.6.20" or "pod runner"
 
     @property
     def min_healthy(self) -> int:
         return min(s.healthy for s in self.samples if s.healthy is not None)
 
+    @property
+    def min_service_healthy(self) -> int:
+        return min(s.service_healthy for s in self.samples if s.service_healthy is not None)
+
     def to_json(self) -> dict[str, Any]:
         return {"samples": [asdict(s) for s in self.samples], "events": self.events, "completed": self.completed,
-                "duration": self.duration, "min_healthy": self.min_healthy, "final_ids": sorted(self.final_ids),
-                "kube_version": self.kube_version}
+                "duration": self.duration, "min_healthy": self.min_healthy,
+                "min_service_healthy": self.min_service_healthy, "final_ids": sorted(self.final_ids),
+                "kube_version": self.kube_version, "kubelet": self.kubelet}
 
 
-def _sid(pod: Any) -> str:
-    return f"{pod.namespace}:{pod.name}:{SERVICE}"
+class Consul:
+    """The Consul side of either cluster: its server and the client agents of its nodes."""
+
+    def __init__(self, cluster: Any) -> None:
+        if hasattr(cluster, "agents"):  # katalog_nodes.NodeCluster
+            self.server, self.agents = cluster.server, list(cluster.agents.values())
+        else:  # katalog_cluster.KatalogCluster: one node, one client agent
+            self.server, self.agents = cluster.consul.server, [cluster.consul.client]
+
+
+def who_ran_it(cluster: Any) -> str:
+    if hasattr(cluster, "versions"):
+        v = cluster.versions()
+        return f"kubelet {v['kubelet']}, {v['runtime']}, runc {v['runc']}"
+    return "pod runner (tests/pod_runner.py)"
+
+
+def _pods(cluster: Any) -> list[dict[str, Any]]:
+    return list(cluster.control_plane.api.get(f"/api/v1/namespaces/{NAMESPACE}/pods",
+                                              labelSelector=SELECTOR, timeout=2.0)["items"])
+
+
+def _ready(pod: dict[str, Any]) -> bool:
+    return any(c["type"] == "Ready" and c["status"] == "True" for c in (pod.get("status") or {}).get("conditions") or [])
+
+
+def _wait_ready_pods(cluster: Any, count: int, timeout: float) -> list[dict[str, Any]]:
+    deadline = time.monotonic() + timeout
+    while True:
+        pods = [p for p in _pods(cluster) if not p["metadata"].get("deletionTimestamp") and _ready(p)]
+        if len(pods) == count:
+            return pods
+        if time.monotonic() > deadline:
+            raise TimeoutError(f"{len(pods)} of {count} pods Ready after {timeout}s")
+        time.sleep(0.2)
+
+
+def _sid(pod: dict[str, Any]) -> str:
+    return f"{pod['metadata']['namespace']}:{pod['metadata']['name']}:{SERVICE}"
 
 
 class _Sampler(threading.Thread):
@@ -70,60 +127,92 @@ class _Sampler(threading.Thread):
                  old_uids: set[str]) -> None:
         super().__init__(daemon=True)
         self.cluster, self.result, self.started, self.state, self.old_uids = cluster, result, started, state, old_uids
-        self.pair: ServerAndClient = cluster.consul
+        self.consul = Consul(cluster)
         self.stop_event = threading.Event()
         self.session = requests.Session()
         self.seen: dict[str, str] = {}  # uid -> last phase we logged
+        self.names: dict[str, str] = {}  # uid -> pod name
+        self.created = 0
+        self.deleted: set[str] = set()
 
     def event(self, text: str) -> None:
         self.result.events.append((round(time.monotonic() - self.started, 3), text))
 
-    def _passing(self, url: str) -> int | None:
+    def _catalog(self) -> tuple[int, int, list[str]] | None:
         try:
-            entries = self.session.get(f"{url}/v1/health/service/{SERVICE}", timeout=0.5).json()
+            entries = self.session.get(f"{self.consul.server.http}/v1/health/service/{SERVICE}", timeout=0.5).json()
         except (requests.RequestException, ValueError):
             return None
         if not isinstance(entries, list):
-            return None
-        return sum(1 for e in entries if all(c["Status"] == "passing" for c in e["Checks"]))
+            return None  # e.g. "No cluster leader" while a server starts
+        healthy = service_healthy = 0
+        failing: set[str] = set()
+        for entry in entries:
+            service_checks = [c for c in entry["Checks"] if c.get("ServiceID")]
+            node_checks = [c for c in entry["Checks"] if not c.get("ServiceID")]
+            service_ok = all(c["Status"] == "passing" for c in service_checks)
+            node_ok = all(c["Status"] == "passing" for c in node_checks)
+            healthy += service_ok and node_ok
+            service_healthy += service_ok
+            if not node_ok:
+                failing.add(entry["Node"]["Node"])
+        return healthy, service_healthy, sorted(failing)
 
     def _agent_passing(self) -> int | None:
-        try:
-            checks = self.session.get(f"{self.pair.client.http}/v1/agent/checks", timeout=0.5).json()
-        except (requests.RequestException, ValueError):
-            return None  # a sample we could not take is a gap, not "zero passing"
-        by_service: dict[str, bool] = {}
-        for check in checks.values():
-            sid = check.get("ServiceID")
-            if sid:
-                by_service[sid] = by_service.get(sid, True) and check["Status"] == "passing"
-        return sum(by_service.values())
+        total = 0
+        for agent in self.consul.agents:
+            try:
+                checks = self.session.get(f"{agent.http}/v1/agent/checks", timeout=0.5).json()
+            except (requests.RequestException, ValueError):
+                return None  # a sample we could not take is a gap, not "zero passing"
+            by_service: dict[str, bool] = {}
+            for check in checks.values():
+                sid = check.get("ServiceID")
+                if sid:
+                    by_service[sid] = by_service.get(sid, True) and check["Status"] == "passing"
+            total += sum(by_service.values())
+        return total
 
-    def _pods(self) -> tuple[int, int]:
-        runner = self.cluster.runner
-        with runner.lock:
-            pods = list(runner.pods.values()) + list(runner.finished)
-        created = deleted = 0
+    def _pods(self) -> tuple[int, int] | None:
+        try:
+            pods = _pods(self.cluster)
+        except (requests.RequestException, ValueError, KeyError, OSError):
+            return None
+        present = set()
         for pod in pods:
-            phase = "terminated" if pod.terminated.is_set() else "terminating" if pod.terminating else \
-                "ready" if pod.ready() else "started"
-            if pod.uid in self.old_uids:
-                deleted += pod.terminating
-            else:
-                created += 1
-            if self.seen.get(pod.uid) != phase:
-                self.seen[pod.uid] = phase
-                self.event(f"{'old' if pod.uid in self.old_uids else 'new'} pod {pod.name} {phase}")
-        return created, deleted
+            uid = pod["metadata"]["uid"]
+            present.add(uid)
+            self.names[uid] = pod["metadata"]["name"]
+            phase = "terminating" if pod["metadata"].get("deletionTimestamp") else \
+                "ready" if _ready(pod) else "started" if (pod.get("status") or {}).get("podIP") else "pending"
+            if uid in self.old_uids and phase == "terminating":
+                self.deleted.add(uid)
+            self._log(uid, phase)
+        for uid in list(self.seen):
+            if uid not in present and self.seen[uid] != "terminated":
+                if uid in self.old_uids:
+                    self.deleted.add(uid)
+                self._log(uid, "terminated")
+        created = sum(1 for uid in self.seen if uid not in self.old_uids)
+        return created, len(self.deleted)
+
+    def _log(self, uid: str, phase: str) -> None:
+        if self.seen.get(uid) != phase:
+            self.seen[uid] = phase
+            self.event(f"{'old' if uid in self.old_uids else 'new'} pod {self.names[uid]} {phase}")
 
     def run(self) -> None:
+        last = (0, 0)
         while not self.stop_event.is_set():
             up = self.state["servers_up"]
-            created, deleted = self._pods()
+            pods = self._pods()
+            last = pods if pods is not None else last
+            catalog = self._catalog() if up else None
             self.result.samples.append(Sample(
                 t=round(time.monotonic() - self.started, 3),
-                healthy=self._passing(self.pair.server.http) if up else None,
-                agent_healthy=self._agent_passing(), created=created, deleted=deleted, servers_up=up))
+                healthy=catalog[0] if catalog else None, agent_healthy=self._agent_passing(),
+                created=last[0], deleted=last[1], servers_up=up,
+                service_healthy=catalog[1] if catalog else None, nodes_failing=catalog[2] if catalog else []))
             self.stop_event.wait(0.1)
 
 
@@ -132,27 +221,31 @@ def run_rollout(cluster: Any, example: str = "deployment-classic-sidecar.yaml", 
     """Applies the example, waits until it is available, then restarts the Deployment. With
     `servers_down_for`, the Consul server is stopped before the rollout starts and brought back
     that many seconds later. Returns when the controller has finished and every old pod is gone."""
-    result = RolloutResult(kube_version=cluster.control_plane.version())
-    cp, runner = cluster.control_plane, cluster.runner
+    result = RolloutResult(kube_version=cluster.control_plane.version(), kubelet=who_ran_it(cluster))
+    cp, consul = cluster.control_plane, Consul(cluster)
     cluster.apply_example("rbac.yaml", example, namespace=NAMESPACE)
-    old = runner.wait_for_pods(NAMESPACE, REPLICAS, ready=True, timeout=180)
+    old = _wait_ready_pods(cluster, REPLICAS, timeout=240)
     cp.kubectl("rollout", "status", "deployment/web", "--timeout=120s", timeout=130)
-    old_uids = {p.uid for p in old}
+    old_uids = {p["metadata"]["uid"] for p in old}
     started = time.monotonic()
     state: dict[str, Any] = {"servers_up": True}
     sampler = _Sampler(cluster, result, started, state, old_uids)
     timer: threading.Timer | None = None
+
+    def old_gone() -> bool:
+        return not any(p["metadata"]["uid"] in old_uids for p in _pods(cluster))
+
     try:
         sampler.event("old replicas available")
         sampler.start()
         if servers_down_for is not None:
-            cluster.consul.server.stop()
+            consul.server.stop()
             state["servers_up"] = False
             sampler.event("Consul server stopped")
             # Flag it up before starting: a sample flagged "down" never sees its return.
             timer = threading.Timer(servers_down_for, lambda: (state.update(servers_up=True),
                                                                sampler.event("Consul server starting"),
-                                                               cluster.consul.server.start()))
+                                                               consul.server.start()))
             timer.start()
         rollout_started = time.monotonic()
         cp.kubectl("rollout", "restart", "deployment/web")
@@ -161,10 +254,10 @@ def run_rollout(cluster: Any, example: str = "deployment-classic-sidecar.yaml", 
                             timeout=timeout + 10)
         sampler.event(f"kubectl rollout status exited {status.returncode}")
         deadline = time.monotonic() + 60
-        while any(not p.terminated.is_set() for p in old) and time.monotonic() < deadline:
+        while not old_gone() and time.monotonic() < deadline:
             time.sleep(0.1)
         result.duration = time.monotonic() - rollout_started
-        result.completed = status.returncode == 0 and all(p.terminated.is_set() for p in old)
+        result.completed = status.returncode == 0 and old_gone()
         time.sleep(0.3)
     except subprocess.TimeoutExpired:
         result.completed = False
@@ -174,8 +267,9 @@ def run_rollout(cluster: Any, example: str = "deployment-classic-sidecar.yaml", 
             timer.join(timeout=60)
         sampler.stop_event.set()
         sampler.join(timeout=5)
-    result.new_ids = {_sid(p) for p in runner.running(NAMESPACE) if p.uid not in old_uids and not p.terminating}
-    entries = requests.get(f"{cluster.consul.server.http}/v1/health/service/{SERVICE}", timeout=5).json()
+    result.new_ids = {_sid(p) for p in _pods(cluster) if p["metadata"]["uid"] not in old_uids
+                      and not p["metadata"].get("deletionTimestamp")}
+    entries = requests.get(f"{consul.server.http}/v1/health/service/{SERVICE}", timeout=5).json()
     result.final_ids = {e["Service"]["ID"] for e in entries if instance_status(entries, e["Service"]["ID"]) == "passing"}
     return result
 
@@ -200,7 +294,7 @@ def render(results: dict[str, RolloutResult], path: Path) -> None:
                 label="passing in the catalog (servers)", color="tab:green", linewidth=2)
         ax.step(t, [s.agent_healthy if s.agent_healthy is not None else float("nan") for s in result.samples],
                 where="post", linestyle="--", color="tab:olive",
-                label="passing in the client agent's view")
+                label="passing in the client agents' views")
         ax.step(t, [REPLICAS + s.created - s.deleted for s in result.samples], where="post", color="tab:blue",
                 alpha=0.6, label="pods not terminating")
         down = [s.t for s in result.samples if not s.servers_up]
@@ -212,9 +306,9 @@ def render(results: dict[str, RolloutResult], path: Path) -> None:
         ax.set_title(f"{title}: min passing {result.min_healthy}, rollout took {result.duration:.1f} s")
         ax.grid(alpha=0.3)
         ax.legend(loc="lower right", fontsize=8)
-    kube = next(iter(results.values())).kube_version
+    first = next(iter(results.values()))
     axes[-1, 0].set_xlabel(f"seconds since the rollout started (Deployment controller of kube-controller-manager "
-                           f"{kube})")
+                           f"{first.kube_version};\npods run by {first.kubelet or 'the pod runner'})")
     fig.tight_layout()
     path.parent.mkdir(parents=True, exist_ok=True)
     fig.savefig(path, dpi=110)
@@ -225,22 +319,44 @@ SERVERS_DOWN_FOR = 15.0
 SCENARIOS = (("Consul healthy", None), (f"Consul server down for the first {SERVERS_DOWN_FOR:g} s", SERVERS_DOWN_FOR))
 
 
-def run_scenarios(binary: str, log: Callable[[str], None] = print) -> dict[str, RolloutResult]:
-    """Both rollouts, each on a fresh control plane and Consul server + client pair."""
-    import tempfile
+NODES = REPLICAS + 1  # hostNetwork pods with ports: one per node, and maxSurge 1 needs a spare
 
-    from katalog_cluster import KatalogCluster
+
+def run_scenarios(binary: str, log: Callable[[str], None] = print, real_node: bool | None = None
+                  ) -> dict[str, RolloutResult]:
+    """Both rollouts, each on a fresh cluster: real nodes where this machine can run them
+    (`real_node=None`: decide; True: must), else the pod runner (said in one line)."""
+    import tempfile
 
     from bench.harness import provide_kube
 
     kube = provide_kube()
+    node_binaries = None
+    if real_node is not False:
+        from kube_node import NodeUnavailable, find_node_binaries
+
+        try:
+            node_binaries = find_node_binaries()
+        except NodeUnavailable as exc:
+            if real_node:
+                raise
+            log(f"rollout: no real node here ({exc}); the pod runner runs the pods")
     results: dict[str, RolloutResult] = {}
     for title, down_for in SCENARIOS:
-        with tempfile.TemporaryDirectory(prefix="katalog-rollout-") as tmp, \
-                KatalogCluster(kube, binary, Path(tmp)) as cluster:
-            results[title] = run_rollout(cluster, servers_down_for=down_for)
+        with tempfile.TemporaryDirectory(prefix="katalog-rollout-") as tmp:
+            if node_binaries is not None:
+                from katalog_nodes import NodeCluster
+
+                cluster: Any = NodeCluster(kube, node_binaries, binary, Path(tmp), nodes=NODES)
+            else:
+                from katalog_cluster import KatalogCluster
+
+                cluster = KatalogCluster(kube, binary, Path(tmp))
+            with cluster:
+                results[title] = run_rollout(cluster, servers_down_for=down_for)
         r = results[title]
-        log(f"rollout, {title}: completed={r.completed} min passing={r.min_healthy} duration={r.duration:.2f}s "
+        log(f"rollout, {title} ({r.kubelet}): completed={r.completed} min passing={r.min_healthy} "
+            f"(service checks: {r.min_service_healthy}) duration={r.duration:.2f}s "
             f"end state = new pods only: {r.final_ids == r.new_ids}")
     return results
 
@@ -249,7 +365,7 @@ def load(path: Path) -> RolloutResult:
     data = json.loads(path.read_text())
     return RolloutResult(samples=[Sample(**s) for s in data["samples"]], events=[tuple(e) for e in data["events"]],
                          completed=data["completed"], duration=data["duration"], final_ids=set(data["final_ids"]),
-                         kube_version=data.get("kube_version", ""))
+                         kube_version=data.get("kube_version", ""), kubelet=data.get("kubelet", ""))
 
 
 def main(argv: list[str]) -> int:

@@ -6,6 +6,8 @@
 #   scripts/image-smoke.sh --measure  # also measure size, RSS and the gate's cost (bench/image.py)
 #   scripts/image-smoke.sh --e2e      # also the example on a real control plane, its sidecar
 #                                     # container from this image (tests/image_e2e.py)
+#   scripts/image-smoke.sh --save FILE  # only build, and `podman save` the image to FILE (a
+#                                     # docker archive; the real node imports it into containerd)
 #
 # The smoke test, with the examples' security settings (read-only root, uid 65532, every
 # capability dropped, no new privileges):
@@ -41,10 +43,13 @@ REPO=$(pwd)
 
 MEASURE=0
 E2E=0
-for arg in "$@"; do
+SAVE=""
+while [ $# -gt 0 ]; do
+  arg=$1; shift
   case "$arg" in
     --measure) MEASURE=1 ;;
     --e2e) E2E=1 ;;
+    --save) SAVE=${1:?--save needs a file name}; shift ;;
     -h|--help) sed -n '2,10p' "$0" | sed 's/^# \{0,1\}//'; exit 0 ;;
     *) echo "image-smoke: unknown argument $arg (see --help)" >&2; exit 2 ;;
   esac
@@ -68,7 +73,7 @@ if [ ${#missing[@]} -gt 0 ]; then
   apt-get update -qq
   apt-get install -y -qq -o DPkg::Lock::Timeout=600 podman runc mmdebstrap eatmydata curl >/dev/null
 fi
-CONSUL_BIN="$(bash scripts/provide-consul.sh)"
+[ -n "$SAVE" ] || CONSUL_BIN="$(bash scripts/provide-consul.sh)"
 
 # -- scratch: the image store and podman's configuration, removed on exit -----------------------
 SCRATCH=$(mktemp -d "${TMPDIR:-/tmp}/katalog-image.XXXXXX")
@@ -195,6 +200,13 @@ timeout 900 podman build --network host --pull=never --layers \
 user=$(podman image inspect --format '{{.Config.User}}' "$IMAGE")
 [ "$user" = 65532:65532 ] || fail "the image's USER is '$user' (want 65532:65532, numeric for runAsNonRoot)"
 log "built $IMAGE (USER $user)"
+if [ -n "$SAVE" ]; then
+  mkdir -p "$(dirname "$SAVE")"
+  timeout 300 podman save --quiet --format docker-archive -o "$SAVE.tmp" "$IMAGE" || fail "podman save failed"
+  mv "$SAVE.tmp" "$SAVE"
+  log "saved $IMAGE to $SAVE"
+  exit 0
+fi
 
 # The examples' securityContext: runAsUser/Group 65532, readOnlyRootFilesystem (and nothing
 # mounted but the status volume: no tmpfs), capabilities drop ALL, allowPrivilegeEscalation false.

@@ -1,9 +1,15 @@
 #!/usr/bin/env bash
-# Prints shell `export` lines naming working etcd, kube-apiserver, kube-controller-manager and
-# kubectl binaries, building the missing ones from the Go module proxy:
+# Prints shell `export` lines naming working etcd, kube-apiserver, kube-controller-manager,
+# kubectl, kube-scheduler and kubelet binaries, building the missing ones from the Go module
+# proxy:
 #
 #     eval "$(scripts/provide-kube.sh)"   # sets ETCD_BIN KUBE_APISERVER_BIN
 #                                         #      KUBE_CONTROLLER_MANAGER_BIN KUBECTL_BIN
+#                                         #      KUBE_SCHEDULER_BIN KUBELET_BIN
+#
+# The scheduler and the kubelet are for the real node (tests/kube_node.py, scripts/node.sh);
+# they are built in a second step of the same wrapper module, so a cache from before they were
+# added is used as it is and only the two are built (~3-6 min on 2 cores).
 #
 # Same contract as provide-consul.sh, per binary: $ETCD_BIN (etc.), then the binary on PATH if
 # it is the wanted minor version, then a cached build, then a build. The control plane is only
@@ -62,6 +68,8 @@ env_name() {
     kube-apiserver) echo KUBE_APISERVER_BIN ;;
     kube-controller-manager) echo KUBE_CONTROLLER_MANAGER_BIN ;;
     kubectl) echo KUBECTL_BIN ;;
+    kube-scheduler) echo KUBE_SCHEDULER_BIN ;;
+    kubelet) echo KUBELET_BIN ;;
   esac
 }
 
@@ -117,11 +125,12 @@ MOD
   log "built etcd in $((SECONDS - t0)) s"
 }
 
+# build_kube CMD...: builds the given k8s.io/kubernetes/cmd/* binaries into the cache.
 build_kube() {
   go_env kubernetes
-  log "building kube-apiserver, kube-controller-manager and kubectl v$KUBE_VERSION from the" \
-      "Go module proxy (5-15 min and ~2 GB memory on 2 cores; cached afterwards)"
-  local work="$WORK/kube"
+  log "building $* v$KUBE_VERSION from the Go module proxy (3-15 min and ~2 GB memory on" \
+      "2 cores; cached afterwards)"
+  local work="$WORK/kube-$1"
   mkdir -p "$work" "$KUBE_DIR"
   (
     cd "$work"
@@ -145,17 +154,11 @@ build_kube() {
       for m in $staging; do echo "	$m => $m v0.${KUBE_VERSION#*.}"; done
       echo ")"
     } > go.mod
-    cat > tools.go <<'GO'
-//go:build tools
-
-package tools
-
-import (
-	_ "k8s.io/kubernetes/cmd/kube-apiserver"
-	_ "k8s.io/kubernetes/cmd/kube-controller-manager"
-	_ "k8s.io/kubernetes/cmd/kubectl"
-)
-GO
+    {
+      printf '//go:build tools\n\npackage tools\n\nimport (\n'
+      for cmd in "$@"; do printf '\t_ "k8s.io/kubernetes/cmd/%s"\n' "$cmd"; done
+      printf ')\n'
+    } > tools.go
     go mod tidy >&2
     # So /version (and `kubectl version`) report the real release, not v0.0.0-master.
     local x="" pkg
@@ -164,7 +167,7 @@ GO
       x="$x -X $pkg.gitTreeState=clean -X $pkg.buildDate=$(date -u +%Y-%m-%dT%H:%M:%SZ)"
     done
     local cmd
-    for cmd in kube-apiserver kube-controller-manager kubectl; do
+    for cmd in "$@"; do
       local t0=$SECONDS
       go build -p "$GO_JOBS" -trimpath -ldflags="-s -w $x" -o "$KUBE_DIR/$cmd.tmp" \
         "k8s.io/kubernetes/cmd/$cmd" >&2
@@ -177,20 +180,24 @@ GO
 etcd=$(find_bin etcd)
 if [ -z "$etcd" ]; then build_etcd; etcd=$(cached_path etcd); works "$etcd" etcd || { log "built etcd does not run"; exit 1; }; fi
 
-apiserver=$(find_bin kube-apiserver)
-kcm=$(find_bin kube-controller-manager)
-kubectl=$(find_bin kubectl)
-if [ -z "$apiserver" ] || [ -z "$kcm" ] || [ -z "$kubectl" ]; then
-  build_kube
-  for name in kube-apiserver kube-controller-manager kubectl; do
-    works "$(cached_path "$name")" "$name" || { log "built $name does not run"; exit 1; }
+# The control plane first, then the node's two: one `go build` per missing binary. Printed at
+# the end only, so a failed build prints nothing for `eval` to half-apply.
+exports=$(printf 'export ETCD_BIN=%q' "$etcd")
+for group in "kube-apiserver kube-controller-manager kubectl" "kube-scheduler kubelet"; do
+  missing=()
+  for name in $group; do
+    path=$(find_bin "$name")  # an assignment, so a bad $KUBELET_BIN (etc.) ends the script
+    [ -n "$path" ] || missing+=("$name")
   done
-  [ -n "$apiserver" ] || apiserver=$(cached_path kube-apiserver)
-  [ -n "$kcm" ] || kcm=$(cached_path kube-controller-manager)
-  [ -n "$kubectl" ] || kubectl=$(cached_path kubectl)
-fi
-
-printf 'export ETCD_BIN=%q\n' "$etcd"
-printf 'export KUBE_APISERVER_BIN=%q\n' "$apiserver"
-printf 'export KUBE_CONTROLLER_MANAGER_BIN=%q\n' "$kcm"
-printf 'export KUBECTL_BIN=%q\n' "$kubectl"
+  if [ ${#missing[@]} -gt 0 ]; then
+    build_kube "${missing[@]}"
+    for name in "${missing[@]}"; do
+      works "$(cached_path "$name")" "$name" || { log "built $name does not run"; exit 1; }
+    done
+  fi
+  for name in $group; do
+    path=$(find_bin "$name")
+    exports+=$'\n'$(printf 'export %s=%q' "$(env_name "$name")" "$path")
+  done
+done
+echo "$exports"

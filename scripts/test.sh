@@ -8,10 +8,16 @@ source scripts/venv.sh
 CONSUL_BIN="$(bash scripts/provide-consul.sh)"
 export CONSUL_BIN
 echo "consul: $CONSUL_BIN ($("$CONSUL_BIN" version | head -1))"
-# The real Kubernetes control plane (etcd, kube-apiserver, kube-controller-manager, kubectl):
-# built once (~5-10 min on 2 cores), then cached. With CI set, its tests fail when it is missing.
+# The real Kubernetes control plane (etcd, kube-apiserver, kube-controller-manager, kubectl) and
+# the real node's kubelet and kube-scheduler: built once (~10-20 min on 2 cores), then cached.
+# The node's runtime (containerd, runc) from Debian, as root. With CI set, their tests fail when
+# something is missing.
 eval "$(bash scripts/provide-kube.sh)"
 echo "kube-apiserver: $KUBE_APISERVER_BIN ($("$KUBE_APISERVER_BIN" --version)); etcd: $("$ETCD_BIN" --version | head -1)"
+if [ "$(id -u)" = 0 ]; then
+  bash scripts/provide-runtime.sh
+  echo "node: $("$KUBELET_BIN" --version | sed 's/Kubernetes/kubelet/'), $(containerd --version | cut -d' ' -f1,3), $(runc --version | head -1)"
+fi
 # Toxiproxy, the fault proxy of the regression tests (latency, hangs, cut connections): built from
 # the Go module proxy once (~2 min), then cached. With CI set, its tests fail when it is missing.
 TOXIPROXY_BIN="$(bash scripts/provide-toxiproxy.sh)"

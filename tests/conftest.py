@@ -135,3 +135,38 @@ def katalog_cluster(kube_binaries: dict[str, str], consul_bin: str, tmp_path: Pa
 
     with KatalogCluster(kube_binaries, consul_bin, tmp_path) as cluster:
         yield cluster
+
+
+# --- real nodes: containerd + kubelet (tests/kube_node.py, tests/katalog_nodes.py) ----------
+
+
+@pytest.fixture(scope="session")
+def node_binaries(kube_binaries: dict[str, str]) -> dict[str, str]:
+    from kube_node import NodeUnavailable, find_node_binaries
+
+    try:
+        return find_node_binaries()
+    except NodeUnavailable as exc:
+        message = f"no real node: {exc}"
+        if os.environ.get("CI"):
+            pytest.fail(message + " (integration tests may not be skipped in CI)")
+        pytest.skip(message)
+
+
+@pytest.fixture(scope="session")
+def node_image_archives(node_binaries: dict[str, str]) -> dict[str, Path]:
+    """The pause, app and project images as archives (built once, then cached)."""
+    from node_images import all_archives
+
+    return all_archives()
+
+
+@pytest.fixture
+def node_cluster(kube_binaries: dict[str, str], node_binaries: dict[str, str], node_image_archives: dict[str, Path],
+                 consul_bin: str, tmp_path: Path) -> Iterator[Any]:
+    """Control plane + scheduler, a Consul server, and 4 real nodes each with its client agent."""
+    from katalog_nodes import NodeCluster
+
+    with NodeCluster(kube_binaries, node_binaries, consul_bin, tmp_path, nodes=4,
+                     archives=node_image_archives) as cluster:
+        yield cluster
