@@ -1,6 +1,9 @@
 """Exec gate vs pod condition: confirmation -> pod Ready, and a rolling update's duration.
 
-    python -m bench.gate_modes [--rollouts 3] [--replicas 3]
+    python -m bench.gate_modes [--rounds 3] [--replicas 3] [--runner | --node]
+
+`--node` takes both figures on real nodes (kubelet + containerd, see `measure_on_nodes`);
+`--runner` through the real control plane and the pod runner. Without either:
 
 Real `katalog-sidecar run` processes and a real Consul dev agent; the Kubernetes side is the
 fake API server (tests/fakekube.py) plus a kubelet timing stand-in in this file:
@@ -237,15 +240,93 @@ def measure_with_runner(rounds: int, replicas: int, log: Callable[[str], None] =
     return results
 
 
+def measure_on_nodes(rounds: int, replicas: int, log: Callable[[str], None] = print) -> dict[str, Any]:
+    """The same two figures on real nodes (tests/katalog_nodes.py: kubelet + containerd, the
+    project's image, one node per replica plus one for the surge, each with its client agent):
+    the classic example (exec gate) and the condition example applied through the machine's
+    overlay, `kubectl rollout restart` timed to `kubectl rollout status`; confirmed -> Ready per
+    new pod, Ready as the real kubelet reports it (pod condition, sampled every 20 ms), confirmed
+    from the sidecar's status file read in its container (`kubectl exec ... cat`)."""
+    sys.path.insert(0, str(REPO / "tests"))
+    from katalog_nodes import NodeCluster, pod_ready  # type: ignore[import-not-found]
+    from kube_node import find_node_binaries  # type: ignore[import-not-found]
+
+    from bench.harness import provide_consul, provide_kube
+    from bench.run import summarize
+
+    node_binaries = find_node_binaries()
+    examples = {"exec": ("rbac.yaml", "deployment-classic-sidecar.yaml"),
+                "condition": ("rbac-condition.yaml", "deployment-condition-gate.yaml")}
+    results: dict[str, Any] = {"period_s": PERIOD_S, "replicas": replicas, "rounds": rounds, "real_node": True}
+    for mode in ("exec", "condition"):
+        lags: list[float] = []
+        durations: list[float] = []
+        with tempfile.TemporaryDirectory(prefix="katalog-gate-modes-node-") as tmp, \
+                NodeCluster(provide_kube(), node_binaries, provide_consul(), Path(tmp), nodes=replicas + 1) as cluster:
+            results["kubelet"] = cluster.versions()
+            kubectl = cluster.control_plane.kubectl
+            docs = [d for name in examples[mode] for d in cluster.example_docs(name)]
+            for doc in docs:
+                if doc["kind"] == "Deployment":
+                    doc["spec"]["replicas"] = replicas
+            cluster.apply(*docs)
+            kubectl("rollout", "status", "deploy/web", "--timeout=300s", timeout=320)
+            for r in range(rounds):
+                seen: dict[str, float] = {}
+                stop = threading.Event()
+
+                def sample(seen: dict[str, float] = seen, stop: threading.Event = stop) -> None:
+                    while not stop.is_set():
+                        try:
+                            pods = cluster.pods("default", "app.kubernetes.io/name=web")
+                        except Exception:  # noqa: BLE001 - a busy API: next sample
+                            pods = []
+                        for pod in pods:
+                            name = pod["metadata"]["name"]
+                            if name not in seen and not pod["metadata"].get("deletionTimestamp") and pod_ready(pod):
+                                seen[name] = time.time()
+                        stop.wait(0.02)
+
+                before = {p["metadata"]["name"] for p in cluster.pods("default")}
+                sampler = threading.Thread(target=sample, daemon=True)
+                sampler.start()
+                began = time.monotonic()
+                kubectl("rollout", "restart", "deploy/web")
+                kubectl("rollout", "status", "deploy/web", "--timeout=300s", timeout=320)
+                durations.append(time.monotonic() - began)
+                stop.set()
+                sampler.join(5)
+                for pod in cluster.pods("default", "app.kubernetes.io/name=web"):
+                    name = pod["metadata"]["name"]
+                    if name in before or name not in seen or pod["metadata"].get("deletionTimestamp"):
+                        continue
+                    out = kubectl("exec", name, "-c", "katalog-sidecar", "--", "cat", "/run/katalog/status.json",
+                                  check=False)
+                    try:
+                        status = json.loads(out.stdout)
+                    except ValueError:
+                        continue
+                    if status.get("phase") == "confirmed":
+                        lags.append((seen[name] - float(status["since"])) * 1000)
+                log(f"real node, {mode} round {r}: rollout {durations[-1]:.2f}s; confirmed->Ready so far "
+                    + ", ".join(f"{x:.0f}" for x in lags) + " ms")
+        results[mode] = {"confirmed_to_ready_ms": summarize(lags), "rollout_s": summarize(durations),
+                         "samples_ms": lags, "rollouts_s": durations}
+    return results
+
+
 def main(argv: list[str] | None = None) -> int:
     parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
     parser.add_argument("--rounds", type=int, default=3, help="rolling updates per mode")
     parser.add_argument("--replicas", type=int, default=3)
     parser.add_argument("--runner", action="store_true",
                         help="through the real control plane and the pod runner (scripts/provide-kube.sh)")
+    parser.add_argument("--node", action="store_true",
+                        help="on real nodes: kubelet + containerd (root; scripts/node.sh provides them)")
     args = parser.parse_args(argv)
     log = lambda s: print(s, file=sys.stderr, flush=True)  # noqa: E731
-    results = (measure_with_runner if args.runner else measure)(args.rounds, args.replicas, log=log)
+    how = measure_on_nodes if args.node else measure_with_runner if args.runner else measure
+    results = how(args.rounds, args.replicas, log=log)
     print(json.dumps({k: ({kk: vv for kk, vv in v.items() if kk != "samples_ms"} if isinstance(v, dict) else v)
                       for k, v in results.items()}, indent=1))
     return 0

@@ -79,6 +79,30 @@ class RolloutResult:
                 "kube_version": self.kube_version, "kubelet": self.kubelet}
 
 
+def short_samples(result: RolloutResult) -> tuple[list[Sample], list[Sample]]:
+    """Samples where the catalog listed fewer than `REPLICAS` instances with every check
+    passing: (those explained by a node's failing serfHealth, those not explained). The
+    headline claims the second list is empty and `min_service_healthy >= REPLICAS`."""
+    short = [s for s in result.samples if s.healthy is not None and s.healthy < REPLICAS]
+    return [s for s in short if s.nodes_failing], [s for s in short if not s.nodes_failing]
+
+
+def claim_violations(result: RolloutResult) -> list[str]:
+    """What breaks the headline's claim in `result` (empty: it held). Prints the samples a
+    node's failing serfHealth explains, so a run shows them."""
+    if not any(s.healthy is not None for s in result.samples):
+        return ["the catalog was never read"]
+    problems = []
+    if result.min_service_healthy < REPLICAS:
+        problems.append(f"service checks: only {result.min_service_healthy} passing at the minimum")
+    node_faults, unexplained = short_samples(result)
+    problems += [f"t={s.t}: {s.healthy} passing, no node failing" for s in unexplained]
+    if node_faults:
+        print(f"{len(node_faults)} samples with a node's serfHealth failing: "
+              f"{[(s.t, s.healthy, s.nodes_failing) for s in node_faults[:5]]}")
+    return problems
+
+
 class Consul:
     """The Consul side of either cluster: its server and the client agents of its nodes."""
 

@@ -7,7 +7,8 @@
   project's image is built from (scripts/image-smoke.sh caches it) plus one layer with a small
   HTTP server on `$POD_IP:8080` whose readiness the test switches inside the container:
   `kubectl exec POD -c web -- app-ready off` (503 from then on) / `on` (200). It starts
-  ready unless `APP_READY=false`; SIGTERM ends it with exit 0.
+  ready unless `APP_READY=false`; SIGTERM ends it with exit 0 (`APP_SIGTERM=ignore`: it
+  ignores SIGTERM, so only the kubelet's SIGKILL ends it).
 - `SIDECAR_IMAGE`: the project's image, built from the Dockerfile by
   `scripts/image-smoke.sh --save` (podman) and cached per content of what the Dockerfile copies.
 
@@ -88,7 +89,10 @@ class Handler(http.server.BaseHTTPRequestHandler):
 
 
 server = http.server.ThreadingHTTPServer((host, int(os.environ.get("APP_PORT", "8080"))), Handler)
-signal.signal(signal.SIGTERM, lambda *_: threading.Thread(target=server.shutdown).start())
+if os.environ.get("APP_SIGTERM") == "ignore":
+    signal.signal(signal.SIGTERM, signal.SIG_IGN)
+else:
+    signal.signal(signal.SIGTERM, lambda *_: threading.Thread(target=server.shutdown).start())
 print(f"katalog-test-app: serving on {host}:{server.server_address[1]}", flush=True)
 server.serve_forever()
 print("katalog-test-app: SIGTERM, exiting 0", flush=True)
@@ -202,6 +206,8 @@ def app_archive() -> Path:
     if path.exists():
         return path
     path.parent.mkdir(parents=True, exist_ok=True)
+    for old in cache_dir().glob("app-*.tar"):  # built from an older base or app
+        old.unlink(missing_ok=True)
     with tempfile.TemporaryDirectory(prefix="katalog-app-") as tmp:
         layer = _layer(Path(tmp) / "layer.tar", {
             "usr/local/bin/katalog-test-app": (APP_PY.encode(), 0o755),
