@@ -191,6 +191,7 @@ class Claim:
 
     def release(self) -> None:
         self.scratch_note.unlink(missing_ok=True)
+        (STATE_DIR / f"{self.ip}.sock").unlink(missing_ok=True)
         self.handle.close()
 
 
@@ -314,7 +315,9 @@ class Node:
         self.scratch = workdir / f"node-{self.ip}"
         self.pause_image, self.verbosity = pause_image, verbosity
         self.proc: subprocess.Popen[bytes] | None = None
-        self.socket = self.scratch / "run" / "containerd" / "containerd.sock"
+        # The socket as seen from outside the namespace, through a short link: a socket's path
+        # may not exceed 107 bytes, and pytest's scratch paths do.
+        self.socket = STATE_DIR / f"{self.ip}.sock"
 
     # -- configuration -----------------------------------------------------------------------
 
@@ -377,19 +380,26 @@ class Node:
     def start(self, timeout: float = 60.0, image_store: Path | None = None) -> Node:
         """Starts the namespace (containerd, then the kubelet) and waits for containerd.
         `image_store`: a containerd root with the images imported (`prepare_image_store`),
-        hard-linked in as this node's /var/lib/containerd (its files are never written: blobs
-        are immutable, snapshots are overlay lower layers), instead of importing per node."""
+        hard-linked in as this node's /var/lib/containerd (blobs are immutable, snapshots are
+        overlay lower layers; only the bolt databases are written, so they are copied), instead
+        of importing the images into every node."""
         script = self._write_config()
+        self.socket.unlink(missing_ok=True)
+        self.socket.symlink_to(self.scratch / "run" / "containerd" / "containerd.sock")
         if image_store is not None:
-            subprocess.run(["cp", "-al", str(image_store), str(self.scratch / "var-lib" / "containerd")], check=True,
-                           capture_output=True, timeout=300)
+            root = self.scratch / "var-lib" / "containerd"
+            subprocess.run(["cp", "-al", str(image_store), str(root)], check=True, capture_output=True, timeout=300)
+            for db in image_store.rglob("*.db"):  # bolt databases are written (and flock'ed): copies
+                copy = root / db.relative_to(image_store)
+                copy.unlink()
+                shutil.copy2(db, copy)
         log = (self.scratch / "namespace.log").open("ab")
         self.proc = subprocess.Popen([self.binaries["unshare"], "--mount", "--propagation", "private", "sh", str(script)],
                                      stdout=log, stderr=subprocess.STDOUT, stdin=subprocess.DEVNULL,
                                      start_new_session=True)
         log.close()
         deadline = time.monotonic() + timeout
-        while not self.socket.is_socket() or self.ctr("version", check=False).returncode != 0:
+        while not self.socket.exists() or self.ctr("version", check=False).returncode != 0:
             if self.proc.poll() is not None:
                 raise RuntimeError(f"node {self.ip} exited during start-up:\n{self.logs()}")
             if time.monotonic() > deadline:
