@@ -88,3 +88,23 @@ def test_a_katalog_sync_pod_with_our_sidecar_registers_what_katalog_sync_would(k
 
     cluster.control_plane.kubectl("delete", "pod", POD, "--wait=false")
     wait_until(lambda: catalog(cluster, names) == [], 40, "drained and deregistered")
+
+
+def test_what_consul_accepts_registers_tags_with_slash_and_space_non_dns_names_and_colliding_meta(
+        katalog_cluster: KatalogCluster) -> None:
+    """Issue 20: each of these refused the whole pod; katalog-sync and Consul accept them."""
+    cluster = katalog_cluster
+    pod = katalog_sync_user_pod()
+    pod["metadata"]["annotations"] = {KS + "service-names": "hw_service",
+                                      KS + "service-tags": "urlprefix-/api,env prod",
+                                      KS + "service-meta": "managed-by:helm,team:payments"}
+    cluster.apply(*example_docs("rbac.yaml"), pod)
+    [running] = cluster.runner.wait_for_pods(NS, 1, ready=True, timeout=120)
+    [entry] = [e for e in cluster.consul.server.health("hw_service") if e["Service"]["Meta"].get("k8s-pod") == POD]
+    assert entry["Service"]["Tags"] == ["urlprefix-/api", "env prod"]
+    assert entry["Service"]["Meta"]["managed-by"] == "katalog-sidecar"  # ours wins
+    assert entry["Service"]["Meta"]["team"] == "payments"
+    assert all(c["Status"] == "passing" for c in entry["Checks"] if c["CheckID"].startswith(f"{NS}:{POD}"))
+    log = running.log("katalog-sidecar")
+    assert "service name 'hw_service' is not a DNS label" in log and "Consul's DNS interface will not answer" in log
+    assert "meta key 'managed-by' is set by katalog-sidecar itself: the item is ignored" in log
