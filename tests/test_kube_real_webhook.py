@@ -238,3 +238,42 @@ def test_certificate_rotation_during_a_burst_of_pod_creations_loses_no_admission
         assert hook.metric("katalog_webhook_certificate_rotations_total", 'kind="new-ca"') >= 1
     finally:
         hook.stop()
+
+
+def test_two_replicas_starting_at_once_share_one_ca(control_plane_with_webhook: tuple[ControlPlane, Path]) -> None:
+    """Both create a CA; one Secret wins; both serve certificates the configuration's bundle trusts."""
+    import base64
+    import socket
+    import ssl
+
+    cp, tmp_path = control_plane_with_webhook
+    (tmp_path / "a").mkdir()
+    (tmp_path / "b").mkdir()
+    replicas = [WebhookProcess(cp, tmp_path / name, "--check-interval", "0") for name in ("a", "b")]
+    cp.api.post("/apis/admissionregistration.k8s.io/v1/mutatingwebhookconfigurations",
+                webhook_configuration(replicas[0].port))
+    for replica in replicas:  # both start before either is serving
+        with replica.log.open("ab") as log:
+            replica.process = subprocess.Popen(replica.argv, stdout=log, stderr=subprocess.STDOUT)
+    try:
+        for replica in replicas:
+            wait_until(replica._healthy, 30, "a replica serving")
+        secret = cp.api.get(f"/api/v1/namespaces/{OWN}/secrets/katalog-sidecar-webhook-ca")
+        ca = base64.b64decode(secret["data"]["ca.crt"])
+
+        def bundles() -> list[bytes]:
+            config = cp.api.get(f"/apis/admissionregistration.k8s.io/v1/mutatingwebhookconfigurations/{CONFIG}")
+            return [base64.b64decode(w["clientConfig"]["caBundle"]) for w in config["webhooks"]]
+
+        wait_until(lambda: bundles() == [ca, ca], 15, "the bundle settled on the Secret's CA")
+        cafile = tmp_path / "bundle.pem"
+        cafile.write_bytes(ca)
+        for replica in replicas:
+            context = ssl.create_default_context(cafile=str(cafile))
+            with socket.create_connection(("127.0.0.1", replica.port), timeout=5) as raw, \
+                    context.wrap_socket(raw, server_hostname="127.0.0.1"):
+                pass  # the handshake verified the replica's certificate against the bundle
+        assert has_sidecar(cp.api.post("/api/v1/namespaces/shop/pods", bare_pod("after-both")))
+    finally:
+        for replica in replicas:
+            replica.stop()

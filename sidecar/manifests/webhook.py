@@ -227,7 +227,7 @@ class Webhook:
         secret = s.kube.read_secret(s.namespace, s.ca_secret)
         if secret is None:
             ca = certs.new_ca("katalog-sidecar-webhook-ca", s.ca_lifetime)
-            s.kube.ensure_ca_bundle(s.webhook_config, ca.cert_pem)
+            s.kube.ensure_ca_bundle(s.webhook_config, ca.cert_pem, add=True)
             s.kube.create_secret(s.namespace, s.ca_secret, {_CA_FILE: ca.cert_pem, _CA_KEY: ca.key_pem})
             secret = s.kube.read_secret(s.namespace, s.ca_secret)
             assert secret is not None
@@ -240,7 +240,7 @@ class Webhook:
             # serving certificate keeps being renewed from the old CA (below).
             if self._pending_ca is None:
                 fresh = certs.new_ca("katalog-sidecar-webhook-ca", s.ca_lifetime)
-                s.kube.ensure_ca_bundle(s.webhook_config, fresh.cert_pem + ca.cert_pem)
+                s.kube.ensure_ca_bundle(s.webhook_config, fresh.cert_pem, add=True)
                 self._pending_ca = (fresh, now + s.bundle_propagation)
             elif now >= self._pending_ca[1]:
                 fresh = self._pending_ca[0]

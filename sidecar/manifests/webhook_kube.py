@@ -95,8 +95,10 @@ class Kube:
 
     # -- the caBundle ------------------------------------------------------------------------------
 
-    def ensure_ca_bundle(self, config_name: str, bundle: bytes) -> bool:
-        """Write `bundle` into every webhook of the configuration; True if anything changed."""
+    def ensure_ca_bundle(self, config_name: str, bundle: bytes, *, add: bool = False) -> bool:
+        """Write `bundle` into every webhook of the configuration; True if anything changed.
+        `add`: put it in front of what each webhook trusts now instead (a CA not yet known to
+        be in use must never push out one that is: two replicas may start at once)."""
         path = f"/apis/admissionregistration.k8s.io/v1/mutatingwebhookconfigurations/{config_name}"
         for _attempt in range(3):
             try:
@@ -108,12 +110,18 @@ class Kube:
                 log.warning("MutatingWebhookConfiguration %s not found: its caBundle is written once it exists",
                             config_name)
                 return False
-            encoded = base64.b64encode(bundle).decode()
             hooks = config.get("webhooks") or []
-            if all((h.get("clientConfig") or {}).get("caBundle") == encoded for h in hooks):
+
+            def wanted(hook: Doc) -> str:
+                current = base64.b64decode((hook.get("clientConfig") or {}).get("caBundle") or "")
+                if add and bundle not in current:
+                    return base64.b64encode(bundle + current).decode()
+                return base64.b64encode(current if add else bundle).decode()
+
+            if all((h.get("clientConfig") or {}).get("caBundle") == wanted(h) for h in hooks):
                 return False
             for hook in hooks:
-                hook.setdefault("clientConfig", {})["caBundle"] = encoded
+                hook.setdefault("clientConfig", {})["caBundle"] = wanted(hook)
             try:
                 self.call("PUT", path, config)  # resourceVersion: a concurrent edit answers 409
                 return True
