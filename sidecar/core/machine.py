@@ -16,6 +16,7 @@ from sidecar import observers as so
 from sidecar.config import Config
 from sidecar.core import actions as a
 from sidecar.core import events as e
+from sidecar.core import inputs
 from sidecar.core.drain import DrainResult
 from sidecar.core.phases import TRANSITIONS, ImpossibleTransition, Phase
 from sidecar.core.reconfig import apply_config, config_invalid
@@ -171,43 +172,17 @@ class Core:
 
     # --- events that change what is wanted ----------------------------------------------------
     def _apply(self, event: e.Event) -> None:
-        ctx, s = self.ctx, self.ctx.state
+        ctx = self.ctx
         if isinstance(event, e.PodObserved):
-            obs = event.observation
-            previous = s.observation
-            s.observation = obs
-            s.source_problem = None
-            if previous is None or previous.ready != obs.ready:
-                ctx.info(f"app {'ready' if obs.ready else 'not ready'}: {obs.detail}")
-            if obs.terminating and not s.draining:
-                s.draining = True
-                s.drain_reason = "pod deleted" if obs.deleted else "deletionTimestamp set"
-                ctx.info(f"pod is terminating ({s.drain_reason}): draining")
+            inputs.observed(ctx, event)
         elif isinstance(event, e.SourceProblem):
-            if event.message != s.source_problem:
-                if event.message:
-                    ctx.warning(f"readiness source: {event.message} (keeping the last known status)")
-                    if "forbidden" in event.message:
-                        ctx.notify(so.KUBERNETES_FORBIDDEN, event.message)
-                else:
-                    ctx.info("readiness source recovered")
-                # News for the gate (a 401/403 names what to fix): write now, not at the next heartbeat.
-                ctx.timers.next_heartbeat = ctx.now
-            s.source_problem = event.message
+            inputs.source_problem(ctx, event)
         elif isinstance(event, e.ConfirmResult):
-            self._confirm_result(event)
+            inputs.confirm_result(ctx, event)
         elif isinstance(event, e.AgentReadFailed):
-            ctx.watched[event.service_id] = True
+            self._sync.faults.read_failed(event)
         elif isinstance(event, e.AgentSeen):
-            was_failing = ctx.watched.get(event.service_id, False)
-            if event.service_id in ctx.watched:
-                ctx.watched[event.service_id] = False
-            if self._sync.other_pod(event.service_id, event.present, event.pod_uid):
-                return
-            if was_failing:
-                self._sync.agent_back(ctx.now, event.present)
-            if not event.present:
-                self._sync.agent_lost(event.service_id)
+            self._sync.faults.seen(event)
         elif isinstance(event, e.ConfigChanged):
             apply_config(ctx, event.config)
         elif isinstance(event, e.ConfigInvalid):
@@ -215,34 +190,7 @@ class Core:
         elif isinstance(event, e.TokenRotated):
             self._sync.token_rotated = True
         elif isinstance(event, e.WorkerDown):
-            problem = (f"the {event.name} worker is crash-looping ({event.problem}): the app's readiness is not "
-                       "being followed" if event.problem else None)
-            if problem != s.worker_problem:
-                if problem:
-                    ctx.error(problem)
-                else:
-                    ctx.info(f"the {event.name} worker runs stably again")
-                ctx.timers.next_heartbeat = ctx.now  # news for the gate: write now
-            s.worker_problem = problem
-
-    def _confirm_result(self, event: e.ConfirmResult) -> None:
-        ctx, s = self.ctx, self.ctx.state
-        if event.generation != s.generation:
-            return
-        if event.outcome == "confirmed":
-            ctx.timers.next_reconfirm = ctx.now + ctx.config.reconfirm_interval
-            if s.confirmed_generation != event.generation:
-                ctx.emit(a.RecordConfirmed(ctx.now - ctx.timers.pushed_at))
-                if s.confirm_message:
-                    ctx.info("catalog confirms the registration again")
-            s.confirmed_generation = event.generation
-            s.confirm_message = ""
-            return
-        if event.outcome == "lost" and s.confirmed_generation == event.generation:
-            ctx.warning(f"lost confirmation: {event.message}")
-            ctx.notify(so.CONFIRMATION_LOST, event.message)
-            s.confirmed_generation = -1
-        s.confirm_message = event.message
+            inputs.worker_down(ctx, event)
 
     # --- termination ---------------------------------------------------------------------------
     def _start_drain(self, reason: str, since: float | None) -> None:
