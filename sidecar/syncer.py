@@ -37,6 +37,7 @@ __all__ = ["EXIT_DRAIN_INCOMPLETE", "EXIT_OK", "Syncer"]
 log = logging.getLogger("katalog.sync")
 
 READINESS_WORKER = "readiness"  # the supervised readiness source (sidecar.cli)
+CALLERS = 2
 
 
 class Syncer:
@@ -63,6 +64,12 @@ class Syncer:
         self._last_fields: dict[str, Any] | None = None
         self._rewrite = False
         self._worker_problem: str | None = None
+        # Two callers: the core makes one call at a time, but the drain does not wait for one
+        # still in flight at SIGTERM. Persistent daemon threads: a thread started per call cost
+        # 0.15 ms at p50 (4 ms at p99 under load) on a flip's path; a queue hop costs ~0.03 ms.
+        self._calls: queue.SimpleQueue[a.Call | None] = queue.SimpleQueue()
+        self._callers = [threading.Thread(target=self._call_worker, name=f"agent-call-{n}", daemon=True)
+                         for n in range(CALLERS)]
         self._exit: int | None = None
         self._stop_sources = threading.Event()
         self.last_loop = clock()  # for the liveness endpoint: a stuck loop stops updating it
@@ -123,6 +130,8 @@ class Syncer:
         status file fresh and the gate failing, until SIGTERM.
         """
         self._stop_sources = stop_sources
+        for caller in self._callers:
+            caller.start()
         self._confirmer.start()
         try:
             self._handle(e.Start(self._previous_ever_confirmed))
@@ -130,6 +139,8 @@ class Syncer:
                 self._handle(self._next_event())
             return self._exit
         finally:
+            for _ in self._callers:
+                self._calls.put(None)
             self._confirmer.stop()
             for watcher in self._watchers.values():
                 watcher.stop()
@@ -154,9 +165,9 @@ class Syncer:
     def _carry_out(self, actions: list[a.Action | a.Call]) -> None:
         for action in actions:
             if isinstance(action, a.CALLS):
-                # On a thread of its own: the loop goes on handling events meanwhile (a SIGTERM
-                # starts the drain at once, a slow agent does not hold the heartbeat up).
-                threading.Thread(target=self._perform, args=(action,), name="agent-call", daemon=True).start()
+                # Off the loop: it goes on handling events meanwhile (a SIGTERM starts the drain
+                # at once, a slow agent does not hold the heartbeat up).
+                self._calls.put(action)
             elif isinstance(action, a.Log):
                 logging.getLogger(action.logger).log(action.level, "%s", action.message)
             elif isinstance(action, a.WriteStatus):
@@ -195,8 +206,9 @@ class Syncer:
             self._worker_problem = problem
             self._carry_out(self.core.handle(e.WorkerDown(READINESS_WORKER, problem), self.clock()))
 
-    def _perform(self, call: a.Call) -> None:
-        self._post(self._caller.perform(call))
+    def _call_worker(self) -> None:
+        while (call := self._calls.get()) is not None:
+            self._post(self._caller.perform(call))
 
     def _watch(self, service_id: str) -> None:
         if service_id not in self._watchers:
