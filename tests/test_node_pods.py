@@ -45,6 +45,19 @@ def cluster(kube_binaries: dict[str, str], node_binaries: dict[str, str], node_i
         yield nodes
 
 
+def _started(cluster: Any, ns: str, name: str) -> dict[str, Any] | None:
+    """The pod once the kubelet runs all its containers."""
+    pod = _get(cluster, ns, name)
+    statuses = ((pod or {}).get("status") or {}).get("containerStatuses") or []
+    return pod if statuses and all("running" in (s.get("state") or {}) for s in statuses) else None
+
+
+def _gone(cluster: Any, ns: str, name: str) -> None:
+    """Deletes the pod and waits until it is gone: hostNetwork pods hold their node's ports."""
+    cluster.control_plane.kubectl("delete", "pod", "-n", ns, name, "--ignore-not-found", "--wait=true",
+                                  "--timeout=90s", timeout=120)
+
+
 def _namespace(cluster: Any, name: str) -> str:
     cluster.control_plane.create_namespace(name)
     cluster.control_plane.kubectl("create", "secret", "generic", "katalog-consul-token", "-n", name,
@@ -91,7 +104,7 @@ def _probe_counts(cluster: Any, pod: dict[str, Any], container: str) -> dict[str
     """The kubelet's own count of readiness probe runs of `container`, by result."""
     urllib3.disable_warnings()
     node = pod["spec"]["nodeName"]
-    text = requests.get(f"https://{node}:10250/metrics", verify=False, timeout=10).text  # noqa: S501 - self-signed kubelet
+    text = requests.get(f"https://{node}:10250/metrics/probes", verify=False, timeout=10).text  # noqa: S501 - self-signed kubelet
     counts: dict[str, int] = {}
     for line in text.splitlines():
         if line.startswith("prober_probe_total{") and f'container="{container}"' in line \
@@ -137,8 +150,7 @@ def test_the_kubelet_runs_the_exec_gate_as_written_and_holds_ready_until_confirm
     watcher.start()
     try:
         _pod(cluster, ns, "web-0", "deployment-classic-sidecar.yaml", app_env={"APP_READY": "false"})
-        pod = wait_until(lambda: (p := _get(cluster, ns, "web-0")) and (p.get("status") or {}).get("podIP") and p,
-                         120, "the pod to start")
+        pod = wait_until(lambda: _started(cluster, ns, "web-0"), 120, "the pod to start")
         wait_until(lambda: _probe_counts(cluster, pod, "katalog-sidecar").get("failed", 0) >= 1, 60,
                    "the kubelet to run readiness-gate")
         # periodSeconds: 2 as written: over 10 s, 5 runs (±1 for where the window falls).
@@ -149,13 +161,14 @@ def test_the_kubelet_runs_the_exec_gate_as_written_and_holds_ready_until_confirm
         assert _conditions(_get(cluster, ns, "web-0")).get("Ready") == "False"
         cluster.control_plane.kubectl("exec", "-n", ns, "web-0", "-c", "web", "--", "app-ready", "on")
         wait_until(lambda: watcher.first_ready, 60, "the pod to become Ready")
+        counts = _probe_counts(cluster, pod, "katalog-sidecar")
     finally:
         watcher.stop.set()
         watcher.join(5)
+        _gone(cluster, ns, "web-0")
     assert watcher.ready_while_not_passing == 0
     assert watcher.first_passing is not None and watcher.first_ready is not None
     assert watcher.first_ready >= watcher.first_passing
-    counts = _probe_counts(cluster, pod, "katalog-sidecar")
     assert counts.get("successful", 0) >= 1 and counts.get("failed", 0) >= 4, counts
 
 
@@ -165,13 +178,14 @@ def test_the_condition_gate_through_a_real_readiness_gate(cluster: Any) -> None:
     watcher.start()
     try:
         _pod(cluster, ns, "web-0", "deployment-condition-gate.yaml", app_env={"APP_READY": "false"})
-        wait_until(lambda: ((_get(cluster, ns, "web-0") or {}).get("status") or {}).get("podIP"), 120, "the pod to start")
+        wait_until(lambda: _started(cluster, ns, "web-0"), 120, "the pod to start")
         cluster.control_plane.kubectl("exec", "-n", ns, "web-0", "-c", "web", "--", "app-ready", "on")
         wait_until(lambda: watcher.first_ready, 90, "the pod to become Ready")
+        pod = _get(cluster, ns, "web-0")
     finally:
         watcher.stop.set()
         watcher.join(5)
-    pod = _get(cluster, ns, "web-0")
+        _gone(cluster, ns, "web-0")
     assert pod is not None and pod["spec"]["readinessGates"] == [{"conditionType": CONDITION_TYPE}]
     assert _conditions(pod)[CONDITION_TYPE] == "True"
     assert watcher.ready_while_not_passing == 0
