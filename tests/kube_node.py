@@ -7,7 +7,7 @@
     ...
     node.stop()                                 # SIGKILL to everything, cgroups removed
 
-What it took on this machine (see TESTING.md, "The Kubernetes side"), and how it is done here:
+What it took on this machine, and how it is done here:
 
 - One mount namespace per node (`unshare --mount --propagation private`), set up by a small
   shell script before containerd starts: scratch directories over `/run`, `/var/lib` and
