@@ -792,8 +792,11 @@ def code_state() -> dict[str, Any]:
 
 TARGET_FAULT_CPU_PCT = 0.5
 TARGET_FAULT_RPS = 1.0
+TARGET_FLAP_REGISTER_RPS = 0.2  # issue 18: register calls/s while writes fail and reads flap
 FAULT_STATES = ("agent down", "servers down", "Kubernetes API down", "403 from Consul", "403 from the API",
-                "drained, waiting for SIGTERM")
+                "drained, waiting for SIGTERM", "read flaps, writes failing", "slow agent, 3 s a write")
+FLAP_S = 2.5  # read flaps: every blocking query cut this long after it starts (a mesh proxy's idle cut)
+SLOW_WRITE_S = 3.0  # slow agent: every write held this long (under the 5 s timeout)
 
 
 class _CountingRefuser:
@@ -873,11 +876,13 @@ def measure_faults(window: float, settle: float, log: Callable[[str], None] = pr
                 raise RuntimeError(f"{state}: the sidecar exited {pod.proc.returncode}: {tail(pod)}")
             seen = consul.between(t0, t1)
             agent = sum(1 for s in seen if s.target == "agent")
+            registers = sum(1 for s in seen if s.method == "PUT" and s.path.startswith("/v1/agent/service/register"))
             api_n = api(t0, t1)
             span = t1 - t0
             entry = {"cpu_pct_of_core": (c1 - c0) / span * 100, "cpu_pct_of_core_schedstat": cpu_seconds_between(p0, p1) / span * 100,
                      "consul_agent_requests": agent, "consul_server_requests": len(seen) - agent,
                      "api_requests": api_n, "requests_per_s": (len(seen) + api_n) / span, "window_s": span,
+                     "register_requests": registers, "register_per_s": registers / span,
                      "gate": pod.gate()[1]}
             out["states"][state] = entry
             log(f"[fault: {state}] CPU {entry['cpu_pct_of_core_schedstat']:.3f} % of a core, "
@@ -923,6 +928,28 @@ def measure_faults(window: float, settle: float, log: Callable[[str], None] = pr
             pod.wait_gate(passing=False, contains="drained and deregistered", timeout=30)
             measure("drained, waiting for SIGTERM", pod, proxy, api_log)
             pod.kill()
+
+            # Read flaps: every blocking query cut after 2.5 s while every write gets a 500 (reads
+            # work). A proxy of its own, so its rules touch no other state's pod.
+            flaky = CountingProxy(pair.client.host, pair.client.http_port).start()
+            proxies.append(flaky)
+            pod = confirmed_pod("flaps", flaky)
+            began = time.monotonic()
+            flaky.refuse(500, body="rpc error making call: leadership lost while committing log")
+            flaky.cut_long_polls(FLAP_S)
+            measure("read flaps, writes failing", pod, flaky, api_log,
+                    lambda: flaky.cuts > 0 and any(s.method == "PUT" for s in flaky.between(began, time.monotonic())))
+            pod.kill()
+            flaky.heal()
+
+            # A slow agent: every write takes 3 s, under the timeout.
+            pod = confirmed_pod("slow", flaky)
+            began = time.monotonic()
+            flaky.delay(SLOW_WRITE_S)
+            measure("slow agent, 3 s a write", pod, flaky, api_log,
+                    lambda: any(s.method == "PUT" for s in flaky.between(began, time.monotonic())))
+            pod.kill()
+            flaky.heal()
 
             pod = confirmed_pod("api403", proxy)
             kube.fail_next(403, n=1_000_000)  # every request from now on; the last state on this API
@@ -970,6 +997,9 @@ def fault_rows(faults: dict[str, Any] | None) -> list[dict[str, Any]]:
         rows.append(_row(f"9. fault: {state}: requests per second", "mean", e["requests_per_s"],
                          f"to the agent {e['consul_agent_requests']}, to the servers {e['consul_server_requests']}, "
                          f"to the API server {e['api_requests']}", TARGET_FAULT_RPS, "/s"))
+        if state == "read flaps, writes failing":
+            rows.append(_row(f"9. fault: {state}: register calls per second", "mean", e["register_per_s"],
+                             f"{e['register_requests']} in {e['window_s']:.0f}s", TARGET_FLAP_REGISTER_RPS, "/s"))
     return rows
 
 

@@ -32,6 +32,7 @@ def test_every_fault_state_costs_next_to_nothing(consul_bin: str) -> None:
     assert "waiting for the agent" in states["agent down"]["gate"]
     assert "drained and deregistered" in states["drained, waiting for SIGTERM"]["gate"]
     assert "Consul refused web" in states["403 from Consul"]["gate"]
+    assert states["read flaps, writes failing"]["register_per_s"] <= bench.TARGET_FLAP_REGISTER_RPS + 0.1
     for state, entry in states.items():
         for key in ("cpu_pct_of_core", "cpu_pct_of_core_schedstat", "requests_per_s"):
             assert math.isfinite(entry[key]) and entry[key] >= 0, (state, key, entry)
@@ -39,4 +40,4 @@ def test_every_fault_state_costs_next_to_nothing(consul_bin: str) -> None:
         assert entry["cpu_pct_of_core_schedstat"] <= CPU_BOUND_PCT, (state, entry)
         assert entry["requests_per_s"] <= RPS_BOUND, (state, entry)
     rows = bench.fault_rows(out)
-    assert len(rows) == 2 * len(bench.FAULT_STATES)
+    assert len(rows) == 2 * len(bench.FAULT_STATES) + 1  # and register calls/s under read flaps
