@@ -435,8 +435,10 @@ def tail(pod: PodSidecar, lines: int = 15) -> str:
 
 # --- figures ------------------------------------------------------------------------------
 
-def measure_flips(world: World, fleet: Fleet, per_pod: int, params: Params, rng: random.Random) -> dict[str, list[float]]:
-    """Fig 1/7: flip the app container of each pod, round-robin; ms from emit to catalog."""
+def measure_flips(world: World, fleet: Fleet, per_pod: int, params: Params, rng: random.Random,
+                  between: Callable[[], None] | None = None) -> dict[str, list[float]]:
+    """Fig 1/7: flip the app container of each pod, round-robin; ms from emit to catalog.
+    `between` runs after each measured flip (the raw floor's sample)."""
     watch = CatalogWatch(world.agent, SERVICE)
     out: dict[str, list[float]] = {"ready_to_passing_ms": [], "not_ready_to_critical_ms": []}
     ready = {p.name: True for p in fleet.pods}
@@ -453,6 +455,8 @@ def measure_flips(world: World, fleet: Fleet, per_pod: int, params: Params, rng:
         ready[pod.name] = want_ready
         if measured:
             out["ready_to_passing_ms" if want_ready else "not_ready_to_critical_ms"].append((arrived - emitted) * MS)
+            if between is not None:
+                between()
         time.sleep(rng.uniform(*params.flip_pause))
 
     for _ in range(per_pod):
@@ -469,34 +473,41 @@ def measure_flips(world: World, fleet: Fleet, per_pod: int, params: Params, rng:
 FLOOR_SERVICE = "floor"
 
 
-def measure_floor(world: World, samples: int, params: Params, rng: random.Random) -> list[float]:
+class FloorProbe:
     """The raw floor of a flip: one agent check update, seen by a waiting blocking query.
 
     What no sidecar can beat on this machine: a TTL check's status PUT to the same agent, timed
     from just before the PUT to the arrival of the health query's answer that shows it (the same
-    CatalogWatch as the flips, on a service of its own). Flip -> catalog p50 over this p50 is the
-    sidecar's own share of a flip (issue 18: <= 1.5x)."""
-    check = f"service:{FLOOR_SERVICE}-1"
-    world.agent.register_raw({"Name": FLOOR_SERVICE, "ID": f"{FLOOR_SERVICE}-1", "Port": 1,
-                              "Check": {"CheckID": check, "TTL": "1h", "Status": "passing"}})
-    watch = CatalogWatch(world.agent, FLOOR_SERVICE)
-    session = requests.Session()
-    out: list[float] = []
-    passing = True
-    try:
-        for _ in range(samples + 1):  # the first one warms the connection and is not counted
-            passing = not passing
-            want = "passing" if passing else "critical"
-            watch.sync()
-            sent = time.monotonic()
-            session.put(f"{world.agent.http}/v1/agent/check/update/{check}", json={"Status": want},
-                        timeout=10).raise_for_status()
-            arrived = watch.wait(lambda e, want=want: instance_status(e, f"{FLOOR_SERVICE}-1") == want)
-            out.append((arrived - sent) * MS)
-            time.sleep(rng.uniform(*params.flip_pause))
-    finally:
-        session.put(f"{world.agent.http}/v1/agent/service/deregister/{FLOOR_SERVICE}-1", timeout=10)
-    return out[1:]
+    CatalogWatch as the flips, on a service of its own). `sample()` takes one; the flips take one
+    after each of theirs, so both see the same load (on a shared machine, a floor taken a minute
+    apart differed from the flips by more than the sidecar's share). Flip -> catalog p50 over
+    this p50 is the sidecar's own share of a flip (issue 18: <= 1.5x)."""
+
+    def __init__(self, world: World) -> None:
+        self.world = world
+        self.service_id = f"{FLOOR_SERVICE}-1"
+        self.check = f"service:{self.service_id}"
+        world.agent.register_raw({"Name": FLOOR_SERVICE, "ID": self.service_id, "Port": 1,
+                                  "Check": {"CheckID": self.check, "TTL": "1h", "Status": "passing"}})
+        self.watch = CatalogWatch(world.agent, FLOOR_SERVICE)
+        self.session = requests.Session()
+        self.passing = True
+        self.samples: list[float] = []
+        self.sample(keep=False)  # warms the connection
+
+    def sample(self, keep: bool = True) -> None:
+        self.passing = not self.passing
+        want = "passing" if self.passing else "critical"
+        self.watch.sync()
+        sent = time.monotonic()
+        self.session.put(f"{self.world.agent.http}/v1/agent/check/update/{self.check}", json={"Status": want},
+                         timeout=10).raise_for_status()
+        arrived = self.watch.wait(lambda e: instance_status(e, self.service_id) == want)
+        if keep:
+            self.samples.append((arrived - sent) * MS)
+
+    def close(self) -> None:
+        self.session.put(f"{self.world.agent.http}/v1/agent/service/deregister/{self.service_id}", timeout=10)
 
 
 def wait_phase(pod: PodSidecar, wanted: str, timeout: float) -> None:
@@ -1027,7 +1038,13 @@ def run(params: Params, out_dir: Path, charts_dir: Path | None, preset: str = "c
                 t = time.monotonic()
                 fleet = world.fleet(n, f"scale{n}")
                 log(f"[{n} sidecars] up and confirmed in {time.monotonic() - t:.1f}s; flipping")
-                flips = measure_flips(world, fleet, params.flips_per_pod(n), params, rng)
+                probe = FloorProbe(world) if n == 1 else None
+                try:
+                    flips = measure_flips(world, fleet, params.flips_per_pod(n), params, rng,
+                                          probe.sample if probe is not None else None)
+                finally:
+                    if probe is not None:
+                        probe.close()
                 all_flips = flips["ready_to_passing_ms"] + flips["not_ready_to_critical_ms"]
                 entry: dict[str, Any] = {"flips_per_pod": params.flips_per_pod(n),
                                          "flip_ms": summarize(all_flips),
@@ -1040,8 +1057,8 @@ def run(params: Params, out_dir: Path, charts_dir: Path | None, preset: str = "c
                 entry.update(rss_mb=idle["rss_mb"], cpu_pct_of_core=idle["cpu_pct_of_core"], idle=idle)
                 scaling[str(n)] = entry
                 if n == 1:
-                    log(f"[1 sidecar] the raw floor: {params.flips_single} agent check updates seen by a blocking query")
-                    floor = measure_floor(world, params.flips_single, params, rng)
+                    assert probe is not None
+                    floor = probe.samples  # one after each flip: the raw floor, under the same load
                     samples["floor"] = floor
                     entry["floor_ms"] = summarize(floor)
                     entry["flip_to_floor_p50"] = entry["flip_ms"]["p50"] / entry["floor_ms"]["p50"]
