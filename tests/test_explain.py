@@ -1,7 +1,7 @@
 """`katalog-sidecar explain POD` (and `kubectl katalog explain POD`) end to end: a real control
 plane, real Consul (a server and the node's client agent, ACLs on), the example pod run by the
 pod runner, and explain run as the operator would, with a kubeconfig that may only get pods and
-list events (no exec, no secrets). One cluster walks through every gate-closed state."""
+list events (no exec, no secrets). One cluster walks through every gate-closed state, and a pod that fails open."""
 
 from __future__ import annotations
 
@@ -67,8 +67,9 @@ def _deny_token(cluster: KatalogCluster) -> str:
     return str(token.json()["SecretID"])
 
 
-def _pod(name: str, token: str | None = None) -> dict[str, Any]:
+def _pod(name: str, token: str | None = None, annotations: dict[str, str] | None = None) -> dict[str, Any]:
     pod = copy.deepcopy(example_pod(name))
+    pod["metadata"].setdefault("annotations", {}).update(annotations or {})
     if token is not None:
         sidecar = next(c for c in pod["spec"]["containers"] if c["name"] == "katalog-sidecar")
         sidecar["env"] = [e for e in sidecar["env"] if e["name"] != "CONSUL_HTTP_TOKEN_FILE"]
@@ -76,9 +77,10 @@ def _pod(name: str, token: str | None = None) -> dict[str, Any]:
     return pod
 
 
-def _run(cluster: KatalogCluster, name: str, *, token: str | None = None, app_ready: bool = True) -> None:
+def _run(cluster: KatalogCluster, name: str, *, token: str | None = None, app_ready: bool = True,
+         annotations: dict[str, str] | None = None) -> None:
     """Starts the pod; its app stays unready unless told (a latched gate would not close again)."""
-    cluster.apply(_pod(name, token))
+    cluster.apply(_pod(name, token, annotations))
 
     def started() -> bool:
         try:
@@ -179,7 +181,7 @@ def test_explain_in_every_gate_closed_state(cluster: KatalogCluster, tmp_path: P
     client.extra = [a for a in joined if not a.startswith("-retry-join")]
     client.start(wait_for_leader=False)
     _run(cluster, "web-isolated")
-    report = _explained(kubeconfig, "web-isolated", reasons.NOT_CONFIRMED, consul=server)
+    report = _explained(kubeconfig, "web-isolated", reasons.NOT_CONFIRMED, consul=server, has="web: registered on node")
     assert "web not in the catalog although the agent has it: the node's agent knows no servers" in report["why"]
     assert "the agent knows no Consul servers" in "\n".join(_step(report, "node's agent")["lines"])
 
@@ -198,6 +200,14 @@ def test_explain_in_every_gate_closed_state(cluster: KatalogCluster, tmp_path: P
     report = _explained(kubeconfig, "web-noservers", reasons.SERVERS_UNREACHABLE)
     assert "the catalog cannot be read" in report["why"]
     assert "registered on node" in "\n".join(_step(report, "node's agent")["lines"])
-    # ... and once they are back, the same pod is confirmed and Ready.
+    # Failed open: a pod annotated fail-open-after 3s turns Ready all the same, and says so.
+    _run(cluster, "web-failopen", annotations={"katalog-sidecar.io/fail-open-after": "3s"})
+    report = _explained(kubeconfig, "web-failopen", ex.FAILED_OPEN)
+    assert report["ready"] is True
+    assert report["why"].startswith("the gate FAILED OPEN: failed open after 3s: Consul has not confirmed")
+    assert any(e["reason"] == "ConsulGateFailedOpen" and e["type"] == "Warning" for e in report["facts"]["events"])
+    assert not cluster.runner.pod(NS, "web-noservers").ready()  # without the annotation: held
+    # ... and once the servers are back, both are confirmed and Ready.
     cluster.consul.server.start()
     _explained(kubeconfig, "web-noservers", ex.OPEN)
+    _explained(kubeconfig, "web-failopen", ex.OPEN)
