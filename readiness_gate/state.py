@@ -25,6 +25,7 @@ DRAINING = "draining"
 STOPPED = "stopped"
 WORKER_DOWN = "worker-down"  # a worker the verdict depends on is crash-looping: fails even a latched gate
 SUPERSEDED = "superseded"  # another pod (UID) holds our service ID on this node: fails even a latched gate
+FAILED_OPEN = "failed-open"  # KATALOG_FAIL_OPEN_AFTER: held that long because Consul cannot confirm; the gate passes
 
 
 def _replace(path: str, text: str) -> None:
@@ -143,6 +144,8 @@ def _phase_verdict(state: Mapping[str, Any], phase: object, message: str) -> tup
         return False, f"draining: {message}"
     if phase == SUPERSEDED:
         return False, f"superseded: {message}"
+    if phase == FAILED_OPEN:
+        return True, f"ok, {message}"
     if phase == WORKER_DOWN:
         return False, f"worker down: {message}"
     if state.get("gate_mode") == "latch" and state.get("ever_confirmed"):

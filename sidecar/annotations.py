@@ -41,6 +41,7 @@ OUR_ANNOTATIONS: tuple[Annotation, ...] = (
     Annotation(OURS + "health-<service>", "Fixed health of one service: `passing`, `warning` or `critical`, whatever the app's readiness.", "`KATALOG_SERVICE_<NAME>_HEALTH`"),
     Annotation(OURS + "exclude-containers", "Containers to leave out of the pod's readiness, comma-separated; added to the environment's list.", "`KATALOG_EXCLUDE_CONTAINERS`"),
     Annotation(OURS + "check-ttl", "TTL of the liveness check (`15s`, `1m`); `KATALOG_CHECK_TTL` wins when set.", "`KATALOG_CHECK_TTL`"),
+    Annotation(OURS + "fail-open-after", "Open the gate after this long (`10m`) if Consul cannot confirm (see Fail-open); `KATALOG_FAIL_OPEN_AFTER` wins when set.", "`KATALOG_FAIL_OPEN_AFTER`"),
 )
 
 KATALOG_SYNC_ANNOTATIONS: tuple[Annotation, ...] = (
@@ -63,7 +64,9 @@ _KS_LIST_KEYS = frozenset(KATALOG_SYNC + k for k in (
     "service-names", "service-port", "service-tags", "service-meta", "service-health",
     "container-exclude", "sidecar", "service-check-ttl", "sync-interval"))
 _KS_PER_SERVICE = tuple(KATALOG_SYNC + k for k in ("service-port-", "service-tags-", "service-meta-", "service-health-"))
-_OUR_POD_KEYS = frozenset(OURS + k for k in ("services", "tags", "meta", "exclude-containers", "check-ttl"))
+_OUR_POD_KEYS = frozenset(OURS + k for k in ("services", "tags", "meta", "exclude-containers", "check-ttl",
+                                              "fail-open-after"))
+FAIL_OPEN_AFTER = OURS + "fail-open-after"
 _OUR_PER_SERVICE = tuple(OURS + k for k in ("tags-", "meta-", "health-"))
 
 

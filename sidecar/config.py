@@ -92,6 +92,7 @@ SETTINGS: tuple[Setting, ...] = (
     Setting("KATALOG_HEARTBEAT_INTERVAL", "5s", "How often the status file is refreshed; the gate fails when it is older than three intervals, and never sooner than after 10s (a busy node must not flap the gate)."),
     Setting("KATALOG_CONFIRM_WAIT", "10s", "Wait of one blocking catalog query while confirming a change."),
     Setting("KATALOG_RECONFIRM_INTERVAL", "60s", "In `continuous` mode: how often the catalog is read again in steady state."),
+    Setting("KATALOG_FAIL_OPEN_AFTER", "", "Off by default (the gate holds the rollout until Consul confirms). A duration (`10m`): once the gate has been held that long since the app turned ready *because Consul cannot confirm* (agent unreachable, catalog unreadable or not confirming), it opens anyway, loudly (gate line, `status`, Warning Event `ConsulGateFailedOpen`, `katalog_gate_failed_open`), and registration goes on. Never for the pod's own reasons. Per pod: annotation `katalog-sidecar.io/fail-open-after`."),
     Setting("KATALOG_DRAIN_TIMEOUT", "20s", "Bound on draining and deregistering at termination when the pod's grace period is unknown. Keep it below `terminationGracePeriodSeconds`."),
     # Operations.
     Setting("KATALOG_LOG_FORMAT", "text", "`text` or `json`."),
@@ -220,6 +221,7 @@ class Config:
     # the pod's annotations have been read.
     service_source: str = "environment"
     notices: tuple[str, ...] = field(default=(), compare=False)  # said once in the log
+    fail_open_after: float | None = None  # KATALOG_FAIL_OPEN_AFTER (or the pod's annotation); None: never
 
 
 class _Collector:
@@ -815,6 +817,7 @@ def load_config(environ: Mapping[str, str], annotations: Mapping[str, str] | Non
     confirm_wait = c.duration("KATALOG_CONFIRM_WAIT")
     reconfirm_interval = c.duration("KATALOG_RECONFIRM_INTERVAL")
     drain_timeout = c.duration("KATALOG_DRAIN_TIMEOUT")
+    fail_open_after = _fail_open_after(c, annotations)
     log_format = c.choice("KATALOG_LOG_FORMAT", LOG_FORMATS)
     log_level = c.choice("KATALOG_LOG_LEVEL", LOG_LEVELS)
     if c.problems:
@@ -843,12 +846,31 @@ def load_config(environ: Mapping[str, str], annotations: Mapping[str, str] | Non
         confirm_wait=confirm_wait,
         reconfirm_interval=reconfirm_interval,
         drain_timeout=drain_timeout,
+        fail_open_after=fail_open_after,
         log_format=log_format,
         log_level=log_level,
         metrics_addr=metrics_addr,
         service_source=service_source,
         notices=tuple(c.notices),
     )
+
+
+def _fail_open_after(c: _Collector, annotations: Mapping[str, str] | None) -> float | None:
+    """KATALOG_FAIL_OPEN_AFTER, else the pod's annotation; None (off) when neither is set."""
+    if c.raw("KATALOG_FAIL_OPEN_AFTER"):
+        return c.duration("KATALOG_FAIL_OPEN_AFTER")
+    value = (annotations or {}).get(pod_annotations.FAIL_OPEN_AFTER, "").strip()
+    if not value:
+        return None
+    try:
+        seconds = parse_duration(value)
+    except ValueError as exc:
+        c.problems.append(f"{pod_annotations.FAIL_OPEN_AFTER}={value!r}: {exc}")
+        return None
+    if not 0 < seconds <= _MAX_DURATION:
+        c.problems.append(f"{pod_annotations.FAIL_OPEN_AFTER}={value!r}: must be greater than zero and at most 2562047h")
+        return None
+    return seconds
 
 
 def _check_ttl(c: _Collector, name: str, value: str | None) -> float:

@@ -142,6 +142,7 @@ class Report:
 
 
 SIDECAR_DOWN = "sidecar_down"
+FAILED_OPEN = "failed_open"
 NO_SIDECAR = "no_sidecar"
 GATE_READY_LINE = "Readiness probe failed: "
 
@@ -303,6 +304,11 @@ def _conclude(facts: Facts, sidecar: Container | None, app: list[Container], age
         detail = f" ({sidecar.detail})" if sidecar is not None and sidecar.detail else ""
         return (SIDECAR_DOWN, f"the sidecar container is not running{detail}",
                 f"`{logs} --previous` and `kubectl describe pod {pod.name} {ns}`")
+    failed_open = _last_of(facts, observers.CONSUL_GATE_FAILED_OPEN, (observers.CONFIRMED,))
+    if gate_open and failed_open is not None:
+        return (FAILED_OPEN, f"the gate FAILED OPEN: {failed_open.message}; the pod is Ready without Consul's "
+                "confirmation, and Consul clients may not see it", "why Consul cannot confirm: the agent and "
+                "catalog lines above; the sidecar leaves the state by itself once the catalog confirms")
     if gate_open:
         unready = [c.name for c in app if not c.ready]
         why = "the gate is open: every service is confirmed in the catalog"

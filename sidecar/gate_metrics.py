@@ -109,6 +109,7 @@ class GateMetrics:
             if passes != self._open:
                 self._metrics.gate_open.set(1 if passes else 0)
                 self._open = passes
+            self._metrics.gate_failed_open.set(1 if phase == status_state.FAILED_OPEN else 0)
             if reason != self._reason:
                 for name in CLOSED_REASONS:
                     self._metrics.gate_closed_reason.labels(name).set(1 if name == reason else 0)

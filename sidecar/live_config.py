@@ -45,9 +45,13 @@ class ConfigFollower:
             self._seen = key
             if self._config.service_source == "environment":
                 # KATALOG_SERVICES is fixed for the process's life: the annotations never apply.
-                if pod_annotations.has_services(dict(observation.annotations)):
+                annotations = dict(observation.annotations)
+                if pod_annotations.has_services(annotations):
                     self._say("KATALOG_SERVICES is set: the pod's katalog-sidecar.io/ and katalog-sync.wish.com/ "
                               "annotations are ignored")
+                if pod_annotations.FAIL_OPEN_AFTER in annotations or self._config.fail_open_after is not None:
+                    # The per-workload fail-open choice applies whatever names the services.
+                    self._reload(annotations, observation.first_port)
             else:
                 self._reload(dict(observation.annotations), observation.first_port)
         self._sink.observe(observation)

@@ -18,7 +18,7 @@ from sidecar.supervision import RESTARTING, WorkerStatus
 
 log = logging.getLogger("katalog.metrics")
 
-PHASES = ("starting", "syncing", "confirmed", "draining", "stopped", "config-error")
+PHASES = ("starting", "syncing", "confirmed", "draining", "stopped", "config-error", "failed-open")
 
 
 class _Loop(Protocol):
@@ -60,6 +60,9 @@ class Metrics:
         self.gate_closed_reason = Gauge("katalog_gate_closed_reason",
                                         "1 for the reason the gate is closed now (all 0 while it is open).",
                                         ["reason"], registry=r)
+        self.gate_failed_open = Gauge("katalog_gate_failed_open",
+                                      "1 while the gate passes only because KATALOG_FAIL_OPEN_AFTER ran out "
+                                      "(Consul has not confirmed).", registry=r)
         self.gate_wait = Histogram(
             "katalog_gate_wait_seconds", "From the app turning ready (as the sidecar saw it) to the gate passing.",
             buckets=(0.01, 0.025, 0.05, 0.1, 0.25, 0.5, 1, 2.5, 5, 10, 30, 60, 120, 300, 600, 1200, 1800),

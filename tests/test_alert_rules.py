@@ -85,6 +85,7 @@ def test_promtool_unit_tests_pass(promtool: str, tmp_path: Path) -> None:
 @pytest.mark.parametrize(("alert", "field", "value"), [
     ("KatalogGateHeld", "for", "20m"),  # would not fire at 12 minutes
     ("KatalogGateHeld", "expr", "max by (namespace, pod) (katalog_gate_open == 0)"),  # web-b (app) would fire
+    ("KatalogGateFailedOpen", "expr", "max by (namespace, pod) (katalog_gate_failed_open) >= 0"),  # web-b would fire
     ("KatalogSidecarWorkersRestarting", "expr",
      "sum by (namespace, pod, worker) (increase(katalog_worker_restarts_total[15m])) > 0"),  # one restart would fire
     ("KatalogSidecarConsulFault", "for", "1m"),  # web-b's 3-minute agent restart would fire

@@ -15,6 +15,10 @@ def observed(ctx: Context, event: e.PodObserved) -> None:
     previous = s.observation
     s.observation = obs
     s.source_problem = None
+    if not obs.ready or obs.terminating:
+        s.ready_since = None  # fail-open counts from the app turning ready
+    elif s.ready_since is None:
+        s.ready_since = ctx.now
     if previous is None or previous.ready != obs.ready:
         ctx.info(f"app {'ready' if obs.ready else 'not ready'}: {obs.detail}")
     if obs.terminating and not s.draining:

@@ -20,7 +20,7 @@ from sidecar.core import inputs
 from sidecar.core.drain import DrainResult
 from sidecar.core.phases import TRANSITIONS, ImpossibleTransition, Phase
 from sidecar.core.reconfig import apply_config, config_invalid
-from sidecar.core.report import Reporter, gate_line, verdict
+from sidecar.core.report import Reporter, consul_holds_the_gate, gate_line, verdict
 from sidecar.core.state import Answer, Context, Sleep, Task
 from sidecar.core.sync import Sync
 from sidecar.core.terminate import EXIT_DRAIN_INCOMPLETE, EXIT_OK, Drained, drain_deadline, drain_task, report_drain
@@ -64,6 +64,8 @@ class Core:
         if self._exited:
             return []
         self._dispatch(event)
+        if not self._exited and self._drained is None:
+            self._fail_open()
         if not self._exited and ctx.now >= ctx.timers.next_heartbeat:
             # Also between two calls of a long round or drain (a slow agent): the gate must not
             # take a sidecar waiting on its agent for a hung one.
@@ -80,6 +82,9 @@ class Core:
         if t.resume_at is not None:
             deadlines.append(t.resume_at)
         s = self.ctx.state
+        after = self.ctx.config.fail_open_after
+        if after and s.ready_since is not None and not s.failed_open and s.ready_since + after > self.ctx.now:
+            deadlines.append(s.ready_since + after)  # a deadline already past is acted on or moot: no spin
         if self._task is not None or s.draining:
             return min(deadlines)  # retries, refreshes and re-checks wait for the task; none while draining
         if t.retry_at is not None:
@@ -238,6 +243,33 @@ class Core:
         self._derive_phase()
         self.ctx.emit(a.Exit(code))
 
+    # --- fail-open (KATALOG_FAIL_OPEN_AFTER) ----------------------------------------------------------
+    def _fail_open(self) -> None:
+        """Open the gate once it has been held `fail_open_after` since the app turned ready, only
+        because Consul cannot confirm; leave that state by itself, and say so, when it confirms
+        (or when a reason of the pod's own closes the gate again)."""
+        ctx, s = self.ctx, self.ctx.state
+        if s.failed_open:
+            if consul_holds_the_gate(ctx):
+                return
+            s.failed_open = False
+            if s.confirmed_generation == s.generation and not s.agent_problem and not s.draining:
+                ctx.info("the catalog confirms the registration: no longer failed open")
+            else:
+                ctx.warning("no longer failed open: the gate is closed for a reason of the pod's own")
+            ctx.timers.next_heartbeat = ctx.now  # news for the gate: write now
+            return
+        after = ctx.config.fail_open_after
+        if not after or s.ready_since is None or ctx.now < s.ready_since + after or not consul_holds_the_gate(ctx):
+            return
+        if verdict(ctx, *gate_line(ctx)).passes:
+            return  # latched: nothing to open
+        s.failed_open = True
+        _, message = gate_line(ctx)
+        ctx.warning(message)
+        ctx.notify(so.CONSUL_GATE_FAILED_OPEN, message)
+        ctx.timers.next_heartbeat = ctx.now
+
     # --- the phase -------------------------------------------------------------------------------
     def _derived(self) -> Phase:
         s = self.ctx.state
@@ -249,6 +281,8 @@ class Core:
             return Phase.DRAINING
         if s.superseded:
             return Phase.SUPERSEDED
+        if s.failed_open:
+            return Phase.FAILED_OPEN
         if s.observation is None or not s.instances:
             return Phase.ADOPTING if self._sync.adoption.found else Phase.STARTING
         if s.agent_problem or self._sync.writes_pending():

@@ -20,6 +20,7 @@ class Phase(enum.Enum):
     CONFIRMING = "confirming"  # the agent holds what we want; waiting for the servers' catalog
     CONFIRMED = "confirmed"  # the catalog shows every instance as pushed
     SUPERSEDED = "superseded"  # another pod (UID) holds our service ID on this node: no writes of ours
+    FAILED_OPEN = "failed-open"  # fail-open-after ran out while Consul could not confirm: the gate passes, writes go on
     DRAINING = "draining"  # deletionTimestamp or SIGTERM: critical, confirm, deregister, confirm
     DRAINED = "drained"  # drained before SIGTERM (deletionTimestamp): heartbeat only, until SIGTERM
     EXITED = "exited"  # `Exit` returned: no further event is handled
@@ -39,12 +40,14 @@ TRANSITIONS: Mapping[Phase, Mapping[Phase, str]] = {
         S.DRAINING: "SIGTERM, or the first observation is terminating",
     },
     S.REGISTERING: {
+        S.FAILED_OPEN: "fail-open-after ran out since the app was ready, the agent unreachable (never for a 403/400)",
         S.CONFIRMING: "every write accepted",
         S.CONFIRMED: "writes accepted again, nothing changed since the last confirmation",
         S.SUPERSEDED: "another pod's UID on our service ID",
         S.DRAINING: "SIGTERM or deletionTimestamp",
     },
     S.CONFIRMING: {
+        S.FAILED_OPEN: "fail-open-after ran out since the app was ready, the catalog not confirming",
         S.CONFIRMED: "the catalog matches the pushed generation",
         S.REGISTERING: "a write is due (status change, agent lost the instance, config edit)",
         S.SUPERSEDED: "another pod's UID on our service ID",
@@ -53,6 +56,13 @@ TRANSITIONS: Mapping[Phase, Mapping[Phase, str]] = {
     S.CONFIRMED: {
         S.CONFIRMING: "confirmation lost (continuous mode re-check)",
         S.REGISTERING: "a write is due (status change, agent lost the instance, config edit)",
+        S.SUPERSEDED: "another pod's UID on our service ID",
+        S.DRAINING: "SIGTERM or deletionTimestamp",
+    },
+    S.FAILED_OPEN: {
+        S.CONFIRMED: "the catalog confirms: the failed-open state ends by itself",
+        S.REGISTERING: "a reason of the pod's own (app not ready, a 403/400) closes the gate again",
+        S.CONFIRMING: "a reason of the pod's own (app not ready) closes the gate again",
         S.SUPERSEDED: "another pod's UID on our service ID",
         S.DRAINING: "SIGTERM or deletionTimestamp",
     },
@@ -89,6 +99,7 @@ STATUS_PHASE: Mapping[Phase, str] = {
     S.CONFIRMING: status_state.SYNCING,
     S.CONFIRMED: status_state.CONFIRMED,
     S.SUPERSEDED: status_state.SYNCING,
+    S.FAILED_OPEN: status_state.FAILED_OPEN,
     S.DRAINING: status_state.DRAINING,
     S.DRAINED: status_state.STOPPED,
     S.EXITED: status_state.STOPPED,

@@ -33,6 +33,10 @@ def gate_line(ctx: Context) -> tuple[str, str]:
         return status_state.SYNCING, f"waiting for the first readiness observation ({ctx.config.readiness.source})"
     if not ctx.config.services:
         return status_state.SYNCING, "waiting for the pod's annotations"
+    if s.failed_open:
+        waiting = s.agent_problem or s.confirm_message or "waiting for the catalog to confirm the registration"
+        return status_state.FAILED_OPEN, (f"failed open after {fail_open_text(ctx)}: Consul has not confirmed "
+                                          f"(registration goes on): {waiting}")
     if s.agent_problem:
         return status_state.SYNCING, s.agent_problem
     # Services with a fixed health do not wait for the app.
@@ -45,6 +49,26 @@ def gate_line(ctx: Context) -> tuple[str, str]:
     if s.config_problem:
         summary += f"; annotation edit not applied: {s.config_problem}"
     return status_state.CONFIRMED, summary
+
+
+def fail_open_text(ctx: Context) -> str:
+    after = ctx.config.fail_open_after or 0.0
+    return f"{after:g}s" if after < 120 else f"{after / 60:g}m"
+
+
+def consul_holds_the_gate(ctx: Context) -> bool:
+    """The gate is closed only because Consul cannot confirm: the agent is unreachable (not a
+    400/403, which needs a fix) or the catalog has not confirmed. Never the pod's own reasons:
+    the app not ready, terminating, a configuration problem, another pod on our ID, a worker down."""
+    s = ctx.state
+    if (s.draining or s.superseded or s.worker_problem or s.port_problem or s.observation is None
+            or not ctx.config.services or not s.instances or (s.config_problem and not s.instances)):
+        return False
+    if not s.observation.ready and any(i.fixed_health is None for i in s.instances):
+        return False
+    if s.agent_problem:
+        return not s.agent_problem_fatal
+    return s.confirmed_generation != s.generation
 
 
 def verdict(ctx: Context, phase: str, message: str) -> a.GateVerdict:

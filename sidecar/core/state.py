@@ -36,6 +36,8 @@ class SyncState:
     last_error: str | None = None
     worker_problem: str | None = None  # the readiness worker is crash-looping (its last failure)
     superseded: dict[str, str] = field(default_factory=dict)  # service ID -> the other pod's UID on this agent
+    ready_since: float | None = None  # when the app last turned ready (fail-open counts from it)
+    failed_open: bool = False  # KATALOG_FAIL_OPEN_AFTER ran out while Consul could not confirm
 
 
 @dataclass
