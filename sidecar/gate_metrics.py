@@ -40,10 +40,11 @@ SERVERS_UNREACHABLE = "servers_unreachable"  # the agent accepted; the catalog c
 NOT_CONFIRMED = "not_confirmed"  # the catalog answers but does not show the instance as pushed yet
 DRAINING = "draining"  # the pod is terminating (or the sidecar stopped)
 SUPERSEDED = "superseded"  # a newer pod (another UID) holds this pod's service ID on the node
+WORKER_DOWN = "worker_down"  # the readiness worker is crash-looping: the app's readiness is not followed
 OTHER = "other"  # a line this version does not know: a bug to report, never a new label value
 
 CLOSED_REASONS = (STARTING, KUBERNETES_UNAVAILABLE, KUBERNETES_FORBIDDEN, CONFIG_ERROR, APP_NOT_READY,
-                  AGENT_UNREACHABLE, CONSUL_REFUSED, SERVERS_UNREACHABLE, NOT_CONFIRMED, DRAINING, SUPERSEDED, OTHER)
+                  AGENT_UNREACHABLE, CONSUL_REFUSED, SERVERS_UNREACHABLE, NOT_CONFIRMED, DRAINING, SUPERSEDED, WORKER_DOWN, OTHER)
 
 
 def closed_reason(passes: bool, phase: str, line: str) -> str:
@@ -54,6 +55,8 @@ def closed_reason(passes: bool, phase: str, line: str) -> str:
         return DRAINING
     if phase == status_state.SUPERSEDED:
         return SUPERSEDED
+    if phase == status_state.WORKER_DOWN:
+        return WORKER_DOWN
     if phase == status_state.CONFIG_ERROR or line.startswith("config error: "):
         return CONFIG_ERROR
     if line.startswith("waiting for the first readiness observation"):

@@ -41,6 +41,8 @@ LINES = [
     (False, status_state.STOPPED, "draining: drained and deregistered", gm.DRAINING),
     (False, status_state.SUPERSEDED, "superseded: shop:web-0:web on this agent now belongs to pod UID u2, not to "
                                      "this pod (u1): a newer pod with this name on this node", gm.SUPERSEDED),
+    (False, status_state.WORKER_DOWN, "worker down: the readiness worker is crash-looping (last failure: boom): the "
+                                      "app's readiness is not being followed", gm.WORKER_DOWN),
     (False, status_state.SYNCING, "something this version never says", gm.OTHER),
     (True, status_state.CONFIRMED, "ok: web passing in the catalog", ""),
     (True, status_state.SYNCING, "ok (latched): agent accepted web but the catalog cannot be read", ""),
