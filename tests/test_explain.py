@@ -162,7 +162,7 @@ def test_explain_in_every_gate_closed_state(cluster: KatalogCluster, tmp_path: P
 
     # The app is not ready: its own readiness, not Consul's.
     _run(cluster, "web-app", app_ready=False)
-    report = _explained(kubeconfig, "web-app", reasons.APP_NOT_READY, has="check default:web-app:web:readiness: critical")
+    report = _explained(kubeconfig, "web-app", reasons.APP_NOT_READY, has="check default:web-app:web:readiness: critical (not ready: web)")
     assert "the app is not ready (web)" in report["why"]
     assert "  check default:web-app:web:readiness: critical (not ready: web)" in _step(report, "node's agent")["lines"]
 
