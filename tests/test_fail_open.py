@@ -57,6 +57,22 @@ def test_not_confirming_fails_open_after_the_setting_counted_from_app_ready_and_
     assert _notified(run, so.CONFIRMED)
 
 
+def test_continuous_mode_counts_from_the_lost_confirmation_not_from_app_ready() -> None:
+    run = Run(config(KATALOG_FAIL_OPEN_AFTER="20s", KATALOG_GATE_MODE="continuous"), auto_confirm=False)
+    run.send(e.PodObserved(observation(ready=True)))
+    run.send(e.ConfirmResult(1, "confirmed"))
+    run.advance(100)
+    assert _gate(run).passes and run.core.phase is Phase.CONFIRMED
+    run.send(e.ConfirmResult(1, "lost", "agent accepted web but the catalog cannot be read: No cluster leader"))
+    assert not _gate(run).passes
+    lost_at = run.now
+    run.advance(19.9)
+    assert not _gate(run).passes and run.core.phase is Phase.CONFIRMING
+    run.advance(0.2)
+    assert run.core.phase is Phase.FAILED_OPEN
+    assert [t for t, x in run.timeline if isinstance(x, a.PhaseChanged) and x.new == "failed-open"] == [lost_at + 20]
+
+
 def test_never_for_the_pods_own_reasons() -> None:
     # A 403 needs a fix: held however long it lasts.
     refused = AgentModel(fail=lambda c: e.Failure(e.FailureKind.FORBIDDEN, "Permission denied")

@@ -83,8 +83,9 @@ class Core:
             deadlines.append(t.resume_at)
         s = self.ctx.state
         after = self.ctx.config.fail_open_after
-        if after and s.ready_since is not None and not s.failed_open and s.ready_since + after > self.ctx.now:
-            deadlines.append(s.ready_since + after)  # a deadline already past is acted on or moot: no spin
+        held = self._held_since()
+        if after and held is not None and not s.failed_open and held + after > self.ctx.now:
+            deadlines.append(held + after)  # a deadline already past is acted on or moot: no spin
         if self._task is not None or s.draining:
             return min(deadlines)  # retries, refreshes and re-checks wait for the task; none while draining
         if t.retry_at is not None:
@@ -259,16 +260,27 @@ class Core:
                 ctx.warning("no longer failed open: the gate is closed for a reason of the pod's own")
             ctx.timers.next_heartbeat = ctx.now  # news for the gate: write now
             return
-        after = ctx.config.fail_open_after
-        if not after or s.ready_since is None or ctx.now < s.ready_since + after or not consul_holds_the_gate(ctx):
-            return
         if verdict(ctx, *gate_line(ctx)).passes:
-            return  # latched: nothing to open
+            s.gate_closed_at = None  # open (latched, or confirmed): nothing to count
+            return
+        if s.gate_closed_at is None:
+            s.gate_closed_at = ctx.now
+        after, held = ctx.config.fail_open_after, self._held_since()
+        if not after or held is None or ctx.now < held + after or not consul_holds_the_gate(ctx):
+            return
         s.failed_open = True
         _, message = gate_line(ctx)
         ctx.warning(message)
         ctx.notify(so.CONSUL_GATE_FAILED_OPEN, message)
         ctx.timers.next_heartbeat = ctx.now
+
+    def _held_since(self) -> float | None:
+        """Since when the gate has held a ready app: the later of the app turning ready and the
+        gate closing (continuous mode closes a confirmed pod's gate when confirmation is lost)."""
+        s = self.ctx.state
+        if s.ready_since is None:
+            return None
+        return max(s.ready_since, s.gate_closed_at if s.gate_closed_at is not None else s.ready_since)
 
     # --- the phase -------------------------------------------------------------------------------
     def _derived(self) -> Phase:

@@ -38,6 +38,7 @@ class SyncState:
     superseded: dict[str, str] = field(default_factory=dict)  # service ID -> the other pod's UID on this agent
     ready_since: float | None = None  # when the app last turned ready (fail-open counts from it)
     failed_open: bool = False  # KATALOG_FAIL_OPEN_AFTER ran out while Consul could not confirm
+    gate_closed_at: float | None = None  # when the gate last closed (None: it passes now)
 
 
 @dataclass
