@@ -14,7 +14,9 @@
 # cannot reach an image registry, passes a Debian rootfs it builds (scripts/image-smoke.sh).
 ARG BASE_IMAGE=python:3.12-slim
 
-# -- build: wheels of the package and of every dependency ------------------------------------
+# -- build: wheels of the package and of every dependency (with the `webhook` extra's) ---------
+# The second command names the wheel just built, so `katalog-sidecar[webhook]` resolves to it,
+# never to an index.
 FROM ${BASE_IMAGE} AS build
 WORKDIR /src
 COPY pyproject.toml setup.cfg README.md LICENSE ./
@@ -22,7 +24,7 @@ COPY sidecar ./sidecar
 COPY readiness_gate ./readiness_gate
 COPY bin ./bin
 RUN python -m pip wheel --no-cache-dir --no-deps -w /wheels . \
- && python -m pip wheel --no-cache-dir -w /wheels /wheels/katalog_sidecar-*.whl
+ && python -m pip wheel --no-cache-dir -w /wheels --find-links=/wheels /wheels/katalog_sidecar-*.whl 'katalog-sidecar[webhook]'
 
 # -- runtime --------------------------------------------------------------------------------
 FROM ${BASE_IMAGE}
@@ -31,8 +33,10 @@ ENV PYTHONDONTWRITEBYTECODE=1 \
     PIP_DISABLE_PIP_VERSION_CHECK=1
 # Installed from the build stage's wheels only (no index). pip compiles the bytecode now, so
 # readiness-gate never compiles at probe time (and could not write it: the root is read-only).
+# With the `webhook` extra (cryptography), so the Helm chart's webhook runs from this same image;
+# `run` and readiness-gate never import it (tests/test_image_install.py checks that).
 RUN --mount=type=bind,from=build,source=/wheels,target=/wheels \
-    python -m pip install --no-cache-dir --no-index --find-links=/wheels katalog-sidecar
+    python -m pip install --no-cache-dir --no-index --find-links=/wheels 'katalog-sidecar[webhook]'
 RUN groupadd --system --gid 65532 katalog \
  && useradd --system --uid 65532 --gid 65532 --no-create-home --home-dir /nonexistent --shell /usr/sbin/nologin katalog \
  && mkdir -p /run/katalog \

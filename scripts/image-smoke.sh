@@ -11,7 +11,7 @@
 #
 # The smoke test, with the examples' security settings (read-only root, uid 65532, every
 # capability dropped, no new privileges):
-#   1. `katalog-sidecar --help` works;
+#   1. `katalog-sidecar --help` works, and the webhook starts and serves one review (its extra is in);
 #   2. `readiness-gate` with no sidecar fails cleanly (exit 1, a message, no traceback);
 #   3. the sidecar (readiness source `fixed`, no Kubernetes API needed) registers against a
 #      Consul dev agent until `podman exec ... readiness-gate` prints ok and the catalog lists
@@ -219,6 +219,20 @@ help=$(timeout 120 podman run --rm "${SECURITY[@]}" "$IMAGE" --help 2>&1) \
 grep -Eq '^\s+run\s' <<<"$help" || { echo "$help" >&2; fail "--help does not list the run command"; }
 log "ok: katalog-sidecar --help"
 
+# -- 1b. the webhook runs from the same image (the Helm chart's default) ------------------------
+# `webhook --help` imports only click, so the real check is a start: a CA and a serving
+# certificate made in the image (the `webhook` extra, cryptography), one AdmissionReview served
+# over HTTPS on loopback, exit 0 on SIGTERM (scripts/image_webhook_check.py, run by the image's
+# Python). As the chart's Deployment, with a writable /tmp (the chart's emptyDir: the webhook
+# loads each certificate through a private scratch directory there) on the read-only root.
+help=$(timeout 120 podman run --rm "${SECURITY[@]}" "$IMAGE" webhook --help 2>&1) \
+  || { echo "$help" >&2; fail "katalog-sidecar webhook --help exited non-zero"; }
+podman volume create katalog-webhook >/dev/null
+hook_out=$(timeout 180 podman run --rm -i "${SECURITY[@]}" -v katalog-webhook:/tmp --entrypoint python \
+  "$IMAGE" - /tmp/certs <scripts/image_webhook_check.py 2>&1) \
+  || { echo "$hook_out" >&2; fail "the webhook did not start and serve from the image"; }
+log "ok: $hook_out"
+
 # -- 2. the gate fails cleanly without a sidecar ------------------------------------------------
 # /run/katalog: a named volume (podman copies the image's 65532-owned directory into it, as an
 # emptyDir with fsGroup gives the pod); a --tmpfs would stay root-owned under podman 4.3.
@@ -279,6 +293,13 @@ done
 listed=$(catalog)
 [ "$listed" = "$INSTANCE passing" ] || fail "catalog lists: ${listed:-nothing} (want $INSTANCE passing)"
 log "ok: readiness-gate in the container: \"$gate_out\"; the catalog lists $INSTANCE passing"
+# The image carries cryptography for the webhook; the running sidecar must not have loaded it
+# (its compiled module would be mapped into PID 1: memory every pod would pay).
+mapped=$(podman exec "$CONTAINER" python -c '
+import sys
+print(sum("/cryptography/" in line for line in open("/proc/1/maps")))') || fail "cannot read the sidecar's /proc/1/maps"
+[ "$mapped" = 0 ] || fail "the running sidecar has cryptography loaded ($mapped mappings): run must not import it"
+log "ok: the running sidecar has not loaded cryptography (none of it mapped into PID 1)"
 
 if [ "$MEASURE" = 1 ]; then
   log "measuring (bench/image.py)"

@@ -176,9 +176,13 @@ def test_dockerfile_builds_wheels_then_installs_them_as_non_root() -> None:
     assert (build.base, build.name) == (BASE_IMAGE, "build")
     assert (runtime.base, runtime.name) == (BASE_IMAGE, None)
     assert pip_commands(build)[0] == "python -m pip wheel --no-cache-dir --no-deps -w /wheels ."
-    assert any(" wheel " in cmd and "--no-deps" not in cmd for cmd in pip_commands(build)), "dependency wheels"
+    # The dependencies' wheels, the `webhook` extra's (cryptography) included, resolved against
+    # the wheel just built (named by its path: never a katalog-sidecar from an index).
+    assert pip_commands(build)[1] == ("python -m pip wheel --no-cache-dir -w /wheels --find-links=/wheels "
+                                      "/wheels/katalog_sidecar-*.whl 'katalog-sidecar[webhook]'")
     (install,) = pip_commands(runtime)
-    assert re.fullmatch(r"python -m pip install --no-cache-dir --no-index --find-links=/wheels katalog-sidecar", install)
+    # With the extra: the chart's default image runs the webhook too.
+    assert install == "python -m pip install --no-cache-dir --no-index --find-links=/wheels 'katalog-sidecar[webhook]'"
     assert "from=build" in runtime.all("RUN")[0] and "/wheels" in runtime.all("RUN")[0]
     assert runtime.all("COPY") == [], "the runtime stage takes only the wheels (through a bind mount)"
 
@@ -378,3 +382,45 @@ def test_readiness_gate_from_the_install(installed: Installed, tmp_path: Path) -
     _status(status_file, phase=state.CONFIRMED, ever_confirmed=True, updated_at=time.time() - 60)
     stale = installed.run("readiness-gate", env=as_in_the_pod)
     assert stale.returncode == 1 and stale.stdout.startswith("heartbeat stale")
+
+
+@network
+@slow_install
+def test_the_webhook_starts_and_serves_a_review_from_the_install(installed: Installed, tmp_path: Path) -> None:
+    """The `webhook` extra is installed: the image's own check (scripts/image_webhook_check.py,
+    which image-smoke.sh runs in the built image) passes here too: a CA and a serving
+    certificate made, one AdmissionReview answered with the sidecar's patch over HTTPS, exit 0."""
+    done = installed.run("python", str(ROOT / "scripts" / "image_webhook_check.py"), str(tmp_path / "certs"),
+                         env={"TMPDIR": str(tmp_path)}, timeout=120)
+    assert done.returncode == 0, done.stdout + done.stderr
+    assert "served one AdmissionReview" in done.stdout
+
+
+# The one module that imports the `webhook` extra: the webhook's certificates (the webhook's
+# server imports it only when it makes or reads one).
+WEBHOOK_ONLY = {"sidecar.manifests.certs"}
+
+
+def test_nothing_but_the_webhook_imports_cryptography() -> None:
+    """The image carries cryptography for the webhook; the sidecar's memory must not pay for it.
+    Every other module of both packages (a superset of what `run` and the probe can import,
+    lazy imports included) is imported in a fresh interpreter: cryptography stays out. Then the
+    certificates' module is imported in the same one, and cryptography is in (so the check can fail)."""
+    code = """
+import importlib, pkgutil, sys
+import readiness_gate, sidecar
+skip = set(sys.argv[1:])
+names = [m.name for p in (sidecar, readiness_gate) for m in pkgutil.walk_packages(p.__path__, p.__name__ + ".")]
+for name in names:
+    if name not in skip:
+        importlib.import_module(name)
+print(len(names) - len(skip), "cryptography" in sys.modules)
+importlib.import_module("sidecar.manifests.certs")
+print("cryptography" in sys.modules)
+"""
+    done = subprocess.run([sys.executable, "-c", code, *sorted(WEBHOOK_ONLY)], capture_output=True, text=True,
+                          timeout=60, check=False, cwd=ROOT)
+    assert done.returncode == 0, done.stderr
+    (imported, before), (after,) = (line.split() for line in done.stdout.splitlines())
+    assert int(imported) > 40 and before == "False", done.stdout
+    assert after == "True", "sidecar.manifests.certs should need cryptography: is the extra installed?"
