@@ -131,11 +131,23 @@ def real_node_demo(node_binaries: dict[str, str]) -> int:
             say(f"the node's agent holds {len(leftovers)} service(s) now")
             ok = code == 0 and not leftovers and bool(final.get("gone"))
         finally:
+            files = _container_log(cluster, "katalog-sidecar")  # before stop(): the node's /var/log
             cluster.stop()
-        print("\nThe sidecar's log (kubectl logs -f; one line per transition):")
-        print("    " + "".join(sidecar_log).rstrip().replace("\n", "\n    "))
+        print(f"\nThe sidecar's log ({'the kubelet' + chr(39) + 's log file' if files else 'kubectl logs -f'}; "
+              f"one line per transition):")
+        print("    " + "".join(files or sidecar_log).rstrip().replace("\n", "\n    "))
         print(f"\ndemo {'completed' if ok else 'FAILED'}; every process it started is stopped.")
         return 0 if ok else 1
+
+
+def _container_log(cluster: Any, container: str) -> list[str]:
+    """web-0's container log as the kubelet wrote it (CRI format: time, stream, tag, text)."""
+    lines: list[str] = []
+    for node in cluster.nodes:
+        for path in sorted((node.scratch / "var-log" / "pods").glob(f"default_web-0_*/{container}/*.log")):
+            lines += [line.split(" ", 3)[3] + "\n" for line in path.read_text(errors="replace").splitlines()
+                      if line.count(" ") >= 3]
+    return lines
 
 
 def _overlaid(cluster: Any, doc: dict[str, Any]) -> dict[str, Any]:
