@@ -227,7 +227,7 @@ def _run(config: Config) -> int:
         sink = ConfigFollower(os.environ, config, syncer)
     sink = ReadinessTap(sink, gate_metrics)
     stop_sources = threading.Event()
-    _on_terminate(syncer.request_shutdown)
+    _on_terminate(syncer.on_signal)
     services = ", ".join(s.name for s in config.services) or config.service_source
     log.info("starting: pod %s/%s, services %s, agent %s, readiness from %s, gate mode %s",
              config.pod_namespace, config.pod_name, services,

@@ -35,6 +35,10 @@ __all__ = ["EXIT_DRAIN_INCOMPLETE", "EXIT_OK", "Syncer"]
 
 log = logging.getLogger("katalog.sync")
 
+
+class CallInterrupted(BaseException):  # noqa: N818 - like KeyboardInterrupt: no `except Exception` swallows it
+    """Raised by the signal handler into an agent call made by the loop."""
+
 READINESS_WORKER = "readiness"  # the supervised readiness source (sidecar.cli)
 
 
@@ -62,6 +66,7 @@ class Syncer:
         self._last_fields: dict[str, Any] | None = None
         self._rewrite = False
         self._worker_problem: str | None = None
+        self._in_call = False  # an agent call is under way in the loop (see on_signal)
         self._exit: int | None = None
         self._stop_sources = threading.Event()
         self.last_loop = clock()  # for the liveness endpoint: a stuck loop stops updating it
@@ -79,6 +84,24 @@ class Syncer:
 
     def problem(self, message: str | None) -> None:
         self._post(e.SourceProblem(message))
+
+    def on_signal(self, reason: str, at: float | None = None) -> None:
+        """The SIGTERM/SIGINT handler (sidecar.cli). Handlers run in the main thread, which is
+        this loop's: if it is inside an agent call, that call is abandoned (the exception
+        unwinds it), so the drain starts at once, not after the call's timeout."""
+        self.request_shutdown(reason, at)
+        if self._in_call and threading.current_thread() is threading.main_thread():
+            self._in_call = False
+            raise CallInterrupted(reason)
+
+    def _call(self, call: a.Call) -> e.CallSucceeded | e.CallFailed:
+        self._in_call = True
+        try:
+            return self._caller.perform(call)
+        except CallInterrupted as exc:
+            return e.CallFailed(call.request_id, e.Failure(e.FailureKind.UNAVAILABLE, f"abandoned on {exc}"))
+        finally:
+            self._in_call = False
 
     def request_shutdown(self, reason: str = "SIGTERM", at: float | None = None) -> None:
         """`at`: when the signal came (this loop's clock; default now): the kubelet's grace
@@ -157,7 +180,7 @@ class Syncer:
                 # during a slow call is handled before the next call, its budget from the signal.
                 # (A caller thread cost a thread wake-up on every flip: 0.2 -> 2-27 ms at p50 on
                 # a loaded node.)
-                self._post(self._caller.perform(action))
+                self._post(self._call(action))
             elif isinstance(action, a.Log):
                 logging.getLogger(action.logger).log(action.level, "%s", action.message)
             elif isinstance(action, a.WriteStatus):
