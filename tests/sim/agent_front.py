@@ -2,7 +2,7 @@
 
 Each request gets a latency and either reaches the agent model or fails the way a real one
 would (refused, 5xx, 403, a long-poll cut). A write slower than the caller's timeout fails
-for the caller (UNAVAILABLE) yet still lands on the agent, as it does for real.
+for the caller (UNAVAILABLE) and is not applied (the slowness is on the way in).
 """
 
 from __future__ import annotations
@@ -76,8 +76,11 @@ class AgentFront:
             if latency <= timeout:
                 done(reply)
 
-        self.clock.after(latency, land, "agent write")
-        if latency > timeout:
+        # The latency is on the way in (a slow proxy or agent queue): a request its caller gave up
+        # on is cut with the connection and never applied.
+        if latency <= timeout:
+            self.clock.after(latency, land, "agent write")
+        else:
             self.clock.after(timeout, lambda: done(Reply(0, text=f"read timeout ({timeout:g}s)")), "timeout")
 
     def read(self, apply: Callable[[], Reply], timeout: float, done: Callable[[Reply], None]) -> None:

@@ -8,10 +8,12 @@ from the Faults table and issue 18).
 
 from __future__ import annotations
 
+import functools
 from collections.abc import Iterable
 from typing import TYPE_CHECKING, Any
 
 from readiness_gate import state as status_state
+from sidecar.manifests.inject import InjectOptions, sidecar_container
 from sidecar.registration import service_id as make_service_id
 from sim.kube_model import CONDITION
 
@@ -20,9 +22,11 @@ if TYPE_CHECKING:
     from sim.world import World
 
 STALE_BOUND = 25.0  # stale_after 15 s + one 10 s probe period
-OPEN_SLACK = 1.0  # the catalog changed between the confirming read and the gate's verdict
+OPEN_SLACK = 5.0  # one agent call (timeout 5 s): the catalog changed between the confirming read and the verdict
 SIGTERM_BOUND = 6.0  # the agent timeout (5 s) of a call in flight, plus a second
 WINDOW = 60.0
+REAP_RUNNING = 10.0  # a sidecar running this long has had the time to push its liveness
+SLOW_WRITE = 4.0  # the slow agent's worst write latency (sim.agent_front)
 REGISTER_CEILING_WRITES_FAIL = 0.2 * WINDOW + 2  # <= 0.2 register calls/s while writes fail
 WRITES_CEILING_FORBIDDEN = 2  # one try per 60 s hold after a 403 (a try may be register + update)
 NEEDLESS_REGISTER_CEILING = 1  # no re-registration while the agent holds our instance intact
@@ -57,6 +61,7 @@ class Invariants:
         self.needless: dict[int, list[float]] = {}
         self.flips: dict[str, list[float]] = {}
         self.opened_unconfirmed: dict[str, float] = {}
+        self.ever_opened: set[str] = set()
 
     def sids(self, uid: str) -> tuple[str, ...]:
         if uid not in self._sids:
@@ -105,14 +110,22 @@ class Invariants:
     def _gate(self, uid: str, pod: Any, now: float) -> None:
         sidecar = self._live(uid)
         doc = self.w.status_files.get(uid)
-        probe = doc is not None and status_state.evaluate(
+        exec_open = doc is not None and status_state.evaluate(
             doc, now, lambda pid: sidecar is not None and sidecar.pid == pid, lambda _pid: None)[0]
-        # Condition mode: Ready = the readinessGates condition True and the sidecar's readinessProbe
-        # passing (in condition mode it checks that the live sidecar set that condition itself).
-        open_ = probe and (self.w.settings.gate != "condition" or pod.conditions.get(CONDITION) == "True")
+        if self.w.settings.gate == "condition":
+            # kubelet: Ready needs the condition True, and the sidecar container's own probe
+            # when `inject --gate condition` gives it one.
+            open_ = pod.conditions.get(CONDITION) == "True" and (exec_open or not condition_mode_probe())
+        else:
+            open_ = exec_open
         was = self.gate_open.get(uid, False)
         self.gate_open[uid] = open_
-        if open_ and not was:
+        # Latch mode: once confirmed, a later Consul problem does not close the gate (by design),
+        # so only its first opening needs the catalog; continuous and condition gates every time.
+        latched = self.w.settings.gate_mode == "latch" and uid in self.ever_opened
+        if open_:
+            self.ever_opened.add(uid)
+        if open_ and not was and not latched:
             seen = self.all_passing_at.get(uid)
             if (seen is None or now - seen > OPEN_SLACK) and not self.catalog_passing(uid):
                 self.opened_unconfirmed.setdefault(uid, now)
@@ -215,13 +228,16 @@ class Invariants:
     def _drained(self, uid: str, at: float, grace: float) -> None:
         now = self.w.clock.now
         window = now - at + 5.0
-        if not self._quiet(WRITE_FAULTS, now, window) or not self._quiet(API_FAULTS + ("hang",), now, window):
+        if not self._quiet(WRITE_FAULTS, now, window) or not self._quiet(API_FAULTS + ("hang", "stall_watch"), now, window):
             return
         if uid in self.w.deleted:
             return
         left = [sid for sid in self.sids(uid) if self.w.agent.pod_uid_of(sid) == uid]
         if not left:
             return
+        budget = min(self.w.config_for(uid).drain_timeout, max(1.0, grace - 2.0))
+        if not self._quiet(("agent_slow",), now, window) and len(self.sids(uid)) * SLOW_WRITE + 1.0 > budget:
+            return  # even deregistrations alone do not fit the budget at the slow agent's latency
         statuses = {c.check_id: c.status for c in self.w.agent.checks.values() if c.service_id in left}
         made_critical = all(s == "critical" for s in statuses.values())
         raise Violation("drain", f"pod {uid} deleted {now - at:.1f}s ago (grace {grace:g}s): {left} still on the agent "
@@ -243,9 +259,9 @@ class Invariants:
         if uid is None:
             return
         sidecar = self._live(uid)
-        span = 95.0
-        if sidecar is None or sidecar.frozen_until is not None or sidecar.started_at > at - span:
+        if sidecar is None or sidecar.frozen_until is not None or sidecar.started_at > at - REAP_RUNNING:
             return
+        span = at - sidecar.started_at  # long enough to have pushed its liveness, and nothing in the way
         if not self._quiet(WRITE_FAULTS + ("hang", "agent_slow"), at, span):
             return
         pod = self.w.api.pods.get("web-0")
@@ -262,8 +278,10 @@ class Invariants:
     def _flipped(self, uid: str, at: float) -> None:
         now = self.w.clock.now
         span = now - at
-        kinds = ALL_AGENT + API_FAULTS + ("servers_down", "hang", "kill_restart")
-        if not self._quiet(kinds, now, span) or uid not in self.w.sidecars:
+        kinds = ALL_AGENT + API_FAULTS + ("servers_down", "hang", "kill_restart", "stall_watch")
+        if not self._quiet(kinds, now, span) or not self._quiet(("writes_forbidden",), now, span + 60.0):
+            return  # a 403 holds writes for 60 s by design (one try per hold)
+        if uid not in self.w.sidecars:
             return
         pod = self.w.api.pods.get("web-0")
         sidecar = self._live(uid)
@@ -306,6 +324,13 @@ class Invariants:
             if found is None or sorted(statuses.values()) != sorted(["passing", want]):
                 raise Violation("convergence", f"after the faults stopped the catalog shows {sid} of live pod {live} "
                                 f"as {found and statuses}; app ready: {pod.app_ready}")
+
+
+@functools.cache
+def condition_mode_probe() -> bool:
+    """Does the container `inject --gate condition` adds carry a readiness probe of its own?"""
+    container = sidecar_container("web:http", InjectOptions(image="katalog-sidecar", gate="condition"))
+    return "readinessProbe" in container
 
 
 def _incarnation(uid: str) -> int:

@@ -3,8 +3,8 @@
 Events go through one FIFO; at most one agent call is in flight (as the core's API says), and
 its answer is queued behind anything that came meanwhile (a SIGTERM is handled first). The
 process can be hung (SIGSTOP: nothing runs until it is continued) and killed (the status file
-survives; a new process starts from it). The pod watch and the condition writer are modelled
-from sidecar/kube/source.py and sidecar/kube/pod_condition.py (their decisions are not in the core).
+survives; a new process starts from it). The pod watch takes its failure handling from
+sidecar/kube/source.py itself; the condition writer is modelled on sidecar/kube/pod_condition.py.
 """
 
 from __future__ import annotations
@@ -14,15 +14,18 @@ import random
 from collections import deque
 from collections.abc import Callable
 from dataclasses import dataclass, field
-from typing import Any
+from typing import Any, cast
 
 from readiness_gate import state as status_state
 from sidecar.backoff import Backoff
 from sidecar.config import Config
 from sidecar.core import actions as act
 from sidecar.core import events as ev
+from sidecar.errors import KubernetesError
 from sidecar.kube.pod_condition import condition_state
 from sidecar.kube.pod_readiness import observe_pod
+from sidecar.kube.source import KubernetesSource
+from sidecar.readiness import Observation
 from sidecar.registration import CheckState
 from sim.agent_front import AgentFront, classify
 from sim.clock import Timer, VirtualClock
@@ -34,7 +37,6 @@ from sim.readers import AgentWatch, Confirmer
 log = logging.getLogger("sim")
 
 SPIN_LIMIT = 100  # Ticks that do nothing, in a row, with the deadline not moving: a hot loop
-FORBIDDEN_HOLD = 30.0  # kube_source: a 403 is "permanent", retried after BACKOFF_MAX * (0.8..1)
 CONDITION_FORBIDDEN_RETRY = 60.0
 
 
@@ -91,8 +93,8 @@ class Sidecar:
 
     def _drain(self) -> None:
         self._busy = False
-        if not self.alive or not self.queue:
-            return
+        if not self.alive or not self.queue or self.in_flight is not None:
+            return  # a call in flight blocks the loop (sidecar.syncer performs it); its answer wakes it
         if self.frozen_until is not None:
             self._busy = True
             self.clock.at(self.frozen_until, self._drain, "sidecar thaw")
@@ -109,7 +111,7 @@ class Sidecar:
         else:
             self.spins = 0
         self._carry_out(actions)
-        if self.alive and self.queue:
+        if self.alive and self.queue and self.in_flight is None:
             self._busy = True
             self.clock.after(0.0, self._drain, "sidecar loop")
         self._arm_tick()
@@ -119,9 +121,9 @@ class Sidecar:
             return
         if self._tick is not None:
             self._tick.cancel()
+        if self.in_flight is not None:
+            return  # blocked in the call: no Tick until its answer
         deadline = self.core.next_deadline()
-        if not self.world.settings.strict_spin and self.in_flight is not None and deadline <= self.clock.now:
-            return  # exploring past a known spin: the call's answer wakes the loop
         self._tick = self.clock.at(deadline, lambda: self._post(ev.Tick()), "tick")
 
     def _carry_out(self, actions: list[act.Action]) -> None:
@@ -165,6 +167,8 @@ class Sidecar:
                 self.world.trace(f"{self.pod_name}/{self.uid} phase {action.old} -> {action.new}: {action.why}")
 
     def _call(self, action: act.Action) -> None:
+        if self._tick is not None:
+            self._tick.cancel()
         timeout = getattr(action, "timeout", None) or self.config.consul.timeout
         request_id: int = action.request_id
         self.in_flight = request_id
@@ -181,6 +185,8 @@ class Sidecar:
             if not self.alive:
                 return
             self.in_flight = None
+            self._busy = False
+            # Posted behind whatever came during the call (a SIGTERM is handled first).
             if reply.ok:
                 self._post(ev.CallSucceeded(request_id, value))
             else:
@@ -266,18 +272,33 @@ class Sidecar:
             self.condition.stop()
 
 
+class _Sink:
+    def __init__(self, sidecar: Sidecar) -> None:
+        self.s = sidecar
+
+    def observe(self, observation: Observation) -> None:
+        self.s._post(ev.PodObserved(observation))
+
+    def problem(self, message: str | None) -> None:
+        self.s._post(ev.SourceProblem(message))
+
+
 class PodSource:
-    """List + watch of the sidecar's own pod; kube_source's retry rules."""
+    """List + watch of the sidecar's own pod. What to do on a failure (the problem reported,
+    how long to wait) is decided by sidecar.kube_source.KubernetesSource itself."""
 
     def __init__(self, sidecar: Sidecar) -> None:
         self.s = sidecar
         self.active = False
         self.watch: Watch | None = None
         self.rv = 0
-        self.failure_backoff = Backoff(0.5, 30.0, sidecar.rng.random)
-        self.reconnect_backoff = Backoff(0.5, 10.0, sidecar.rng.random)
-        self.problem: str | None = None
+        self.sink = _Sink(sidecar)
+        readiness = sidecar.config.readiness
+        self.real = KubernetesSource(cast(Any, None), "default", sidecar.pod_name, readiness.container_name,
+                                     readiness.exclude_containers, 60.0, expected_uid=sidecar.uid,
+                                     rng=sidecar.rng.random)
         self._timer: Timer | None = None
+        self.stalled_until = 0.0
 
     def start(self) -> None:
         self.active = True
@@ -292,17 +313,17 @@ class PodSource:
 
     def _failed(self, code: int) -> None:
         if code == 0:
-            problem, delay = "Kubernetes API unreachable: connection refused", self.reconnect_backoff.next_delay()
+            exc = KubernetesError("connection refused", reason="unreachable")
         elif code == 403:
-            problem = "pods \"x\" is forbidden: User cannot get resource \"pods\" (grant get, list, watch on pods)"
-            delay = FORBIDDEN_HOLD * (0.8 + 0.2 * self.s.rng.random())
+            exc = KubernetesError(f"pods \"{self.s.pod_name}\" is forbidden: User cannot watch resource \"pods\" "
+                                  "(HTTP 403)", status=403)
         else:
-            self.reconnect_backoff.reset()
-            problem, delay = f"Kubernetes API: HTTP {code}", self.failure_backoff.next_delay()
-        if problem != self.problem:
-            self.problem = problem
-            self.s._post(ev.SourceProblem(problem))
+            exc = KubernetesError(f"HTTP {code}", status=code)
+        delay = self.real._on_failure(exc, self.sink)
         self._timer = self.s.clock.after(delay, self._list, "pod relist")
+
+    def _recovered(self) -> None:
+        self.real._connected(self.sink)
 
     def _list(self) -> None:
         if not self.active:
@@ -317,13 +338,6 @@ class PodSource:
             self._observe(item)
         self._open()
 
-    def _recovered(self) -> None:
-        self.failure_backoff.reset()
-        self.reconnect_backoff.reset()
-        if self.problem is not None:
-            self.problem = None
-            self.s._post(ev.SourceProblem(None))
-
     def _open(self) -> None:
         if not self.active:
             return
@@ -334,7 +348,7 @@ class PodSource:
             self.watch = opened
 
     def _event(self, event: WatchEvent) -> None:
-        if not self.active:
+        if not self.active or self.s.clock.now < self.stalled_until:
             return
         self.s.clock.after(0.002, lambda: self._deliver(event), "watch event")
 
@@ -356,8 +370,14 @@ class PodSource:
         self._observe(obj)
 
     def _observe(self, pod: dict[str, Any]) -> None:
-        observation = observe_pod(pod, self.s.config.readiness.container_name, self.s.config.readiness.exclude_containers)
-        self.s._post(ev.PodObserved(observation))
+        if pod.get("metadata", {}).get("uid") != self.s.uid:
+            # Another incarnation under our pod's name: ours is gone (kube_source's expected_uid).
+            observation = Observation(ready=False, detail="pod deleted", terminating=True, deleted=True,
+                                      pod_uid=self.s.uid)
+        else:
+            observation = observe_pod(pod, self.s.config.readiness.container_name,
+                                      self.s.config.readiness.exclude_containers)
+        self.real._send(observation, self.sink)
 
     def _ended(self, code: int | None) -> None:
         if not self.active:

@@ -29,7 +29,6 @@ def main() -> int:
     parser.add_argument("--seeds", default="0-99")
     parser.add_argument("--gate", default=None)
     parser.add_argument("--mode", default=None)
-    parser.add_argument("--lenient-spin", action="store_true", help="do not tick while a call is in flight")
     parser.add_argument("--stop", action="store_true", help="stop at the first violation")
     args = parser.parse_args()
     first, _, last = args.seeds.partition("-")
@@ -40,8 +39,7 @@ def main() -> int:
     started = time.process_time()
     for seed in seeds:
         gate, mode = variant(seed)
-        world, violation = run_seed(Settings(seed, gate=args.gate or gate, gate_mode=args.mode or mode,
-                                              strict_spin=not args.lenient_spin))
+        world, violation = run_seed(Settings(seed, gate=args.gate or gate, gate_mode=args.mode or mode))
         steps += world.clock_steps
         if violation is not None:
             failed += 1

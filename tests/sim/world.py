@@ -36,7 +36,6 @@ class Settings:
     kinds: tuple[str, ...] | None = None
     episodes_given: list[Episode] | None = None
     persist: bool = True
-    strict_spin: bool = True  # a Tick that changes nothing at a deadline that does not move is a violation
 
 
 @dataclass
@@ -222,6 +221,14 @@ class World:
                 self.active.on("hang", now)
                 self.sidecars[uid].freeze(end_at)
                 self.clock.at(end_at, lambda: self.active.off("hang", self.clock.now), "thaw")
+        elif e.kind == "stall_watch":
+            # This process's pod watch stays open but delivers nothing (a stalled stream, a
+            # partitioned kubelet-to-API path): the sidecar is blind to its pod meanwhile.
+            uid = self._current_uid()
+            if uid is not None and uid in self.sidecars:
+                self.active.on("stall_watch", now)
+                self.sidecars[uid].source.stalled_until = end_at
+                self.clock.at(end_at, lambda: self.active.off("stall_watch", self.clock.now), "stream flows")
         elif e.kind == "ready_flip":
             uid = self._current_uid()
             pod = self.api.pods.get(POD)
