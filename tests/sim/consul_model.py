@@ -212,12 +212,13 @@ class AgentModel:
         for check in self.checks.values():
             if check.timer is not None:
                 check.timer.cancel()
-        for waits in self._waits.values():
-            for wait in waits:
-                wait.active = False
-                if wait.timer is not None:
-                    wait.timer.cancel()
+        waiting = [wait for waits in self._waits.values() for wait in waits]
         self._waits.clear()
+        for wait in waiting:  # open long-polls end with the connection
+            wait.active = False
+            if wait.timer is not None:
+                wait.timer.cancel()
+            wait.done(Reply(0, text="connection reset by peer"))
         if not self.persist:
             self.services.clear()
             self.checks.clear()

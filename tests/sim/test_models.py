@@ -148,3 +148,12 @@ def test_watch_replays_history_and_old_rv_gets_410() -> None:
     api.set_status_code(403)
     assert 403 in ends
     assert api.watch_pod("p", api.rv, events.append, ends.append) == 403
+
+
+def test_a_stopping_agent_ends_its_long_polls() -> None:
+    _clock, _servers, agent = _world()
+    agent.register(_payload())
+    got: list[Reply] = []
+    agent.wait_service("web-p", agent.service("web-p").body["ContentHash"], 60.0, got.append)
+    agent.stop()
+    assert [r.status for r in got] == [0]

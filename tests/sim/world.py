@@ -22,6 +22,7 @@ from sim.kube_model import Pod, PodApi
 from sim.process import Sidecar
 
 NODE = "node-a"
+HOT_LOOP_STEPS = 60_000  # a seed takes 1,000-5,000 steps; far more is a loop that never rests
 POD = "web-0"
 
 
@@ -270,6 +271,9 @@ class World:
                 break
             self.clock.step()
             self.clock_steps += 1
+            if self.clock_steps > HOT_LOOP_STEPS:
+                raise Violation("hot-loop", f"{self.clock_steps} steps in {self.clock.now - self.t0:.0f}s of simulated "
+                                "time: something wakes without end")
             self.invariants.check()
 
     def report(self, violation: Violation) -> str:
