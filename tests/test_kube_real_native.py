@@ -115,13 +115,15 @@ def test_an_injected_deployment_runs_rolls_and_tells_its_story(katalog_cluster: 
     assert cluster.consul.server.passing_ids(SERVICE) == {f"default:{p.name}:{SERVICE}" for p in new}
 
 
-def test_condition_gate_makes_pods_ready_without_a_probe(katalog_cluster: Any) -> None:
+def test_condition_gate_makes_pods_ready_through_the_condition_and_the_staleness_probe(katalog_cluster: Any) -> None:
+    """Ready takes both: the readinessGate condition True and the sidecar's readinessProbe (the gate's
+    staleness bound in condition mode, issue 18 defect 2) passing."""
     cluster = katalog_cluster
     start_plain(cluster)
     inject_live(cluster, "--gate", "condition")
     pods = rolled(cluster)
     for pod in pods:
-        assert pod.probe_runs("katalog-sidecar") == 0, "Ready through the readiness gate alone"
+        assert pod.probe_runs("katalog-sidecar") > 0, "the staleness probe runs in condition mode too"
         status = cluster.api.get(f"/api/v1/namespaces/default/pods/{pod.name}")["status"]
         condition = next(c for c in status["conditions"] if c["type"] == CONDITION_TYPE)
         assert (condition["status"], condition["reason"]) == ("True", "Confirmed")
@@ -171,8 +173,8 @@ def test_the_condition_example_runs_as_it_is(katalog_cluster: Any) -> None:
     pods = cluster.runner.wait_for_pods("default", 3, ready=True, timeout=180)
     assert cluster.consul.server.passing_ids(SERVICE) == {f"default:{p.name}:{SERVICE}" for p in pods}
     for pod in pods:
-        assert pod.probe_runs("katalog-sidecar") == 0
-        gate = pod.exec("katalog-sidecar", ["readiness-gate"])  # still answers, alongside the condition
+        assert pod.probe_runs("katalog-sidecar") > 0  # the staleness probe beside the condition
+        gate = pod.exec("katalog-sidecar", ["readiness-gate"])
         assert gate.returncode == 0, gate.stdout
         wait_until(lambda pod=pod: reasons(cluster, pod.name)[:2] == ["Registered", "Confirmed"], 30, "events")
 
