@@ -387,3 +387,33 @@ def test_defect2_a_hung_sidecar_in_condition_mode_fails_its_probe_within_the_exe
         sidecar.signal(signal.SIGCONT)
     stale_after = 10.0  # the exec gate's bound at KATALOG_HEARTBEAT_INTERVAL=1s: max(3 x 1 s, 10 s)
     assert took <= stale_after + 3.0, f"the probe failed {took:.1f} s after the sidecar hung"
+
+
+def test_defect5_sigterm_is_acted_on_while_a_call_hangs(dev_agent, toxiproxy, run_sidecar, tmp_path: Path) -> None:
+    """Toxiproxy's `timeout` toxic: the agent stops answering mid-connection (calls hang until the
+    sidecar's own timeout). A SIGTERM then is acted on at once, not after the hung call's 5 s
+    timeout, and the drain keeps its budget (KATALOG_DRAIN_TIMEOUT=10s here)."""
+    agent = toxiproxy.proxy("agent", dev_agent.addr)
+    env = base_env(tmp_path, agent.addr, KATALOG_CHECK_TTL="3s")  # a TTL refresh every second
+    sidecar = run_sidecar(env)
+    sidecar.wait_gate(passing=True)
+    agent.add("timeout", stream="upstream", timeout=0)  # requests go in, nothing comes back
+    time.sleep(1.5)  # a TTL refresh is now hanging
+    assert sidecar.proc is not None
+    sidecar.signal(15)
+    signalled = time.monotonic()
+
+    def draining() -> bool:
+        try:
+            phase = json.loads(Path(env["KATALOG_STATUS_FILE"]).read_text()).get("phase")
+        except (OSError, ValueError):
+            phase = None
+        return phase in ("draining", "stopped") or sidecar.proc.poll() is not None  # type: ignore[union-attr]
+
+    wait_until(draining, timeout=20, interval=0.05, what="the drain begun")
+    acted = time.monotonic() - signalled
+    sidecar.proc.wait(timeout=30)
+    took = time.monotonic() - signalled
+    assert (acted <= 2.0, took <= 10.0 + 2.0) == (True, True), (
+        f"SIGTERM acted on after {acted:.1f} s with a call hanging; the process ended {took:.1f} s after it "
+        f"(exit {sidecar.proc.returncode})")
