@@ -404,7 +404,39 @@ def test_repeated_403s_back_off_to_the_long_hold(kube: FakeKube, start: Callable
     kube.fail_next(403, n=10, verb="list")
     running = start(backoff_max=30.0)
     time.sleep(4.0)
-    assert running.metrics.errors == ["forbidden"] * 2  # one soon after the first, then the hold
+    # At 0 s, after 1-2 s, after 2-4 s more: at most three in 4 s, then the gaps double.
+    assert running.metrics.errors in (["forbidden"] * 2, ["forbidden"] * 3)
+
+
+class _Problems:
+    def __init__(self) -> None:
+        self.problems: list[str | None] = []
+
+    def observe(self, observation: Observation) -> None:
+        raise AssertionError("no observation from a failure")
+
+    def problem(self, message: str | None) -> None:
+        self.problems.append(message)
+
+
+@pytest.mark.parametrize("draw", [0.0, 1.0])
+def test_refusals_in_a_row_back_off_from_seconds_to_the_hold(draw: float) -> None:
+    """A 2 s 403 met the first retry (1-2 s) and the second refusal waited a whole hold (48-60 s with
+    backoff_max 60), so a flip right after a short refusal still took a minute to reach Consul
+    (issue 18 defect 7 again; simulator seeds 8, 9, 1004). Refusals in a row now double from 1-2 s
+    to backoff_max; a connection (or another kind of failure) starts the row afresh."""
+    source = KubernetesSource(None, "ns", "web-0", "app", (), 60.0, backoff_max=60.0,  # type: ignore[arg-type]
+                              rng=lambda: draw)
+    sink = _Problems()
+    refused = KubernetesError("pods \"web-0\" is forbidden (HTTP 403)", status=403)
+    delays = [source._on_failure(refused, sink) for _ in range(8)]
+    ceilings = [2.0, 4.0, 8.0, 16.0, 32.0, 60.0, 60.0, 60.0]
+    assert delays == [c * (0.5 + 0.5 * draw) for c in ceilings]
+    assert sum(delays[:2]) <= 6.0, "a refusal of a few seconds is retried within seconds of its end"
+    source._connected(sink)
+    assert source._on_failure(refused, sink) == delays[0]
+    source._on_failure(KubernetesError("connection refused", reason="unreachable"), sink)
+    assert source._on_failure(refused, sink) == delays[0]
 
 
 def test_fake_requires_the_name_selector(kube: FakeKube) -> None:

@@ -34,8 +34,12 @@ BACKOFF_MAX = 30.0
 # costs it nothing, and its return is then noticed within seconds, not after a 30 s backoff
 # chosen during a long outage. Answers it does give (5xx, 429) back off up to BACKOFF_MAX.
 RECONNECT_MAX = 5.0
-# A first 403 (or 400) is retried this soon (half of it fixed): a readiness flip right after a
-# transient refusal must not wait a whole backoff_max to reach Consul.
+# A first 403 (or 400) is retried this soon (half of it fixed), and repeated ones back off
+# exponentially from there (1-2 s, 2-4 s, 4-8 s, ...) to backoff_max: a readiness flip right after
+# a transient refusal must not wait a whole backoff_max to reach Consul, also when the refusal
+# outlasts the first retry (a 2 s RBAC blip met the 1-2 s retry and then waited 48-60 s: issue 18
+# defect 7, simulator seeds 8, 9, 1004), while a lasting refusal still costs one request per
+# backoff_max after a few tries.
 FIRST_REFUSAL_RETRY = 2.0
 # The reasons of katalog_watch_restarts_total (the README lists them).
 WATCH_RESTART_REASONS = ("expired", "inactivity", "broken", "ended")
@@ -108,6 +112,7 @@ class KubernetesSource:
         self._failure_backoff = Backoff(backoff_initial, backoff_max, rng)
         self._reconnect_backoff = Backoff(backoff_initial, min(reconnect_max, backoff_max), rng)
         self._restart_backoff = Backoff(backoff_initial, backoff_max, rng)
+        self._refusal_backoff = Backoff(FIRST_REFUSAL_RETRY, backoff_max, rng)
         self._sleep = sleep
         self._rng = rng
         self._clock = clock
@@ -118,7 +123,6 @@ class KubernetesSource:
         self._problem: str | None = None
         self._fruitless = 0  # watch restarts (cut off, 410) in a row without an event between
         self._state = "starting"  # "connected" or "failing:<kind>": logs only on changes
-        self._refusals = 0  # 403s/400s in a row: the first is retried soon, repeats wait long
         self._said: set[str] = set()  # one-time log lines (unknown event types)
         self._closer: threading.Thread | None = None
         # The first observation waits until the watch is open too: with a Role that allows
@@ -325,7 +329,7 @@ class KubernetesSource:
     def _connected(self, sink: ReadinessSink) -> None:
         self._failure_backoff.reset()
         self._reconnect_backoff.reset()
-        self._refusals = 0
+        self._refusal_backoff.reset()
         if self._state != "connected":
             if self._state == "starting":
                 log.info("watching pod %s through the Kubernetes API", self.pod)
@@ -341,11 +345,12 @@ class KubernetesSource:
         kind, problem, permanent = _classify(exc)
         self._metrics.request_error(kind)
         state = f"failing:{kind}:{problem}" if permanent else f"failing:{kind}"
-        self._refusals = self._refusals + 1 if permanent else 0
+        if not permanent:
+            self._refusal_backoff.reset()  # refusals in a row back off; another failure ends the row
         if state != self._state:
             if permanent:
-                log.error("%s; retrying in %gs, then every %gs while refused", problem, FIRST_REFUSAL_RETRY,
-                          self._backoff_max)
+                log.error("%s; retrying within %gs, backing off to every %gs while refused", problem,
+                          FIRST_REFUSAL_RETRY, self._backoff_max)
             else:
                 log.warning("%s; keeping the last known readiness and retrying with backoff", problem)
             self._state = state
@@ -355,10 +360,8 @@ class KubernetesSource:
         if permanent:
             # Permissions or a bad request: a refusal may be transient (an RBAC update rolling
             # out, an authorizer webhook's hiccup), so the first is retried soon; repeated ones
-            # need a change of configuration: then do not storm.
-            if self._refusals == 1:
-                return FIRST_REFUSAL_RETRY * (0.5 + 0.5 * self._rng())
-            return self._backoff_max * (0.8 + 0.2 * self._rng())
+            # need a change of configuration: then do not storm (capped exponential backoff).
+            return self._refusal_backoff.next_delay()
         if exc.reason == "unreachable":
             return self._reconnect_backoff.next_delay()  # no answer at all: see RECONNECT_MAX
         # The server answers again (if only with errors): the reconnect delay starts afresh.
