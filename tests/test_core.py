@@ -172,6 +172,26 @@ def test_when_the_other_pods_instance_is_gone_ours_is_registered_again() -> None
     assert run.core.phase is Phase.CONFIRMED
 
 
+def test_superseded_in_continuous_mode_sleeps_until_the_heartbeat() -> None:
+    """A superseded sidecar runs no round, so the continuous mode's re-check deadline never moved:
+    next_deadline() stayed in the past and every Tick wrote the status file again at one instant
+    (a hot loop; simulator seed 1025)."""
+    run = Run(config(KATALOG_GATE_MODE="continuous"))
+    run.send(e.PodObserved(observation(ready=True)))
+    run.agent.services[SID] = "uid-2"
+    run.send(e.AgentSeen(SID, True, "uid-2"))
+    assert run.core.phase is Phase.SUPERSEDED
+    ticks, end = 0, run.now + 120.0
+    while run.core.next_deadline() <= end:
+        deadline = run.core.next_deadline()
+        assert deadline > run.now, f"next_deadline() {deadline} is not after now {run.now}: a Tick spin"
+        run.now = deadline
+        run.send(e.Tick())
+        ticks += 1
+    assert 0 < ticks <= 120, f"{ticks} Ticks in 120 s while superseded"
+    assert run.core.phase is Phase.SUPERSEDED
+
+
 # --- defect 3: a restart on a terminating pod drains what it finds -----------------------------
 
 def _left_by_a_previous_process(uid: str = UID) -> AgentModel:

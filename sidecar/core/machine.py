@@ -86,8 +86,11 @@ class Core:
         held = self._held_since()
         if after and held is not None and not s.failed_open and held + after > self.ctx.now:
             deadlines.append(held + after)  # a deadline already past is acted on or moot: no spin
-        if self._task is not None or s.draining:
-            return min(deadlines)  # retries, refreshes and re-checks wait for the task; none while draining
+        if self._task is not None or s.draining or s.superseded:
+            # Retries, refreshes and re-checks wait for the task; none while draining; none while
+            # another pod holds our ID (no round runs then, so their deadlines would never move:
+            # a Tick spin, simulator seed 1025).
+            return min(deadlines)
         if t.retry_at is not None:
             deadlines.append(t.retry_at)
         else:

@@ -36,6 +36,7 @@ REGRESSIONS = [
 FOUND_ON_MAIN = [
     (8, "exec", "latch", "flip-latency", "a flip after a 2 s pod-API 403 waited the source's 48-60 s hold"),
     (9, "exec", "continuous", "flip-latency", "a flip after a 2 s pod-API 403 waited the source's 48-60 s hold"),
+    (1025, "exec", "continuous", "hot-loop", "superseded: the re-check deadline never moved, a Tick spin"),
 ]
 
 # Invariants with findings on main that are reported to the core and not resolved yet (see
@@ -44,7 +45,6 @@ FOUND_ON_MAIN = [
 OPEN = {
     "foreign-write": "a superseded sidecar that sees the takeover late still refreshes (seed 10)",
     "request-ceiling": "writes retried within a 403 hold after a restart or a slow agent (seed 25)",
-    "hot-loop": "a seed of the CI range ran 300 s of CPU inside the core's status writes (under analysis)",
 }
 
 
