@@ -248,6 +248,23 @@ def test_an_adopted_instance_the_agent_lost_is_registered_again_and_logged() -> 
     assert any("no longer holds the adopted instance" in line for line in run.logs())
 
 
+def test_a_forbidden_adoption_refresh_is_tried_once_per_hold() -> None:
+    """Adoption's TTL refreshes retried a 403 with the capped backoff (14 writes in 60 s where one
+    try per 60 s hold is promised; simulator seed 25: restarted during an API outage, token
+    without service:write)."""
+    agent = _left_by_a_previous_process()
+    run = Run(agent=agent)
+    run.advance(1)
+    assert run.core.phase is Phase.ADOPTING
+    agent.fail = lambda call: (e.Failure(e.FailureKind.FORBIDDEN, "Permission denied: token lacks permission "
+                                         "'service:write'") if isinstance(call, a.UpdateCheck) else None)
+    before = len(run.calls(a.UpdateCheck))
+    run.advance(120)
+    tries = [t for t, x in run.timeline if isinstance(x, a.UpdateCheck)][before:]
+    assert 2 <= len(tries) <= 3, f"{len(tries)} refreshes in 120 s under a 403"
+    assert all(b - a_ >= 59.0 for a_, b in zip(tries, tries[1:], strict=False)), tries
+
+
 # --- defect 5: a slow agent (3 s a call, under the timeout) --------------------------------------
 
 FOUR = "web:8080,admin:9000,grpc:9090,debug:9999"

@@ -15,6 +15,7 @@ from collections.abc import Generator
 
 from sidecar.core import actions as a
 from sidecar.core.events import AgentInstance, FailureKind
+from sidecar.core.faults import REFUSED_HOLD
 from sidecar.core.report import Reporter
 from sidecar.core.state import Answer, Context, Failed, Sleep, Task, call
 from sidecar.registration import (
@@ -54,7 +55,10 @@ class Adoption:
             elif exc.kind is FailureKind.NOT_FOUND:
                 self.found = {}
             else:
-                delay = ctx.retry_backoff.next_delay()
+                # A 400/403 does not fix itself: one try per hold, as for every other write (the
+                # capped backoff retried a forbidden refresh 14 times a minute; simulator seed 25).
+                refused = exc.kind in (FailureKind.REJECTED, FailureKind.FORBIDDEN)
+                delay = REFUSED_HOLD if refused else ctx.retry_backoff.next_delay()
                 what = "look for this pod's instance on the agent" if self.found is None else "keep the adopted statuses alive"
                 if ctx.state.last_error != str(exc):
                     ctx.warning(f"cannot {what}: {exc}; retrying in {delay:.1f}s")

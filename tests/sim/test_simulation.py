@@ -37,6 +37,7 @@ FOUND_ON_MAIN = [
     (8, "exec", "latch", "flip-latency", "a flip after a 2 s pod-API 403 waited the source's 48-60 s hold"),
     (9, "exec", "continuous", "flip-latency", "a flip after a 2 s pod-API 403 waited the source's 48-60 s hold"),
     (1025, "exec", "continuous", "hot-loop", "superseded: the re-check deadline never moved, a Tick spin"),
+    (25, "exec", "continuous", "request-ceiling", "adoption retried a forbidden TTL refresh with the capped backoff"),
 ]
 
 # Invariants with findings on main that are reported to the core and not resolved yet (see
