@@ -45,7 +45,6 @@ FOUND_ON_MAIN = [
 # Remove an entry once its findings are fixed; every other invariant fails the test.
 OPEN = {
     "foreign-write": "a superseded sidecar that sees the takeover late still refreshes (seed 10)",
-    "request-ceiling": "writes retried within a 403 hold after a restart or a slow agent (seed 25)",
 }
 
 
