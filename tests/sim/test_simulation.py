@@ -44,7 +44,8 @@ FOUND_ON_MAIN = [
 # tests/sim/README.md, "Open findings"): the long run prints them instead of failing on them.
 # Remove an entry once its findings are fixed; every other invariant fails the test.
 OPEN = {
-    "foreign-write": "a superseded sidecar that sees the takeover late still refreshes (seed 10)",
+    "foreign-write": "a sidecar hung across a forced deletion writes its successor's checks on thaw "
+                     "(seeds 10, 99, 1062; README 'Open findings')",
 }
 
 
