@@ -173,6 +173,12 @@ def test_defect4_a_superseded_sidecar_never_flips_the_successor_to_passing(dev_a
     new = run_sidecar(base_env(tmp_path / "new", dev_agent.addr, POD_UID=NEW_UID, KATALOG_READINESS_FIXED="not-ready",
                                KATALOG_CHECK_TTL="3s"), name="new")
     wait_until(lambda: instance_uid(dev_agent, SID) == NEW_UID, timeout=15, what="the successor's registration")
+    # A re-registration keeps the statuses the agent already holds until the registrant pushes its
+    # own (consul-and-kubernetes-facts.md, "A new check starts critical..."), so between the
+    # successor's PUT and its first push the instance still shows the old pod's passing: a window of
+    # the successor's own registration, milliseconds long, that one sample of a run caught once. Defect 4
+    # is what the OLD sidecar writes afterwards: sample from the successor's first push on.
+    wait_until(lambda: instance_passing(dev_agent, SID) is False, timeout=15, what="the successor's first push")
     samples = []
     deadline = time.monotonic() + 12.0
     while time.monotonic() < deadline:
