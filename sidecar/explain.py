@@ -16,13 +16,17 @@ from __future__ import annotations
 
 from collections.abc import Mapping, Sequence
 from dataclasses import asdict, dataclass, field
-from typing import Any
+from typing import Any, Literal
 
-from sidecar import gate_metrics as reasons
+from sidecar import gate_reasons as reasons
 from sidecar import observers
+from sidecar.gate_reasons import GateReason
 
 PASSING = "passing"
-OPEN = "open"  # the verdict when the gate passes
+OPEN: Literal["open"] = "open"  # the verdict when the gate passes
+# The verdict: a closed reason of the gate (sidecar.gate_reasons, the same codes as the
+# katalog_gate_closed_reason label), or what only explain can see from outside the pod.
+Verdict = GateReason | Literal["open", "failed_open", "sidecar_down", "no_sidecar"]
 
 
 @dataclass(frozen=True)
@@ -130,7 +134,7 @@ class Step:
 class Report:
     pod: str
     ready: bool
-    verdict: str  # OPEN, or one of sidecar.gate_metrics.CLOSED_REASONS (plus sidecar_down, no_sidecar)
+    verdict: Verdict
     why: str
     next: str
     steps: list[Step]
@@ -141,9 +145,9 @@ class Report:
                 "steps": [asdict(s) for s in self.steps], "facts": _plain(asdict(self.facts))}
 
 
-SIDECAR_DOWN = "sidecar_down"
-FAILED_OPEN = "failed_open"
-NO_SIDECAR = "no_sidecar"
+SIDECAR_DOWN: Literal["sidecar_down"] = "sidecar_down"
+FAILED_OPEN: Literal["failed_open"] = "failed_open"
+NO_SIDECAR: Literal["no_sidecar"] = "no_sidecar"
 GATE_READY_LINE = "Readiness probe failed: "
 
 
@@ -288,7 +292,7 @@ def analyze(facts: Facts) -> Report:
 
 def _conclude(facts: Facts, sidecar: Container | None, app: list[Container], agent_has: Mapping[str, ConsulInstance],
               in_catalog: Mapping[str, ConsulInstance], mismatched: list[str], gate_open: bool,
-              gate_lines: list[str]) -> tuple[str, str, str]:
+              gate_lines: list[str]) -> tuple[Verdict, str, str]:
     """(verdict, why, next): the first broken link of the chain, in the order the gate checks."""
     pod, agent, catalog = facts.pod, facts.agent, facts.catalog
     ns = f"-n {pod.namespace}"
@@ -320,6 +324,9 @@ def _conclude(facts: Facts, sidecar: Container | None, app: list[Container], age
         return (reasons.APP_NOT_READY, f"the app is not ready ({', '.join(unready)}): the sidecar keeps its readiness "
                 "check critical and the gate waits for it", f"the app's own readiness probe: `kubectl describe pod {pod.name} {ns}`")
     refused = _last_of(facts, observers.CONSUL_REFUSED, (observers.CONFIRMED, observers.REGISTERED))
+    # From outside the pod the gate's reason code is not visible (no exec into the status file):
+    # the sidecar's own Event (ConsulRefused) says it; the gate's line in the kubelet's probe
+    # Events is the fallback when that Event was dropped or has expired.
     said = gate_lines[-1] if gate_lines else ""
     if refused is not None or said.startswith("Consul refused "):
         message = refused.message if refused is not None else said

@@ -10,6 +10,8 @@ from __future__ import annotations
 from collections.abc import Sequence
 from typing import Protocol
 
+from sidecar.gate_reasons import GateReason
+
 NORMAL = "Normal"
 WARNING = "Warning"
 
@@ -33,8 +35,9 @@ REASON_TYPES = {
 
 
 class SyncObserver(Protocol):
-    def gate(self, passes: bool, phase: str, line: str) -> None:
-        """The gate's verdict and line, on every status write (observers act on changes only)."""
+    def gate(self, passes: bool, phase: str, line: str, reason: GateReason) -> None:
+        """The gate's verdict, line and closed reason (sidecar.gate_reasons; "" when it passes),
+        on every status write (observers act on changes only)."""
 
     def event(self, reason: str, message: str) -> None:
         """A transition an operator cares about (one of the reasons above)."""
@@ -44,7 +47,7 @@ class SyncObserver(Protocol):
 
 
 class NullObserver:
-    def gate(self, passes: bool, phase: str, line: str) -> None:
+    def gate(self, passes: bool, phase: str, line: str, reason: GateReason) -> None:
         pass
 
     def event(self, reason: str, message: str) -> None:
@@ -60,9 +63,9 @@ class Observers:
     def __init__(self, observers: Sequence[SyncObserver]) -> None:
         self._observers = list(observers)
 
-    def gate(self, passes: bool, phase: str, line: str) -> None:
+    def gate(self, passes: bool, phase: str, line: str, reason: GateReason) -> None:
         for observer in self._observers:
-            observer.gate(passes, phase, line)
+            observer.gate(passes, phase, line, reason)
 
     def event(self, reason: str, message: str) -> None:
         for observer in self._observers:

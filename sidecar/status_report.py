@@ -25,6 +25,11 @@ def render(state: Mapping[str, Any], gate_ok: bool, gate_line: str, now: float) 
         f"gate:       {'PASS' if gate_ok else 'FAIL'} ({state.get('gate_mode', '?')} mode): {gate_line}",
         f"heartbeat:  {_ago(now - float(state.get('updated_at', now)))}",
     ]
+    if not gate_ok and state.get("reason"):
+        # The closed reason the sidecar last decided (sidecar.gate_reasons): the value of the
+        # katalog_gate_closed_reason label, what alert rules match. A gate failing for a stale
+        # heartbeat or a dead process has its own line above and keeps the last reason said.
+        lines.insert(4, f"reason:     {state['reason']}")
     workers = [w for w in state.get("workers") or [] if isinstance(w, Mapping)]
     if workers:
         lines.append("workers:    " + ", ".join(f"{w.get('name')} {w.get('state')}" for w in workers))

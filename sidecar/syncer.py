@@ -127,8 +127,8 @@ class Syncer:
         if kind == "confirmed":
             self._post(e.ConfirmResult(payload, "confirmed"))
         elif kind in ("confirm-pending", "confirm-lost"):
-            generation, message = payload
-            self._post(e.ConfirmResult(generation, kind.removeprefix("confirm-"), message))
+            generation, message, unreadable = payload
+            self._post(e.ConfirmResult(generation, kind.removeprefix("confirm-"), message, unreadable))
         elif kind == "agent-seen":
             sid, present, uid = payload
             self._post(e.AgentSeen(sid, present, uid))
@@ -186,7 +186,7 @@ class Syncer:
             elif isinstance(action, a.WriteStatus):
                 self._write_status(dict(action.fields))
             elif isinstance(action, a.GateVerdict):
-                self.observer.gate(action.passes, action.phase, action.line)
+                self.observer.gate(action.passes, action.phase, action.line, action.reason)
             elif isinstance(action, a.Notify):
                 self.observer.event(action.reason, action.message)
             elif isinstance(action, a.Confirm):

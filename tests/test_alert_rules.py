@@ -16,7 +16,7 @@ from typing import Any
 import pytest
 import yaml
 
-from sidecar import errors, gate_metrics
+from sidecar import errors, gate_reasons
 
 ROOT = Path(__file__).resolve().parent.parent
 RULES = ROOT / "examples" / "monitoring" / "prometheus-rules.yaml"
@@ -122,5 +122,5 @@ def test_the_rules_use_only_labels_the_sidecar_exports() -> None:
     text = RULES.read_text()
     reasons = {v for match in re.findall(r'reason=~"([^"]+)"', text) for v in match.split("|")}
     kinds = {v for match in re.findall(r'kind=~"([^"]+)"', text) for v in match.split("|")}
-    assert reasons and reasons <= set(gate_metrics.CLOSED_REASONS), reasons - set(gate_metrics.CLOSED_REASONS)
+    assert reasons and reasons <= set(gate_reasons.CLOSED_REASONS), reasons - set(gate_reasons.CLOSED_REASONS)
     assert kinds and kinds <= CONSUL_ERROR_KINDS, kinds - CONSUL_ERROR_KINDS

@@ -76,7 +76,7 @@ def test_the_condition_writer_says_what_it_wrote_and_tells_the_loop() -> None:
     told = threading.Event()
     writer.on_written = told.set
     assert writer.written() is None
-    writer.gate(True, "confirmed", "ok: web passing")
+    writer.gate(True, "confirmed", "ok: web passing", "")
     assert told.wait(5)
     assert writer.written() == "True"
     writer.close(2.0)

@@ -19,7 +19,7 @@ from katalog_cluster import KatalogCluster, example_pod
 from waiting import wait_until
 
 from sidecar import explain as ex
-from sidecar import gate_metrics as reasons
+from sidecar import gate_reasons as reasons
 
 pytestmark = [pytest.mark.consul, pytest.mark.kube]
 

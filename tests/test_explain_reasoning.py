@@ -5,7 +5,7 @@ from __future__ import annotations
 from dataclasses import replace
 
 from sidecar import explain as ex
-from sidecar import gate_metrics as reasons
+from sidecar import gate_reasons as reasons
 
 WEB = ex.Expected("web", "shop:web-0:web", "10.0.0.5", 8080, "shop:web-0:web:readiness", "shop:web-0:web:liveness")
 CHECKS = (ex.Check(WEB.readiness_check_id, "passing", "all 2 containers ready"), ex.Check(WEB.liveness_check_id, "passing"))

@@ -12,46 +12,8 @@ from test_status_and_metrics import _free_port, _scrape
 
 from readiness_gate import state as status_state
 from sidecar import gate_metrics as gm
+from sidecar import gate_reasons as r
 from sidecar.metrics import Metrics
-
-# The lines the sync loop writes today (sidecar.syncer.gate_line, readiness_gate.state.evaluate).
-LINES = [
-    (False, status_state.STARTING, "starting", gm.STARTING),
-    (False, status_state.SYNCING, "waiting for the first readiness observation (kubernetes)", gm.STARTING),
-    (False, status_state.SYNCING, "waiting for the first readiness observation: Kubernetes API unreachable: "
-                                  "cannot connect to https://10.96.0.1:443", gm.KUBERNETES_UNAVAILABLE),
-    (False, status_state.SYNCING, "waiting for the first readiness observation: forbidden: the service account "
-                                  "cannot list pods in namespace shop; grant get, list, watch on pods",
-     gm.KUBERNETES_FORBIDDEN),
-    (False, status_state.CONFIG_ERROR, "config error: POD_IP='x': not an IP address", gm.CONFIG_ERROR),
-    (False, status_state.SYNCING, "KATALOG_SERVICES: service 'web' uses container port 'grpc', which no container "
-                                  "of the pod declares (named ports: http)", gm.CONFIG_ERROR),
-    (False, status_state.SYNCING, "waiting for the pod's annotations", gm.STARTING),
-    (False, status_state.SYNCING, "waiting for the agent at http://10.0.0.1:8500: cannot connect to the agent",
-     gm.AGENT_UNREACHABLE),
-    (False, status_state.SYNCING, "Consul refused web: Permission denied (fix CONSUL_HTTP_TOKEN / "
-                                  "CONSUL_HTTP_TOKEN_FILE (ACL policy))", gm.CONSUL_REFUSED),
-    (False, status_state.SYNCING, "check critical because the app is not ready: not ready: app", gm.APP_NOT_READY),
-    (False, status_state.SYNCING, "agent accepted web but the catalog cannot be read: No cluster leader",
-     gm.SERVERS_UNREACHABLE),
-    (False, status_state.SYNCING, "agent accepted web but the catalog does not list shop:web-0:web yet",
-     gm.NOT_CONFIRMED),
-    (False, status_state.SYNCING, "waiting for the catalog to confirm the registration", gm.NOT_CONFIRMED),
-    (False, status_state.DRAINING, "draining: SIGTERM: instances critical, deregistering", gm.DRAINING),
-    (False, status_state.STOPPED, "draining: drained and deregistered", gm.DRAINING),
-    (False, status_state.SUPERSEDED, "superseded: shop:web-0:web on this agent now belongs to pod UID u2, not to "
-                                     "this pod (u1): a newer pod with this name on this node", gm.SUPERSEDED),
-    (False, status_state.WORKER_DOWN, "worker down: the readiness worker is crash-looping (last failure: boom): the "
-                                      "app's readiness is not being followed", gm.WORKER_DOWN),
-    (False, status_state.SYNCING, "something this version never says", gm.OTHER),
-    (True, status_state.CONFIRMED, "ok: web passing in the catalog", ""),
-    (True, status_state.SYNCING, "ok (latched): agent accepted web but the catalog cannot be read", ""),
-]
-
-
-@pytest.mark.parametrize(("passes", "phase", "line", "reason"), LINES, ids=[x[3] or "open" for x in LINES])
-def test_closed_reason_of_each_gate_line(passes: bool, phase: str, line: str, reason: str) -> None:
-    assert gm.closed_reason(passes, phase, line) == reason
 
 
 def _values(metrics: Metrics) -> dict[tuple[str, tuple[tuple[str, str], ...]], float]:
@@ -63,40 +25,55 @@ def test_wait_is_counted_once_per_app_ready_from_ready_to_open() -> None:
     now = [100.0]
     metrics = Metrics()
     gate = gm.GateMetrics(metrics, clock=lambda: now[0])
-    gate.gate(False, status_state.SYNCING, "check critical because the app is not ready: not ready: app")
+    gate.gate(False, status_state.SYNCING, "check critical because the app is not ready: not ready: app",
+              r.APP_NOT_READY)
     gate.app_ready(True)
     now[0] = 103.0
     gate.app_ready(True)  # the same readiness again does not restart the wait
-    gate.gate(False, status_state.SYNCING, "agent accepted web but the catalog cannot be read: x")
+    gate.gate(False, status_state.SYNCING, "agent accepted web but the catalog cannot be read: x",
+              r.SERVERS_UNREACHABLE)
     now[0] = 107.5
-    gate.gate(True, status_state.CONFIRMED, "ok: web passing in the catalog")
-    gate.gate(True, status_state.CONFIRMED, "ok: web passing in the catalog")  # heartbeat: nothing new
+    gate.gate(True, status_state.CONFIRMED, "ok: web passing in the catalog", r.OPEN)
+    gate.gate(True, status_state.CONFIRMED, "ok: web passing in the catalog", r.OPEN)  # heartbeat: nothing new
     values = _values(metrics)
     assert values[("katalog_gate_wait_seconds_count", ())] == 1
     assert values[("katalog_gate_wait_seconds_sum", ())] == 7.5
     assert values[("katalog_gate_open", ())] == 1
     assert {k[1][0][1] for k, v in values.items() if k[0] == "katalog_gate_closed_reason" and v} == set()
     # Closed again and reopened without the app turning ready again (continuous mode): no new wait.
-    gate.gate(False, status_state.SYNCING, "agent accepted web but the catalog cannot be read: x")
-    gate.gate(True, status_state.CONFIRMED, "ok: web passing in the catalog")
+    gate.gate(False, status_state.SYNCING, "agent accepted web but the catalog cannot be read: x",
+              r.SERVERS_UNREACHABLE)
+    gate.gate(True, status_state.CONFIRMED, "ok: web passing in the catalog", r.OPEN)
     assert _values(metrics)[("katalog_gate_wait_seconds_count", ())] == 1
     # A new app-ready (after not ready) is a new wait.
     gate.app_ready(False)
-    gate.gate(False, status_state.SYNCING, "check critical because the app is not ready: not ready: app")
+    gate.gate(False, status_state.SYNCING, "check critical because the app is not ready: not ready: app",
+              r.APP_NOT_READY)
     now[0] = 200.0
     gate.app_ready(True)
     now[0] = 200.25
-    gate.gate(True, status_state.CONFIRMED, "ok: web passing in the catalog")
+    gate.gate(True, status_state.CONFIRMED, "ok: web passing in the catalog", r.OPEN)
     values = _values(metrics)
     assert values[("katalog_gate_wait_seconds_count", ())] == 2
     assert values[("katalog_gate_wait_seconds_sum", ())] == 7.75
+
+
+def test_the_reason_label_is_the_verdicts_code_and_every_value_is_exported() -> None:
+    """The label is the code the verdict carries, whatever the line says: no reading of words."""
+    metrics = Metrics()
+    gate = gm.GateMetrics(metrics)
+    gate.gate(False, status_state.SYNCING, "a line in words this module never reads", r.CONSUL_REFUSED)
+    reasons = {dict(labels)["reason"]: v for (name, labels), v in _values(metrics).items()
+               if name == "katalog_gate_closed_reason"}
+    assert tuple(reasons) == r.CLOSED_REASONS  # all 13, in their order: the series set never changes
+    assert {k for k, v in reasons.items() if v} == {r.CONSUL_REFUSED}
 
 
 def test_a_gate_open_before_the_app_is_seen_ready_is_no_wait() -> None:
     """Services with a fixed health pass without the app: there is no app-ready to count from."""
     metrics = Metrics()
     gate = gm.GateMetrics(metrics, clock=lambda: 5.0)
-    gate.gate(True, status_state.CONFIRMED, "ok: web passing in the catalog")
+    gate.gate(True, status_state.CONFIRMED, "ok: web passing in the catalog", r.OPEN)
     assert _values(metrics)[("katalog_gate_wait_seconds_count", ())] == 0
 
 
@@ -119,7 +96,7 @@ def test_gate_metrics_of_a_running_sidecar_through_agent_and_server_outages(serv
         sidecar = run_sidecar(env)
         # The agent is down: that outranks the app's own readiness in the gate, and in the label.
         sidecar.wait_gate(passing=False, contains="waiting for the agent")
-        wait_until(lambda: _closed_reasons(url) == {gm.AGENT_UNREACHABLE}, what="reason agent_unreachable")
+        wait_until(lambda: _closed_reasons(url) == {r.AGENT_UNREACHABLE}, what="reason agent_unreachable")
         assert _scrape(url)[("katalog_gate_open", ())] == 0
 
         app.ready = True
@@ -127,7 +104,7 @@ def test_gate_metrics_of_a_running_sidecar_through_agent_and_server_outages(serv
         server_client.server.stop()
         server_client.client.start(wait_for_leader=False)
         sidecar.wait_gate(passing=False, contains="the catalog cannot be read", timeout=30)
-        wait_until(lambda: _closed_reasons(url) == {gm.SERVERS_UNREACHABLE}, what="reason servers_unreachable")
+        wait_until(lambda: _closed_reasons(url) == {r.SERVERS_UNREACHABLE}, what="reason servers_unreachable")
         # The label says servers_unreachable only once the app was seen ready: the wait is running.
         running_since = time.monotonic()
         time.sleep(1.0)

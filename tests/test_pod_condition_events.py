@@ -84,14 +84,15 @@ def test_condition_is_patched_only_when_it_changes(kube: FakeKube) -> None:
     writer = PodConditionWriter(client(kube), NS, POD)
     try:
         for _ in range(50):  # every heartbeat reports the same verdict
-            writer.gate(False, status_state.SYNCING, "check critical because the app is not ready: not ready: app")
+            writer.gate(False, status_state.SYNCING, "check critical because the app is not ready: not ready: app",
+                        "app_not_ready")
         wait_until(lambda: kube.condition(NS, POD, CONDITION_TYPE), what="condition set")
         first = kube.condition(NS, POD, CONDITION_TYPE)
         assert first is not None and (first["status"], first["reason"]) == ("False", "WaitingForConsul")
         assert first["message"] == "check critical because the app is not ready: not ready: app"
         assert first["lastTransitionTime"].endswith("Z")
         for _ in range(50):
-            writer.gate(True, status_state.CONFIRMED, "ok (latched): web passing in the catalog")
+            writer.gate(True, status_state.CONFIRMED, "ok (latched): web passing in the catalog", "")
         wait_until(lambda: (kube.condition(NS, POD, CONDITION_TYPE) or {}).get("status") == "True", what="True")
         time.sleep(0.3)
         assert writes(kube) == [f"/api/v1/namespaces/{NS}/pods/{POD}/status"] * 2
@@ -110,9 +111,9 @@ def test_forbidden_condition_is_named_reported_once_and_retried_slowly(kube: Fak
     writer = PodConditionWriter(client(kube), NS, POD, on_forbidden=reported.append)
     caplog.set_level(logging.ERROR, logger="katalog.condition")
     try:
-        writer.gate(False, status_state.SYNCING, "waiting")
+        writer.gate(False, status_state.SYNCING, "waiting", "not_confirmed")
         wait_until(lambda: writer.failures == 1, what="one refused patch")
-        writer.gate(False, status_state.SYNCING, "waiting for something else")  # no new attempt before the retry
+        writer.gate(False, status_state.SYNCING, "waiting for something else", "not_confirmed")  # no new attempt before the retry
         time.sleep(1.5)
         assert len(writes(kube)) == 1 and FORBIDDEN_RETRY >= 60
         assert len(reported) == 1
@@ -128,7 +129,7 @@ def test_condition_retries_with_backoff_while_the_api_is_down(kube: FakeKube) ->
     kube.stop()
     writer = PodConditionWriter(client(kube), NS, POD, backoff=Backoff(initial=0.5, cap=30.0))
     try:
-        writer.gate(True, status_state.CONFIRMED, "ok: web passing in the catalog")
+        writer.gate(True, status_state.CONFIRMED, "ok: web passing in the catalog", "")
         time.sleep(3.0)
         # Delays of 0.25-0.5, 0.5-1, 1-2 s: at most 4 attempts in 3 s, never a hot loop.
         assert 2 <= writer.failures <= 4

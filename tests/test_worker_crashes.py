@@ -167,7 +167,7 @@ def test_junk_catalog_answers_are_reported_and_the_confirmer_keeps_going(
         confirmer.expect(Expectation(1, (inst,), {inst.service_id: {f"{inst.service_id}:readiness": "passing"}}))
         with posted:
             assert posted.wait_for(lambda: bool(posts), timeout=10), "the confirmer reported nothing"
-        kind, (generation, message) = posts[0]
+        kind, (generation, message, _unreadable) = posts[0]
         assert (kind, generation) == ("confirm-pending", 1)
         assert reported in message
         assert confirmer._supervisor.statuses()[0].restarts == 0  # handled, not a crash

@@ -166,7 +166,7 @@ class Confirmer:
                 except ConsulError as exc:
                     message = f"agent accepted {inst.name} but the catalog cannot be read: {exc}"
                     if message != last_message:
-                        self._post(self._pending_kind(target, last_message), (target.generation, message))
+                        self._post(self._pending_kind(target, last_message), (target.generation, message, True))
                         last_message = message
                     watch.reset()
                     self._sleep_unless_replaced(target, self._backoff.next_delay())
@@ -175,7 +175,7 @@ class Confirmer:
                 if mismatch is None:
                     break
                 if mismatch != last_message:
-                    self._post(self._pending_kind(target, last_message), (target.generation, mismatch))
+                    self._post(self._pending_kind(target, last_message), (target.generation, mismatch, False))
                     last_message = mismatch
             else:
                 return False

@@ -12,6 +12,7 @@ from collections.abc import Mapping
 from dataclasses import dataclass
 from typing import Any
 
+from sidecar.gate_reasons import GateReason
 from sidecar.registration import Instance
 
 
@@ -115,6 +116,7 @@ class GateVerdict:
     passes: bool
     phase: str
     line: str
+    reason: GateReason  # why it is closed ("" when it passes): decided with the line (sidecar.core.report)
 
 
 @dataclass(frozen=True)

@@ -153,6 +153,7 @@ class ConfirmResult:
     generation: int
     outcome: str
     message: str = ""
+    catalog_unreadable: bool = False  # not a mismatch: the servers could not be read (no leader, down)
 
 
 @dataclass(frozen=True)

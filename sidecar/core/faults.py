@@ -56,6 +56,7 @@ class AgentFaults:
             s.agent_problem_fatal = True
         else:
             text = f"waiting for the agent at {ctx.agent_address}: {exc}"
+            s.agent_problem_fatal = False  # the refusal, if any, is no longer what holds the gate
             delay = ctx.retry_backoff.next_delay()
             self._earliest_retry = ctx.now + delay
             if failure.kind is FailureKind.UNAVAILABLE and ctx.watched and all(ctx.watched.values()):

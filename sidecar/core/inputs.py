@@ -39,6 +39,7 @@ def source_problem(ctx: Context, event: e.SourceProblem) -> None:
         # News for the gate (a 401/403 names what to fix): write now, not at the next heartbeat.
         ctx.timers.next_heartbeat = ctx.now
     s.source_problem = event.message
+    s.source_forbidden = bool(event.message) and "forbidden" in (event.message or "")  # as the Event above
 
 
 def confirm_result(ctx: Context, event: e.ConfirmResult) -> None:
@@ -52,13 +53,13 @@ def confirm_result(ctx: Context, event: e.ConfirmResult) -> None:
             if s.confirm_message:
                 ctx.info("catalog confirms the registration again")
         s.confirmed_generation = event.generation
-        s.confirm_message = ""
+        s.confirm_message, s.catalog_unreadable = "", False
         return
     if event.outcome == "lost" and s.confirmed_generation == event.generation:
         ctx.warning(f"lost confirmation: {event.message}")
         ctx.notify(so.CONFIRMATION_LOST, event.message)
         s.confirmed_generation = -1
-    s.confirm_message = event.message
+    s.confirm_message, s.catalog_unreadable = event.message, event.catalog_unreadable
 
 
 def worker_down(ctx: Context, event: e.WorkerDown) -> None:

@@ -20,7 +20,7 @@ from sidecar.core import inputs
 from sidecar.core.drain import DrainResult
 from sidecar.core.phases import TRANSITIONS, ImpossibleTransition, Phase
 from sidecar.core.reconfig import apply_config, config_invalid
-from sidecar.core.report import Reporter, consul_holds_the_gate, gate_line, verdict
+from sidecar.core.report import Reporter, consul_holds_the_gate, gate_line, gate_state, verdict
 from sidecar.core.state import Answer, Context, Sleep, Task
 from sidecar.core.sync import Sync
 from sidecar.core.terminate import EXIT_DRAIN_INCOMPLETE, EXIT_OK, Drained, drain_deadline, drain_task, report_drain
@@ -54,8 +54,7 @@ class Core:
         return self.ctx.config
 
     def gate(self) -> a.GateVerdict:
-        phase, message = gate_line(self.ctx)
-        return verdict(self.ctx, phase, message)
+        return verdict(self.ctx, *gate_state(self.ctx))
 
     # --- the one entry point ---------------------------------------------------------------
     def handle(self, event: e.Event, now: float) -> list[a.Action | a.Call]:
@@ -263,7 +262,7 @@ class Core:
                 ctx.warning("no longer failed open: the gate is closed for a reason of the pod's own")
             ctx.timers.next_heartbeat = ctx.now  # news for the gate: write now
             return
-        if verdict(ctx, *gate_line(ctx)).passes:
+        if verdict(ctx, *gate_state(ctx)).passes:
             s.gate_closed_at = None  # open (latched, or confirmed): nothing to count
             return
         if s.gate_closed_at is None:

@@ -19,6 +19,7 @@ from sidecar.registration import CheckState, Instance
 class SyncState:
     observation: Observation | None = None
     source_problem: str | None = None
+    source_forbidden: bool = False  # source_problem is a 403 (RBAC), not the API being unreachable
     instances: tuple[Instance, ...] = ()
     registered: set[str] = field(default_factory=set)
     pushed: dict[str, CheckState] = field(default_factory=dict)
@@ -27,6 +28,7 @@ class SyncState:
     generation: int = 0
     confirmed_generation: int = -1
     confirm_message: str = ""
+    catalog_unreadable: bool = False  # confirm_message is "the catalog cannot be read", not a mismatch
     ever_confirmed: bool = False
     draining: bool = False
     drain_reason: str = ""

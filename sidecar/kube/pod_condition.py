@@ -23,6 +23,7 @@ from typing import Any, Protocol
 from readiness_gate import state as status_state
 from sidecar.backoff import Backoff
 from sidecar.errors import KubernetesError
+from sidecar.gate_reasons import GateReason
 from sidecar.manifests import CONDITION_TYPE
 from sidecar.supervision import Supervisor
 
@@ -88,7 +89,7 @@ class PodConditionWriter:
             return self._patched[0] if self._patched is not None else None
 
     # -- SyncObserver ----------------------------------------------------------------------
-    def gate(self, passes: bool, phase: str, line: str) -> None:
+    def gate(self, passes: bool, phase: str, line: str, reason: GateReason) -> None:
         desired = condition_state(passes, phase, line)
         with self._cond:
             if desired != self._desired:

@@ -24,6 +24,7 @@ from typing import Any, Protocol
 
 from sidecar.backoff import Backoff
 from sidecar.errors import KubernetesError
+from sidecar.gate_reasons import GateReason
 from sidecar.observers import NORMAL, REASON_TYPES
 from sidecar.supervision import Supervisor
 
@@ -132,7 +133,7 @@ class PodEventRecorder:
         self._stopped = threading.Event()  # cuts a supervisor's restart backoff short at close()
         self._thread = (supervisor or Supervisor()).start("pod-events", self._run, self._stopped)
 
-    def gate(self, passes: bool, phase: str, line: str) -> None:
+    def gate(self, passes: bool, phase: str, line: str, reason: GateReason) -> None:
         pass
 
     def event(self, reason: str, message: str) -> None:

@@ -160,7 +160,7 @@ class Confirmer:
                 reply: Reply) -> None:
         if not reply.ok:
             message = f"agent accepted {inst.name} but the catalog cannot be read: {reply.text}"
-            self._report(target, state, message)
+            self._report(target, state, message, unreadable=True)
             state.update(sidx=0, cidx=0, matched=False)
             self.clock.after(self.backoff.next_delay(), lambda: self._step(target, token, state), "confirm retry")
             return
@@ -182,8 +182,8 @@ class Confirmer:
             self._report(target, state, mismatch)
         self.clock.after(MIN_INTERVAL, lambda: self._step(target, token, state), "confirm next")
 
-    def _report(self, target: Expectation, state: dict[str, Any], message: str) -> None:
+    def _report(self, target: Expectation, state: dict[str, Any], message: str, unreadable: bool = False) -> None:
         if message != state["last"]:
             outcome = "lost" if target.recheck and not state["last"] else "pending"
-            self.post(ConfirmResult(target.generation, outcome, message))
+            self.post(ConfirmResult(target.generation, outcome, message, unreadable))
             state["last"] = message
