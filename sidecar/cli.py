@@ -400,6 +400,9 @@ EXIT_BAD_INPUT = 2
 DEFAULT_IMAGE = "ghcr.io/katalog-sidecar/katalog-sidecar"
 
 
+from sidecar.manifests.webhook_cli import SIDECAR_ENV_HELP, sidecar_env, webhook  # noqa: E402 - imports only click
+
+
 def _read_documents(paths: tuple[str, ...]) -> list[tuple[str, int, object]]:
     """(source, document number, document) of every YAML document in the files ('-': stdin)."""
     import yaml
@@ -439,8 +442,10 @@ def _version() -> str:
 @click.option("--token-secret", default=None, help="Secret (key `token`) with the Consul ACL token, mounted and "
               "read through CONSUL_HTTP_TOKEN_FILE.")
 @click.option("--drain-timeout", default="20s", show_default=True, help="KATALOG_DRAIN_TIMEOUT; the grace period is raised to cover it.")
+@click.option("--sidecar-env", "extra_env", multiple=True, metavar="NAME=VALUE", callback=sidecar_env,
+              help=SIDECAR_ENV_HELP)
 def inject(files: tuple[str, ...], services: str | None, native: bool, gate: str, image: str | None,
-           token_secret: str | None, drain_timeout: str) -> None:
+           token_secret: str | None, drain_timeout: str, extra_env: tuple[tuple[str, str], ...]) -> None:
     """Add the sidecar to the workloads in FILES (or stdin, `-`) and write them to stdout.
 
     kubectl get deploy web -o yaml | katalog-sidecar inject --services web:http - | kubectl apply -f -
@@ -456,7 +461,7 @@ def inject(files: tuple[str, ...], services: str | None, native: bool, gate: str
     except ValueError as exc:
         raise click.BadParameter(str(exc), param_hint="--drain-timeout") from exc
     options = InjectOptions(image=image or f"{DEFAULT_IMAGE}:{_version()}", services=services, native=native,
-                            gate=gate, token_secret=token_secret, drain_timeout=drain)
+                            gate=gate, token_secret=token_secret, drain_timeout=drain, extra_env=extra_env)
     documents = _read_documents(files)
     try:
         result = run_inject([doc for _, _, doc in documents], options)  # type: ignore[misc]
@@ -516,7 +521,5 @@ def _holds(doc: object, obj: str) -> bool:
         return True
     return any(_holds(item, obj) for item in doc.get("items") or []) if str(doc.get("kind", "")).endswith("List") else False
 
-
-from sidecar.manifests.webhook_cli import webhook  # noqa: E402 - registered last; imports only click
 
 main.add_command(webhook)

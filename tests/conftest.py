@@ -137,6 +137,24 @@ def katalog_cluster(kube_binaries: dict[str, str], consul_bin: str, tmp_path: Pa
         yield cluster
 
 
+# --- helm (scripts/provide-helm.sh): tests/test_kube_real_helm.py, the chart's rules in test_alert_rules.py
+
+
+@pytest.fixture(scope="session")
+def helm_bin() -> str:
+    """The real helm: $HELM_BIN, else the newest cached build."""
+    found = os.environ.get("HELM_BIN")
+    if not found:
+        cache = Path(os.environ.get("KATALOG_CACHE_DIR", Path.home() / ".cache" / "katalog-sidecar"))
+        found = next((str(p) for p in sorted(cache.glob("helm-*/helm"), reverse=True) if os.access(p, os.X_OK)), None)
+    if not found:
+        message = "no helm binary: run `export HELM_BIN=$(scripts/provide-helm.sh)`"
+        if os.environ.get("CI"):
+            pytest.fail(message + " (integration tests may not be skipped in CI)")
+        pytest.skip(message)
+    return found
+
+
 # --- real nodes: containerd + kubelet (tests/kube_node.py, tests/katalog_nodes.py) ----------
 
 

@@ -196,6 +196,70 @@ def test_injected_environment_is_a_valid_configuration(tmp_path: Path) -> None:
     assert [s.port_name for s in config.services] == ["http"] and config.drain_timeout == 20.0
 
 
+EXTRA_ENV = (("KATALOG_METRICS_ADDR", "$(POD_IP):9464"), ("KATALOG_LOG_FORMAT", "json"), ("A", "b=c"))
+
+
+def test_sidecar_env_is_added_after_injects_own_and_loads_as_configuration(tmp_path: Path) -> None:
+    """--sidecar-env: after the downward-API variables (the kubelet expands $(POD_IP) only from
+    variables defined before it), in the order given, and lint still passes."""
+    options = InjectOptions(image=IMAGE, services="web:http", extra_env=EXTRA_ENV)
+    out = inject([workload("Deployment")], options).documents
+    env = spec_of(out[0])["containers"][1]["env"]
+    names = [e["name"] for e in env]
+    assert names[-3:] == ["KATALOG_METRICS_ADDR", "KATALOG_LOG_FORMAT", "A"] and names.index("POD_IP") < names.index("KATALOG_METRICS_ADDR")
+    assert env[-3:] == [{"name": n, "value": v} for n, v in EXTRA_ENV]
+    assert [f for f in lint(out) if f.severity == "error"] == []
+    values = {"metadata.name": "web-1", "metadata.namespace": "shop", "status.podIP": "10.0.0.5",
+              "status.hostIP": "10.0.1.1", "metadata.uid": "3f1c6c1e-8a51-4c1e-9a5e-2f1d1f0b7a11"}
+    environ = {e["name"]: e["value"] if "value" in e else values[e["valueFrom"]["fieldRef"]["fieldPath"]] for e in env}
+    environ.update(KATALOG_METRICS_ADDR="10.0.0.5:9464", KATALOG_STATUS_FILE=str(tmp_path / "status.json"),
+                   KUBERNETES_SERVICE_HOST="10.96.0.1")
+    assert load_config(environ).log_format == "json"
+    assert inject(out, options).unchanged == ["Deployment/web"]  # idempotent with it too
+
+
+@pytest.mark.parametrize(("value", "expected"), [
+    ("KATALOG_LOG_FORMAT", "'KATALOG_LOG_FORMAT': expected NAME=VALUE"),
+    ("=json", "'' is not a valid environment variable name"),
+    ("9LIVES=1", "'9LIVES' is not a valid environment variable name"),
+    ("A B=1", "'A B' is not a valid environment variable name"),
+    ("POD_UID=fixed", "POD_UID is written by inject itself: the pod's identity, set from the downward API (metadata.uid)"),
+    ("POD_NAME=web", "POD_NAME is written by inject itself"),
+    ("HOST_IP=10.0.0.1", "HOST_IP is written by inject itself"),
+    ("KATALOG_SERVICES=web:80", "use --services"),
+    ("KATALOG_GATE=condition", "use --gate"),
+    ("KATALOG_DRAIN_TIMEOUT=60s", "use --drain-timeout"),
+    ("CONSUL_HTTP_TOKEN_FILE=/t", "use --token-secret"),
+    ("KATALOG_STATUS_FILE=/tmp/s", "readiness-gate reads"),
+])
+def test_sidecar_env_refuses_by_value_with_the_reason(value: str, expected: str) -> None:
+    for command in (["inject", "--services", "web:http", "-"], ["webhook", "--image", IMAGE]):
+        done = run([*command, "--sidecar-env", "KATALOG_LOG_FORMAT=json", "--sidecar-env", value],
+                   yaml.safe_dump(workload("Deployment")))
+        assert done.returncode == 2 and done.stdout == "", done
+        assert f"Invalid value for '--sidecar-env': '{value}': " in done.stderr and expected in done.stderr, done.stderr
+        assert "Traceback" not in done.stderr
+
+
+def test_sidecar_env_given_twice_is_refused_and_the_library_checks_too() -> None:
+    done = run(["inject", "--services", "web:http", "--sidecar-env", "A=1", "--sidecar-env", "A=2", "-"],
+               yaml.safe_dump(workload("Deployment")))
+    assert done.returncode == 2 and "'A=2': A is given twice" in done.stderr
+    for extra in ((("POD_UID", "x"),), (("A", "1"), ("A", "2")), (("a b", "1"),)):
+        with pytest.raises(InjectError):
+            inject([workload("Deployment")], InjectOptions(image=IMAGE, services="web:http", extra_env=extra))
+
+
+def test_the_inject_command_writes_sidecar_env() -> None:
+    done = run(["inject", "--services", "web:http", "--sidecar-env", "KATALOG_METRICS_ADDR=$(POD_IP):9464",
+                "--sidecar-env", "A=b=c", "-"], yaml.safe_dump(workload("Deployment")))
+    assert done.returncode == 0, done.stderr
+    (out,) = list(yaml.safe_load_all(done.stdout))
+    assert out == inject([workload("Deployment")], InjectOptions(
+        image=out["spec"]["template"]["spec"]["containers"][1]["image"], services="web:http",
+        extra_env=(("KATALOG_METRICS_ADDR", "$(POD_IP):9464"), ("A", "b=c")))).documents[0]
+
+
 # -- lint -----------------------------------------------------------------------------------------
 
 

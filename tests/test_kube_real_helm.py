@@ -22,20 +22,6 @@ CHART = REPO / "charts" / "katalog-sidecar"
 CONDITION = ["--set", "sidecar.gate=condition"]
 
 
-@pytest.fixture(scope="session")
-def helm_bin() -> str:
-    found = os.environ.get("HELM_BIN")
-    if not found:
-        cache = Path(os.environ.get("KATALOG_CACHE_DIR", Path.home() / ".cache" / "katalog-sidecar"))
-        found = next((str(p) for p in sorted(cache.glob("helm-*/helm"), reverse=True) if os.access(p, os.X_OK)), None)
-    if not found:
-        message = "no helm binary: run `export HELM_BIN=$(scripts/provide-helm.sh)`"
-        if os.environ.get("CI"):
-            pytest.fail(message + " (integration tests may not be skipped in CI)")
-        pytest.skip(message)
-    return found
-
-
 def helm(helm_bin: str, tmp_path: Path, *args: str, check: bool = True) -> subprocess.CompletedProcess[str]:
     # Helm's cache, config and data in the test's scratch directory: nothing global changes.
     env = {**os.environ, "HELM_CACHE_HOME": str(tmp_path / "helm-cache"), "HELM_CONFIG_HOME": str(tmp_path / "helm-config"),
@@ -65,11 +51,39 @@ def test_the_charts_policy_is_the_examples(helm_bin: str, tmp_path: Path) -> Non
     assert not [d for d in render(helm_bin, tmp_path) if d["kind"].startswith("ValidatingAdmissionPolicy")]
 
 
+EXTRA_ENV = ["--set-string", "sidecar.extraEnv.KATALOG_METRICS_ADDR=$(POD_IP):9464",
+             "--set", "sidecar.extraEnv.KATALOG_EVENTS=false", "--set-string", "sidecar.extraEnv.A=b=c"]
+
+
+def test_extra_env_reaches_the_webhooks_args_escaped_for_the_kubelet(helm_bin: str, tmp_path: Path) -> None:
+    """$(POD_IP) must reach the webhook as written (for the sidecar's kubelet to expand), so the
+    chart writes $$ (the kubelet's escape) in the webhook's own args."""
+    [deployment] = [d for d in render(helm_bin, tmp_path, *EXTRA_ENV) if d["kind"] == "Deployment"]
+    args = deployment["spec"]["template"]["spec"]["containers"][0]["args"]
+    assert [a for a in args if a.startswith("--sidecar-env")] == [
+        "--sidecar-env=A=b=c", "--sidecar-env=KATALOG_EVENTS=false", "--sidecar-env=KATALOG_METRICS_ADDR=$$(POD_IP):9464"]
+    [deployment] = [d for d in render(helm_bin, tmp_path) if d["kind"] == "Deployment"]
+    assert not [a for a in deployment["spec"]["template"]["spec"]["containers"][0]["args"] if "sidecar-env" in a]
+
+
+def test_extra_env_refuses_what_the_webhook_would_refuse(helm_bin: str, tmp_path: Path) -> None:
+    """At install, not as a crash-looping webhook (which, failing open, would admit pods without the sidecar)."""
+    from sidecar.manifests.inject import RESERVED_ENV
+
+    template = (CHART / "templates" / "_helpers.tpl").read_text()
+    reserved = template.split('define "katalog.reservedEnv" -}}', 1)[1].split("{{", 1)[0].split()
+    assert sorted(reserved) == sorted(RESERVED_ENV)
+    for name, expected in (("POD_UID", "POD_UID is written by inject itself"), ("1X", '"1X" is not a valid')):
+        result = helm(helm_bin, tmp_path, "template", "kat", str(CHART), "--kube-version", "1.34.0",
+                      "--set", f"sidecar.extraEnv.{name}=x", check=False)
+        assert result.returncode != 0 and expected in result.stderr, result.stderr
+
+
 def test_rendered_chart_passes_the_apiservers_strict_dry_run(helm_bin: str, control_plane: ControlPlane,
                                                              tmp_path: Path) -> None:
     control_plane.create_namespace("katalog-system")
     for values in ([], CONDITION + ["--set", "namespaces[0].name=shop", "--set", "namespaces[0].label=false",
-                                    "--set", "webhook.certManager.enabled=false"]):
+                                    "--set", "webhook.certManager.enabled=false", *EXTRA_ENV]):
         if values and not _exists(control_plane, "shop"):  # the chart's Roles go into an existing namespace
             control_plane.create_namespace("shop")
         manifest = tmp_path / "rendered.yaml"

@@ -60,6 +60,16 @@ def test_the_webhook_writes_exactly_what_inject_writes() -> None:
         assert apply_patch(original, answer["response"]) == inject([original], OPTIONS).documents[0]
 
 
+def test_sidecar_env_goes_through_the_same_code_path() -> None:
+    options = InjectOptions(image=IMAGE, extra_env=(("KATALOG_METRICS_ADDR", "$(POD_IP):9464"), ("X", "1")))
+    original = pod()
+    answer, result = review(admission_review(original), options, "katalog-system")
+    injected = apply_patch(original, answer["response"])
+    assert result == "injected" and injected == inject([original], options).documents[0]
+    assert injected["spec"]["containers"][1]["env"][-2:] == [{"name": "KATALOG_METRICS_ADDR", "value": "$(POD_IP):9464"},
+                                                              {"name": "X", "value": "1"}]
+
+
 def test_idempotent_own_namespace_and_opt_out_are_left_alone() -> None:
     injected = inject([pod()], OPTIONS).documents[0]
     opted_out = pod()

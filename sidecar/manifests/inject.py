@@ -11,13 +11,31 @@ left as it is, so running inject twice changes nothing.
 from __future__ import annotations
 
 import copy
-from collections.abc import Iterable
+import re
+from collections.abc import Iterable, Sequence
 from dataclasses import dataclass
 
 from sidecar.manifests import templates as m
 from sidecar.manifests.templates import Doc
 
 GATES = ("exec", "condition", "both")
+
+# What Kubernetes accepts as an environment variable's name on every supported version
+# (the relaxed rule of 1.32+ allows more; this one works everywhere).
+ENV_NAME = re.compile(r"[-._a-zA-Z][-._a-zA-Z0-9]*")
+# Variables inject writes itself: `--sidecar-env` may not set them. The pod's identity comes from
+# the downward API (a literal would make every pod claim the same identity: one pod's
+# registrations overwritten by another's); the others follow from a flag of their own, which
+# also sets what must agree with them (the grace period, readinessGates, the token's volume).
+RESERVED_ENV = {
+    **{name: f"the pod's identity, set from the downward API ({field})" for name, field in m.IDENTITY_FIELDS.items()},
+    "KATALOG_SERVICES": "use --services (or the pod's katalog-sidecar.io/services annotation)",
+    "KATALOG_CONTAINER_NAME": f"the injected container's name, {m.CONTAINER_NAME}",
+    "KATALOG_STATUS_FILE": f"the file on the injected emptyDir that readiness-gate reads, {m.STATUS_FILE}",
+    "KATALOG_DRAIN_TIMEOUT": "use --drain-timeout (the grace period is raised to cover it)",
+    "KATALOG_GATE": "use --gate (it also writes the pod's readinessGates entry)",
+    "CONSUL_HTTP_TOKEN_FILE": "use --token-secret (it also mounts the Secret there)",
+}
 
 
 class InjectError(ValueError):
@@ -32,6 +50,9 @@ class InjectOptions:
     gate: str = "exec"  # exec: readinessProbe; condition: readinessGates; both
     token_secret: str | None = None  # Secret with key `token`, mounted and read via CONSUL_HTTP_TOKEN_FILE
     drain_timeout: float = m.DEFAULT_DRAIN_TIMEOUT
+    # (NAME, value) added to the sidecar's env after inject's own, in this order: a value may
+    # refer to the identity variables as $(POD_IP) etc. (see parse_sidecar_env)
+    extra_env: tuple[tuple[str, str], ...] = ()
 
 
 @dataclass(frozen=True)
@@ -41,10 +62,40 @@ class InjectResult:
     unchanged: list[str]  # already had the sidecar
 
 
+def parse_sidecar_env(values: Sequence[str]) -> tuple[tuple[str, str], ...]:
+    """`--sidecar-env NAME=VALUE` (repeated) as (NAME, VALUE) pairs, in order; raises InjectError
+    naming the value for a missing `=`, a name Kubernetes refuses, a name given twice, or one of
+    inject's own variables (RESERVED_ENV). The value is written as it is: `$(POD_IP)` is expanded
+    by the kubelet from the variables before it, as in any container's env."""
+    pairs: list[tuple[str, str]] = []
+    for value in values:
+        name, sep, text = value.partition("=")
+        if not sep:
+            raise InjectError(f"--sidecar-env {value!r}: expected NAME=VALUE")
+        check_extra_env(name, f"--sidecar-env {value!r}")
+        if name in (seen for seen, _ in pairs):
+            raise InjectError(f"--sidecar-env {value!r}: {name} is given twice")
+        pairs.append((name, text))
+    return tuple(pairs)
+
+
+def check_extra_env(name: str, where: str) -> None:
+    if not ENV_NAME.fullmatch(name):
+        raise InjectError(f"{where}: {name!r} is not a valid environment variable name "
+                          "(letters, digits, '_', '-', '.'; not starting with a digit)")
+    if name in RESERVED_ENV:
+        raise InjectError(f"{where}: {name} is written by inject itself: {RESERVED_ENV[name]}")
+
+
 def inject(documents: Iterable[Doc | None], options: InjectOptions) -> InjectResult:
     """Raises InjectError for the first document it cannot handle; nothing is half-written."""
     if options.gate not in GATES:
         raise InjectError(f"--gate {options.gate!r}: expected one of {', '.join(GATES)}")
+    names = [name for name, _ in options.extra_env]
+    for name in names:
+        check_extra_env(name, "extra_env")
+    if len(set(names)) != len(names):
+        raise InjectError(f"extra_env: a name is given twice: {names}")
     out: list[Doc] = []
     injected: list[str] = []
     unchanged: list[str] = []
@@ -118,6 +169,7 @@ def sidecar_container(services: str | None, options: InjectOptions) -> Doc:
         env.append({"name": "KATALOG_GATE", "value": "condition"})
     if options.token_secret:
         env.append({"name": "CONSUL_HTTP_TOKEN_FILE", "value": "/etc/katalog/consul/token"})
+    env += [{"name": name, "value": value} for name, value in options.extra_env]
     container: Doc = {
         "name": m.CONTAINER_NAME,
         "image": options.image,

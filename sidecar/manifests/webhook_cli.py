@@ -23,6 +23,21 @@ def _duration(value: str, flag: str) -> float:
     return seconds
 
 
+def sidecar_env(_ctx: click.Context, param: click.Parameter, values: tuple[str, ...]) -> tuple[tuple[str, str], ...]:
+    """The --sidecar-env callback of `inject` and `webhook`: (NAME, VALUE) pairs, or a usage error."""
+    from sidecar.manifests.inject import InjectError, parse_sidecar_env
+
+    try:
+        return parse_sidecar_env(values)
+    except InjectError as exc:
+        raise click.BadParameter(str(exc).removeprefix("--sidecar-env "), param=param) from exc
+
+
+SIDECAR_ENV_HELP = ("NAME=VALUE added to the injected sidecar's env; repeat. After inject's own variables, so "
+                    "a value may use $(POD_IP), $(HOST_IP) etc. The ones inject writes (POD_UID and the other "
+                    "downward-API identity, KATALOG_SERVICES, KATALOG_GATE, ...) are refused: use their flags.")
+
+
 def _address(value: str, flag: str) -> tuple[str, int]:
     host, sep, port = value.rpartition(":")
     if not sep or not port.isdigit() or not 0 <= int(port) <= 65535:
@@ -39,6 +54,8 @@ def _address(value: str, flag: str) -> tuple[str, int]:
 @click.option("--gate", type=click.Choice(["exec", "condition", "both"]), default="exec", show_default=True)
 @click.option("--token-secret", default=None, help="Secret (key `token`) with the Consul ACL token.")
 @click.option("--drain-timeout", default="20s", show_default=True)
+@click.option("--sidecar-env", "extra_env", multiple=True, metavar="NAME=VALUE", callback=sidecar_env,
+              help=SIDECAR_ENV_HELP)
 @click.option("--webhook-config", default="katalog-sidecar", show_default=True,
               help="The MutatingWebhookConfiguration whose caBundle it keeps.")
 @click.option("--ca-secret", default="katalog-sidecar-webhook-ca", show_default=True,
@@ -60,7 +77,7 @@ def _address(value: str, flag: str) -> tuple[str, int]:
 @click.option("--kube-ca-file", default="/var/run/secrets/kubernetes.io/serviceaccount/ca.crt", show_default=True)
 @click.option("--log-level", type=click.Choice(["debug", "info", "warning", "error"]), default="info")
 def webhook(listen: str, namespace: str | None, image: str, native: bool, gate: str, token_secret: str | None,
-            drain_timeout: str, webhook_config: str, ca_secret: str, hosts: tuple[str, ...], service: str,
+            drain_timeout: str, extra_env: tuple[tuple[str, str], ...], webhook_config: str, ca_secret: str, hosts: tuple[str, ...], service: str,
             cert_dir: Path | None, cert_lifetime: str, ca_lifetime: str, bundle_propagation: str, check_interval: str, metrics_addr: str,
             kube_api_url: str | None, kube_token_file: str, kube_ca_file: str, log_level: str) -> None:
     """Serve the mutating admission webhook that injects the sidecar (see the README, Install with Helm)."""
@@ -87,7 +104,7 @@ def webhook(listen: str, namespace: str | None, image: str, native: bool, gate: 
     check = 0.0 if check_interval.strip() in ("0", "0s") else _duration(check_interval, "--check-interval")
     settings = WebhookSettings(
         options=InjectOptions(image=image, native=native, gate=gate, token_secret=token_secret,
-                              drain_timeout=_duration(drain_timeout, "--drain-timeout")),
+                              drain_timeout=_duration(drain_timeout, "--drain-timeout"), extra_env=extra_env),
         namespace=own, listen=_address(listen, "--listen"),
         kube=Kube(KubeAccess(kube_api_url, Path(kube_token_file), ca_file)),
         webhook_config=webhook_config, ca_secret=ca_secret,
