@@ -20,6 +20,7 @@ from sidecar import errors, gate_reasons
 
 ROOT = Path(__file__).resolve().parent.parent
 RULES = ROOT / "examples" / "monitoring" / "prometheus-rules.yaml"
+CHART_RULES = ROOT / "charts" / "katalog-sidecar" / "files" / "prometheus-rules.yaml"  # prometheusRule.enabled
 UNIT_TESTS = Path(__file__).resolve().parent / "alert_rules_test.yaml"
 RULE_FILE_NAME = "katalog-sidecar.rules.yaml"  # what alert_rules_test.yaml names
 PROVIDER = ROOT / "scripts" / "provide-promtool.sh"
@@ -124,3 +125,30 @@ def test_the_rules_use_only_labels_the_sidecar_exports() -> None:
     kinds = {v for match in re.findall(r'kind=~"([^"]+)"', text) for v in match.split("|")}
     assert reasons and reasons <= set(gate_reasons.CLOSED_REASONS), reasons - set(gate_reasons.CLOSED_REASONS)
     assert kinds and kinds <= CONSUL_ERROR_KINDS, kinds - CONSUL_ERROR_KINDS
+
+
+# -- the chart's PrometheusRule (prometheusRule.enabled): the example's rules, one source ---------
+
+
+def test_the_charts_rule_file_is_the_example() -> None:
+    assert CHART_RULES.read_bytes() == RULES.read_bytes(), (
+        "the chart's copy differs: cp examples/monitoring/prometheus-rules.yaml charts/katalog-sidecar/files/")
+
+
+def test_the_chart_renders_the_examples_rules_and_promtool_passes_them(helm_bin: str, promtool: str,
+                                                                       tmp_path: Path) -> None:
+    """What Helm renders (not only the file it reads): the same groups, checked and unit-tested."""
+    from test_kube_real_helm import render
+
+    assert not [d for d in render(helm_bin, tmp_path) if d["kind"] == "PrometheusRule"]  # off by default
+    docs = render(helm_bin, tmp_path, "--set", "prometheusRule.enabled=true", "--set", "prometheusRule.labels.release=prom")
+    [rule] = [d for d in docs if d["kind"] == "PrometheusRule"]
+    assert (rule["apiVersion"], rule["metadata"]["namespace"]) == ("monitoring.coreos.com/v1", "katalog-system")
+    assert rule["metadata"]["labels"]["release"] == "prom"
+    assert rule["spec"] == _rule_groups()
+    work = _workdir(tmp_path, rule["spec"])
+    checked = _promtool(promtool, "check", "rules", RULE_FILE_NAME, cwd=work)
+    assert checked.returncode == 0 and f"SUCCESS: {len(_alerts())} rules found" in checked.stdout + checked.stderr, \
+        checked.stdout + checked.stderr
+    tested = _promtool(promtool, "test", "rules", UNIT_TESTS.name, cwd=work)
+    assert tested.returncode == 0 and "SUCCESS" in tested.stdout, tested.stdout + tested.stderr

@@ -82,6 +82,8 @@ def test_extra_env_refuses_what_the_webhook_would_refuse(helm_bin: str, tmp_path
 def test_rendered_chart_passes_the_apiservers_strict_dry_run(helm_bin: str, control_plane: ControlPlane,
                                                              tmp_path: Path) -> None:
     control_plane.create_namespace("katalog-system")
+    # prometheusRule stays off here: this apiserver has no prometheus-operator CRD. The rendered
+    # PrometheusRule is checked by promtool instead (tests/test_alert_rules.py).
     for values in ([], CONDITION + ["--set", "namespaces[0].name=shop", "--set", "namespaces[0].label=false",
                                     "--set", "webhook.certManager.enabled=false", *EXTRA_ENV]):
         if values and not _exists(control_plane, "shop"):  # the chart's Roles go into an existing namespace
