@@ -18,6 +18,11 @@ security contexts, resources, volumes, RBAC, the rollout strategy):
    `kubernetes` Service's cluster IP (what `KUBERNETES_SERVICE_HOST` names) leads nowhere.
 
 Nothing else differs; `tests/test_node_overlay.py` checks that the diff is exactly this.
+
+A sidecar the admission webhook injects (tests/test_node_webhook.py) is not in the manifest:
+the workload (the app alone) gets 1-3 here, and the webhook gets 3 and 4 for the sidecar as
+its `--sidecar-env` (`webhook_args`), the image as `--image SIDECAR_IMAGE`; the injected container keeps the
+default pull policy (IfNotPresent: the image is in containerd's store, nothing is pulled).
 """
 
 from __future__ import annotations
@@ -53,6 +58,20 @@ def _env(container: dict[str, Any], name: str, value: str | None = None, field: 
                {"name": name, "valueFrom": {"fieldRef": {"fieldPath": field}}})
 
 
+def sidecar_env(api_url: str) -> dict[str, str]:
+    """Items 3 and 4: what the sidecar's env gets on this machine."""
+    return {"KATALOG_METRICS_ADDR": f"$(POD_IP):{METRICS_PORT}", "KATALOG_KUBE_API_URL": api_url}
+
+
+def webhook_args(api_url: str) -> list[str]:
+    """The same for a sidecar the webhook injects: `katalog-sidecar webhook` flags (with
+    `--image SIDECAR_IMAGE`)."""
+    args = []
+    for name, value in sidecar_env(api_url).items():
+        args += ["--sidecar-env", f"{name}={value}"]
+    return args
+
+
 def for_this_machine(doc: dict[str, Any], api_url: str) -> dict[str, Any]:
     doc = copy.deepcopy(doc)
     spec = _pod_spec(doc)
@@ -64,8 +83,8 @@ def for_this_machine(doc: dict[str, Any], api_url: str) -> dict[str, Any]:
         image = _image_name(str(container.get("image", "")))
         if image == EXAMPLE_SIDECAR_IMAGE:
             container["image"] = SIDECAR_IMAGE
-            _env(container, "KATALOG_METRICS_ADDR", f"$(POD_IP):{METRICS_PORT}")
-            _env(container, "KATALOG_KUBE_API_URL", api_url)
+            for name, value in sidecar_env(api_url).items():
+                _env(container, name, value)
         elif image == EXAMPLE_APP_IMAGE:
             container["image"] = APP_IMAGE
             _env(container, "POD_IP", field="status.podIP")
