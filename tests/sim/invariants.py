@@ -27,7 +27,11 @@ SIGTERM_BOUND = 6.0  # the agent timeout (5 s) of a call in flight, plus a secon
 WINDOW = 60.0
 REAP_RUNNING = 10.0  # a sidecar running this long has had the time to push its liveness
 SLOW_WRITE = 4.0  # the slow agent's worst write latency (sim.agent_front)
-REGISTER_CEILING_WRITES_FAIL = 0.2 * WINDOW + 2  # <= 0.2 register calls/s while writes fail
+# <= 0.2 register calls/s while writes fail, once the retry backoff (sidecar.core.state: 0.2 s
+# doubling to 10 s) has reached its cap: a process that starts as writes fail makes its first
+# log2(10 / 0.2) ~ 6 tries within ~10 s (seed 103: 15 in 60 s, 9 of them at the capped rate).
+BACKOFF_RAMP = 6
+REGISTER_CEILING_WRITES_FAIL = 0.2 * WINDOW + 2 + BACKOFF_RAMP
 WRITES_CEILING_FORBIDDEN = 2  # one try per 60 s hold after a 403 (a try may be register + update)
 DRAIN_CRITICAL_WRITES = 2  # a drain turns readiness and liveness critical, each tried once after a 403
 NEEDLESS_REGISTER_CEILING = 1  # no re-registration while the agent holds our instance intact
@@ -256,6 +260,8 @@ class Invariants:
         t = sidecar.record.terminate_at
         if t is None or sidecar.record.first_drain_write is not None or now - t <= SIGTERM_BOUND:
             return
+        if sidecar.record.drain_under_way:
+            return  # the drain of a deletionTimestamp runs on, within its own deadline (core: Terminate)
         if sidecar.frozen_until is not None or not self._quiet(WRITE_FAULTS, now, now - t + 5.0):
             return
         if self._quiet(("hang",), now, now - t + 1.0) and any(

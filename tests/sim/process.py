@@ -46,6 +46,7 @@ class Record:
 
     calls: list[tuple[float, str, str]] = field(default_factory=list)  # (time, kind, service or check ID)
     terminate_at: float | None = None
+    drain_under_way: bool = False  # SIGTERM came while a drain (deletionTimestamp) was running
     first_drain_write: float | None = None
     exit_code: int | None = None
     exited_at: float | None = None
@@ -91,15 +92,25 @@ class Sidecar:
             self._busy = True
             self.clock.after(0.0, self._drain, "sidecar loop")
 
+    def _wake(self) -> None:
+        """The core's deadline came: the loop wakes (sidecar.syncer's `get(timeout=...)` returns)."""
+        if self.alive and not self._busy:
+            self._busy = True
+            self.clock.after(0.0, self._drain, "sidecar loop")
+
     def _drain(self) -> None:
         self._busy = False
-        if not self.alive or not self.queue or self.in_flight is not None:
+        if not self.alive or self.in_flight is not None:
             return  # a call in flight blocks the loop (sidecar.syncer performs it); its answer wakes it
+        if not self.queue and self.core.next_deadline() > self.clock.now:
+            return  # nothing queued, nothing due: the armed Tick wakes the loop
         if self.frozen_until is not None:
             self._busy = True
             self.clock.at(self.frozen_until, self._drain, "sidecar thaw")
             return
-        event = self.queue.popleft()
+        # As sidecar.syncer: a Tick only when nothing is queued. A deadline that fell due while
+        # the process was stopped does not jump ahead of what came meanwhile (a SIGTERM).
+        event = self.queue.popleft() if self.queue else ev.Tick()
         self.world.steps += 1
         actions = self.core.handle(event, self.clock.now)
         if isinstance(event, ev.Tick) and not actions and self.core.next_deadline() <= self.clock.now:
@@ -124,7 +135,7 @@ class Sidecar:
         if self.in_flight is not None:
             return  # blocked in the call: no Tick until its answer
         deadline = self.core.next_deadline()
-        self._tick = self.clock.at(deadline, lambda: self._post(ev.Tick()), "tick")
+        self._tick = self.clock.at(deadline, self._wake, "tick")
 
     def _carry_out(self, actions: list[act.Action]) -> None:
         for action in actions:
@@ -243,9 +254,12 @@ class Sidecar:
     def sigterm(self) -> None:
         if not self.alive:
             return
+        # A stopped process takes the signal when continued: its handler notes the time then.
+        at = max(self.clock.now, self.frozen_until or self.clock.now)
         if self.record.terminate_at is None:
-            self.record.terminate_at = self.clock.now
-        self._post(ev.Terminate("SIGTERM", self.clock.now))
+            self.record.terminate_at = at
+            self.record.drain_under_way = self.core.ctx.state.draining
+        self._post(ev.Terminate("SIGTERM", at))
 
     def freeze(self, until: float) -> None:
         self.frozen_until = until
@@ -298,7 +312,9 @@ class PodSource:
                                      readiness.exclude_containers, 60.0, expected_uid=sidecar.uid,
                                      rng=sidecar.rng.random)
         self._timer: Timer | None = None
+        self._idle: Timer | None = None
         self.stalled_until = 0.0
+        self.inactivity = sidecar.config.kubernetes.watch_inactivity
 
     def start(self) -> None:
         self.active = True
@@ -310,6 +326,24 @@ class PodSource:
             self.watch.active = False
         if self._timer is not None:
             self._timer.cancel()
+        if self._idle is not None:
+            self._idle.cancel()
+
+    def _arm_idle(self) -> None:
+        """kube_source.py's client ends a watch that sends nothing for KATALOG_KUBE_WATCH_INACTIVITY
+        (WatchInactiveError) and resumes it at once from the same resourceVersion: the API replays
+        what the silent stream did not deliver (a stalled stream, `stall_watch`)."""
+        if self._idle is not None:
+            self._idle.cancel()
+        self._idle = self.s.clock.after(self.inactivity, self._inactive, "watch inactivity")
+
+    def _inactive(self) -> None:
+        watch = self.watch
+        if not self.active or watch is None or not watch.active:
+            return
+        watch.active = False
+        self.s.api.watches = [w for w in self.s.api.watches if w is not watch]
+        self._open()
 
     def _failed(self, code: int) -> None:
         if code == 0:
@@ -341,6 +375,7 @@ class PodSource:
     def _open(self) -> None:
         if not self.active:
             return
+        self._arm_idle()  # also while the replay below is delivered
         opened = self.s.api.watch_pod(self.s.pod_name, self.rv, self._event, self._ended)
         if isinstance(opened, int):
             self._failed(opened)
@@ -355,6 +390,7 @@ class PodSource:
     def _deliver(self, event: WatchEvent) -> None:
         if not self.active:
             return
+        self._arm_idle()
         obj = event["object"]
         if event["type"] == "ERROR":
             if self.watch is not None:

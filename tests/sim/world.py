@@ -77,6 +77,7 @@ class World:
         self.servers = ConsulServers(self.clock)
         self.agent = AgentModel(NODE, self.clock, self.servers, random.Random(self.rng.random()), settings.persist)
         self.front = AgentFront(self.clock, self.agent, random.Random(self.rng.random()))
+        self.kubelet_rng = random.Random(settings.seed * 7919 + 17)
         self.api = PodApi(self.clock)
         self.node = NODE
         self.status_files: dict[str, dict[str, Any]] = {}
@@ -155,6 +156,12 @@ class World:
         sidecar = self.sidecars.get(uid)
         if sidecar is not None and not force:
             self.clock.after(self.rng.uniform(0.0, 3.0), sidecar.sigterm, "kubelet SIGTERM")
+        elif sidecar is not None:
+            # A forced deletion removes the object at once, but the node's kubelet still stops the
+            # containers it runs: SIGTERM as for any deletion, SIGKILL at the grace period (a
+            # stopped process takes the signal when continued). Its own generator, so that the
+            # schedules of every seed stay as they were.
+            self.clock.after(self.kubelet_rng.uniform(0.0, 3.0), sidecar.sigterm, "kubelet SIGTERM")
 
         def kill_and_replace() -> None:
             self._kill(uid)
