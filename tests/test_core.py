@@ -192,6 +192,159 @@ def test_superseded_in_continuous_mode_sleeps_until_the_heartbeat() -> None:
     assert run.core.phase is Phase.SUPERSEDED
 
 
+# --- a stall (SIGSTOP) across a same-node successor's takeover (simulator: foreign-write) --------
+
+def _taken_over_while_stopped(run: Run, seconds: float = 60.0) -> None:
+    """The successor (same name, new UID) registers our service ID while this process is stopped:
+    no AgentSeen was handled, and the clock jumps past every deadline of the core's."""
+    from sidecar.registration import CheckState
+
+    run.agent.services[SID] = "uid-2"
+    run.agent.checks[f"{SID}:readiness"] = CheckState("critical", "successor: app not ready")
+    run.agent.checks[f"{SID}:liveness"] = CheckState("passing", "successor running")
+    run.now += seconds
+
+
+def test_a_drain_after_a_stall_reads_the_owner_and_leaves_the_successors_instance_alone() -> None:
+    """The drain trusted `registered` ("the agent watch saw no other UID"), which a stall makes
+    stale: the old sidecar, continued and SIGTERMed, turned the successor's checks critical and
+    deregistered its instance (simulator seeds 10, 99, 1062)."""
+    run = Run()
+    run.send(e.PodObserved(observation(ready=True)))
+    before = len(run.calls())
+    _taken_over_while_stopped(run)
+    run.send(e.Terminate("SIGTERM", run.now))
+    assert run.exit == 0
+    assert run.agent.services == {SID: "uid-2"}
+    assert run.agent.checks[f"{SID}:readiness"].output == "successor: app not ready"
+    assert run.agent.checks[f"{SID}:liveness"].status == "passing"
+    assert all(isinstance(c, a.ReadAgentInstance) for c in run.calls()[before:]), run.calls()[before:]
+    logs = run.logs()
+    assert any(line.startswith("this process did not run for ") for line in logs), logs
+    assert any("now belongs to pod UID uid-2" in line for line in logs), logs
+
+
+def test_a_round_after_a_stall_reads_the_owner_before_its_ttl_refresh() -> None:
+    """No SIGTERM (yet): the TTL refresh that fell due while stopped must not reach the successor."""
+    run = Run()
+    run.send(e.PodObserved(observation(ready=True)))
+    before = len(run.calls())
+    _taken_over_while_stopped(run)
+    run.send(e.Tick())
+    assert [type(c) for c in run.calls()[before:]] == [a.ReadAgentInstance]
+    assert run.core.phase is Phase.SUPERSEDED
+    run.advance(60)
+    assert all(isinstance(c, a.ReadAgentInstance) for c in run.calls()[before:])
+    assert run.agent.checks[f"{SID}:liveness"].output == "successor running"
+
+
+def test_no_stall_no_extra_read() -> None:
+    """Deadlines met (the loop woke for each): refreshes go out with no ownership read."""
+    run = Run()
+    run.send(e.PodObserved(observation(ready=True)))
+    before = len(run.calls())
+    run.advance(60)
+    assert run.calls()[before:] and not run.calls(a.ReadAgentInstance)
+
+
+def test_a_takeover_seen_during_a_slow_drain_stops_its_writes_to_that_instance() -> None:
+    """The kubelet SIGTERMs the old sidecar as it starts the successor: with a slow agent the
+    drain still runs when the successor registers. Its agent watch goes on during the drain, and
+    what it sees stops the drain's next writes (simulator seed 133)."""
+    run = Run()
+    run.send(e.PodObserved(observation(ready=True)))
+    before = len(run.calls())
+    run.hold = True
+    run.send(e.Terminate("SIGTERM", run.now))
+    assert isinstance(run.held[0], a.UpdateCheck)  # readiness critical: under way
+    _taken_over_while_stopped(run, seconds=1.0)
+    run.send(e.AgentSeen(SID, True, "uid-2"))
+    run.release()
+    run.advance(30)
+    assert run.exit == 0
+    writes = [c for c in run.calls()[before:] if not isinstance(c, (a.ReadAgentInstance, a.ReadCatalog))]
+    assert len(writes) == 1, writes  # the one in flight when the successor came; nothing after
+    assert run.agent.services == {SID: "uid-2"}
+    assert run.agent.checks[f"{SID}:liveness"].output == "successor running"
+
+
+def test_a_drain_of_an_instance_no_watch_follows_reads_its_owner_before_each_write() -> None:
+    """A registration whose round failed further on never got its agent watch: a read at the
+    drain's start goes stale while a slow agent takes seconds a write (simulator seeds 133, 816)."""
+    run = Run(config(KATALOG_SERVICES="web:8080,api:9090"))
+    failing = {"on": True}
+    run.agent.fail = lambda call: (e.Failure(e.FailureKind.UNAVAILABLE, "connection reset")
+                                   if failing["on"] and isinstance(call, a.Register) and call.service_id.endswith(":api")
+                                   else None)
+    run.send(e.PodObserved(observation(ready=True)))
+    assert SID in run.agent.services and not run.calls(a.ReadAgentInstance)
+    before = len(run.calls())
+    failing["on"] = False
+    run.hold = True
+    run.send(e.Terminate("SIGTERM", run.now))
+    run.release()
+    calls = run.calls()[before:]
+    writes_to_web = [i for i, c in enumerate(calls) if isinstance(c, (a.UpdateCheck, a.Deregister))
+                     and (getattr(c, "check_id", "") or getattr(c, "service_id", "")).startswith(SID)]
+    assert writes_to_web and all(isinstance(calls[i - 1], a.ReadAgentInstance) and calls[i - 1].service_id == SID
+                                 for i in writes_to_web), calls
+    assert run.exit == 0 and SID not in run.agent.services
+
+
+def test_after_a_stall_statuses_are_pushed_and_confirmed_again_before_the_gate_passes() -> None:
+    """A stop longer than the TTL: the agent let the checks go critical meanwhile while the status
+    file still said confirmed, and the gate passed on it when the process ran again (simulator
+    seed 191, gate-needs-catalog)."""
+    run = Run(config(KATALOG_GATE_MODE="continuous"), auto_confirm=False)
+    run.send(e.PodObserved(observation(ready=True)))
+    run.send(e.ConfirmResult(1, "confirmed"))
+    assert [x for x in run.actions if isinstance(x, a.GateVerdict)][-1].passes
+    before = len(run.actions)
+    run.now += 60.0
+    run.send(e.Tick())
+    after = run.actions[before:]
+    assert not [x for x in after if isinstance(x, a.GateVerdict)][-1].passes
+    pushed = {c.check_id for c in after if isinstance(c, a.UpdateCheck)}
+    assert pushed == {f"{SID}:readiness", f"{SID}:liveness"}
+    (confirm,) = [x for x in after if isinstance(x, a.Confirm)]
+    run.send(e.ConfirmResult(confirm.expectation.generation, "confirmed"))
+    assert [x for x in run.actions if isinstance(x, a.GateVerdict)][-1].passes
+
+
+def test_a_flip_to_ready_does_not_pass_the_gate_on_the_previous_confirmation() -> None:
+    """The app turns ready while a round is still running (a slow agent's TTL refresh): the
+    confirmation of the previous generation (critical in the catalog) passed the gate before the
+    push even began (simulator seed 183, gate-needs-catalog)."""
+    run = Run(config(KATALOG_GATE_MODE="continuous"), auto_confirm=False)
+    run.send(e.PodObserved(observation(ready=False)))
+    run.send(e.ConfirmResult(1, "confirmed"))
+    run.hold = True
+    run.advance(6)  # a TTL refresh in flight
+    assert run.held
+    flipped = len(run.actions)
+    run.send(e.PodObserved(observation(ready=True)))
+    run.advance(2 * run.core.config.heartbeat_interval)  # heartbeats while the refresh hangs
+    verdicts = [x for x in run.actions[flipped:] if isinstance(x, a.GateVerdict)]
+    assert verdicts and not any(v.passes for v in verdicts), verdicts
+    run.release()
+    run.advance(1)
+    (confirm,) = [x for x in run.actions if isinstance(x, a.Confirm)][-1:]
+    run.send(e.ConfirmResult(confirm.expectation.generation, "confirmed"))
+    assert [x for x in run.actions if isinstance(x, a.GateVerdict)][-1].passes
+
+
+def test_a_restart_on_a_terminating_pod_retries_a_failed_ownership_read() -> None:
+    """One 500 on the read (a read flap) left the instance the previous process left passing
+    (simulator seed 204)."""
+    agent = _left_by_a_previous_process()
+    failures = [e.Failure(e.FailureKind.SERVER_ERROR, "Unexpected response code: 500")]
+    agent.fail = lambda call: failures.pop() if failures and isinstance(call, a.ReadAgentInstance) else None
+    run = Run(agent=agent)
+    run.send(e.PodObserved(observation(ready=False, terminating=True)))
+    run.advance(5)
+    assert run.agent.services == {}, "left passing on the agent"
+
+
 # --- defect 3: a restart on a terminating pod drains what it finds -----------------------------
 
 def _left_by_a_previous_process(uid: str = UID) -> AgentModel:

@@ -194,6 +194,84 @@ def test_defect4_a_superseded_sidecar_never_flips_the_successor_to_passing(dev_a
     assert new.gate()[0] != 0
 
 
+# --- simulator finding foreign-write: stopped across a same-node successor's takeover -----------
+
+
+def register_successor(agent, tmp_path: Path, uid: str) -> dict[str, str]:
+    """The successor pod's instance (same pod name, so the same service and check IDs; its own
+    UID), registered and pushed passing the way its sidecar does, with outputs of its own and a
+    TTL long enough to outlast the test. Returns check ID -> the output it pushed."""
+    import requests
+
+    from sidecar.config import load_config
+    from sidecar.registration import build_instances, registration_payload
+
+    config = load_config(base_env(tmp_path, agent.addr, POD_UID=uid, KATALOG_CHECK_TTL="120s"))
+    (inst,) = build_instances(config, uid, None)
+    requests.put(f"{agent.http}/v1/agent/service/register", json=registration_payload(inst, config),
+                 timeout=5).raise_for_status()
+    outputs = {}
+    for check_id in (inst.readiness_check_id, inst.liveness_check_id):
+        outputs[check_id] = f"successor {uid}: {check_id.rsplit(':', 1)[1]} ok"
+        requests.put(f"{agent.http}/v1/agent/check/update/{check_id}", json={"Status": "passing",
+                     "Output": outputs[check_id]}, timeout=5).raise_for_status()
+    return outputs
+
+
+def agent_checks(agent, service_id: str) -> dict[str, tuple[str, str]]:
+    return {cid: (c["Status"], c["Output"]) for cid, c in agent.get("/v1/agent/checks").items()
+            if c.get("ServiceID") == service_id}
+
+
+def test_foreign_write_a_sidecar_stopped_across_a_takeover_never_writes_the_successors_instance(
+        dev_agent, proxy, run_sidecar, tmp_path: Path) -> None:
+    """The old pod's sidecar is stopped (SIGSTOP) while its pod is force-deleted and a same-node
+    successor (same name, new UID) registers the same service ID. Continued and SIGTERMed (the
+    kubelet's signal, taken when the process runs again), it must not write to the successor's
+    instance, although its agent watch has not told it yet: the watch's long-poll was cut while it
+    was stopped and reads of the agent's services take 3 s (a proxy, a busy agent), so what the
+    process knows of the agent is as old as the stop (simulator seeds 10, 99, 1062: its TTL
+    refreshes fell due while it was stopped, and its drain trusted the instance as its own). The
+    successor's checks keep its statuses and outputs throughout; the old sidecar says it found the
+    instance taken over, and exits 0."""
+    import signal
+
+    old = run_sidecar(base_env(tmp_path / "old", proxy.addr, POD_UID=OLD_UID, KATALOG_CHECK_TTL="3s"), name="old")
+    old.wait_gate(passing=True)
+    assert old.proc is not None
+    old.signal(signal.SIGSTOP)
+    try:
+        proxy.cut_long_polls(0.2)  # the watch's query in flight: reset
+        proxy.delay(3.0, when=lambda seen: seen.method == "GET" and seen.path.startswith("/v1/agent/service/"))
+        time.sleep(0.5)
+        outputs = register_successor(dev_agent, tmp_path / "new", NEW_UID)  # straight to the agent
+        successor = {cid: ("passing", out) for cid, out in outputs.items()}
+        assert agent_checks(dev_agent, SID) == successor
+        # Longer than the old sidecar's TTL refresh period (1 s), heartbeat (1 s) and agent timeout:
+        # every deadline of its falls due while it is stopped.
+        time.sleep(6.0)
+    finally:
+        continued = time.monotonic()
+        old.signal(signal.SIGCONT)
+    old.signal(signal.SIGTERM)
+    samples = []
+    deadline = time.monotonic() + 15.0
+    while old.proc.poll() is None and time.monotonic() < deadline:
+        samples.append((instance_uid(dev_agent, SID), agent_checks(dev_agent, SID)))
+        time.sleep(0.05)
+    code = old.proc.wait(timeout=15)
+    time.sleep(1.0)  # anything still in flight has landed
+    samples.append((instance_uid(dev_agent, SID), agent_checks(dev_agent, SID)))
+    changed = [sample for sample in samples if sample != (NEW_UID, successor)]
+    # Counted where they arrive: every write the old process sent once continued.
+    sent = [f"{seen.method} {seen.path}" for seen in agent_writes(proxy.between(continued, time.monotonic()))]
+    logs = old.logs()
+    assert (sent, changed[:3], code) == ([], [], 0), (
+        f"the old sidecar sent {sent} once continued; {len(changed)} of {len(samples)} samples show the "
+        f"successor's instance changed (first: {changed[:3]}); exit {code}; log: {old.log_path}")
+    assert f"now belongs to pod UID {NEW_UID}" in logs, logs[-3000:]
+
+
 # --- defect 5: a slow agent (3 s a write, under the timeout) -------------------------------------
 
 SERVICES4 = "web:8080,api:8081,admin:8082,grpc:8083"

@@ -43,8 +43,11 @@ class Adoption:
         ctx = self._ctx
         lost: str | None = None
         try:
+            if self.found is not None and any(cid.rpartition(":")[0] in ctx.unverified for cid in self.found):
+                self.found = None  # stalled: another pod may hold it now; look again (sidecar.core.stall)
             if self.found is None:
                 self.found = yield from self._look()
+                ctx.unverified.clear()  # read now (before the first observation nothing else is ours)
             for check_id, check in self.found.items():
                 lost = check_id.rpartition(":")[0]
                 yield from call(a.UpdateCheck(ctx.request_id(), None, check_id, check.status, check.output))

@@ -21,6 +21,7 @@ from sidecar.core.drain import DrainResult
 from sidecar.core.phases import TRANSITIONS, ImpossibleTransition, Phase
 from sidecar.core.reconfig import apply_config, config_invalid
 from sidecar.core.report import Reporter, consul_holds_the_gate, gate_line, gate_state, verdict
+from sidecar.core.stall import StallWatch
 from sidecar.core.state import Answer, Context, Sleep, Task
 from sidecar.core.sync import Sync
 from sidecar.core.terminate import EXIT_DRAIN_INCOMPLETE, EXIT_OK, Drained, drain_deadline, drain_task, report_drain
@@ -48,6 +49,7 @@ class Core:
         self._drain_since: float | None = None
         self._drained: int | None = None  # the exit code, once drained before SIGTERM
         self._exited = False
+        self._stall = StallWatch()
 
     @property
     def config(self) -> Config:
@@ -62,6 +64,7 @@ class Core:
         ctx.now, ctx.out = now, []
         if self._exited:
             return []
+        self._stall.check(ctx, {cid.rpartition(":")[0] for cid in self._sync.adoption.found or {}})
         self._dispatch(event)
         if not self._exited and self._drained is None:
             self._fail_open()
@@ -70,6 +73,7 @@ class Core:
             # take a sidecar waiting on its agent for a hung one.
             self._reporter.maybe_heartbeat()
         self._derive_phase()
+        self._stall.expect(ctx, self._waiting is not None or self._stale_register is not None, self.next_deadline())
         return ctx.out
 
     def next_deadline(self) -> float:
@@ -120,6 +124,9 @@ class Core:
         if isinstance(event, (e.CallSucceeded, e.CallFailed)):
             self._answered(event)
         elif self._drained is not None or s.draining:
+            if isinstance(event, e.AgentSeen) and self._drained is None:
+                # Only who holds our IDs matters now: the drain leaves another pod's instance alone.
+                self._sync.faults.other_pod(event.service_id, event.present, event.pod_uid)
             if isinstance(event, e.Tick):
                 self._reporter.maybe_heartbeat()
                 if self._task is not None and ctx.timers.resume_at is not None and ctx.now >= ctx.timers.resume_at:
@@ -225,9 +232,9 @@ class Core:
         self._derive_phase()
         ctx.notify(so.DRAINING, f"{s.drain_reason}: instances critical in Consul, then deregistered")
         ctx.emit(a.StopConfirming())
-        for sid in list(ctx.watched):
-            ctx.emit(a.UnwatchAgent(sid))
-        ctx.watched.clear()
+        # The agent watches go on until the drain ends: a same-node successor that takes our
+        # service IDs over meanwhile (its kubelet sent our SIGTERM as it started it) must stop
+        # the drain's writes to them (simulator seed 133: foreign-write).
         self._reporter.write_status()
         found = self._sync.adoption.found or {}
         self._run(drain_task(ctx, deadline, frozenset(cid.rpartition(":")[0] for cid in found)))
@@ -235,6 +242,9 @@ class Core:
     _announced = False
 
     def _drain_done(self, result: DrainResult | None) -> None:
+        for sid in list(self.ctx.watched):
+            self.ctx.emit(a.UnwatchAgent(sid))
+        self.ctx.watched.clear()
         code = report_drain(self.ctx, self._reporter, result)
         if self._drain_then_exit:
             self._exit(code)

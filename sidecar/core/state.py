@@ -123,6 +123,9 @@ class Context(TaskContext):
         self.timers = Timers()
         self.retry_backoff = Backoff(initial=0.2, cap=10.0, rng=rng)
         self.watched: dict[str, bool] = {}  # service ID -> its agent watch's reads are failing
+        # Service IDs whose owner on the agent must be read again before our next write to them:
+        # the process stalled, so the agent watch's news may be late (sidecar.core.stall).
+        self.unverified: set[str] = set()
 
 
 def call(request: a.Call) -> Generator[a.Call | Sleep, Answer, object]:

@@ -106,6 +106,9 @@ class Sync:
     def _writes(self, now: float) -> Task:
         ctx, s = self._ctx, self._ctx.state
         try:
+            if (yield from self._reverify()):
+                self._reporter.maybe_heartbeat(force=True)
+                return None  # another pod holds our ID now: no write of ours (sidecar.core.faults)
             changed = bool((yield from self._retire()))
             changed |= bool((yield from self._register_missing()))
             changed |= bool((yield from self._push_changes()))
@@ -132,6 +135,19 @@ class Sync:
             ctx.timers.next_reconfirm = ctx.now + ctx.config.reconfirm_interval
         self._reporter.maybe_heartbeat(force=True)
         return None
+
+    def _reverify(self) -> Task:
+        """After a stall (sidecar.core.stall): read who holds each of our instances on the agent
+        before writing to it, as the agent watch would have told; True if another pod does."""
+        ctx, s = self._ctx, self._ctx.state
+        ctx.unverified &= s.registered
+        for sid in sorted(ctx.unverified):
+            seen = yield from call(a.ReadAgentInstance(ctx.request_id(), None, sid, False))
+            assert isinstance(seen, AgentInstance)
+            ctx.unverified.discard(sid)
+            if not self.faults.other_pod(sid, seen.present, seen.pod_uid) and not seen.present:
+                self.faults.agent_lost(sid)
+        return bool(s.superseded)
 
     def _retire(self) -> Task:
         """Deregister instances no longer configured; True if any was."""

@@ -3,14 +3,15 @@
 
 from __future__ import annotations
 
+from collections.abc import Generator
 from dataclasses import dataclass
 
 from sidecar import observers as so
 from sidecar.core import actions as a
-from sidecar.core.drain import Drain, DrainResult
+from sidecar.core.drain import RETRYABLE, Drain, DrainResult
 from sidecar.core.events import AgentInstance
 from sidecar.core.report import Reporter
-from sidecar.core.state import Context, Failed, Task, call
+from sidecar.core.state import Answer, Context, Failed, Sleep, Task, call
 from sidecar.registration import Instance, build_instances
 
 EXIT_OK = 0
@@ -58,15 +59,16 @@ def drain_task(ctx: Context, deadline: float, adopted: frozenset[str] = frozense
     attempted = {i.service_id for i in s.instances}  # a round built them: registration was tried
     candidates = [i for i in _instances(ctx) if i.service_id not in s.superseded]
     ours: list[Instance] = []
-    verified: set[str] = set()
+    verified: set[str] = set()  # no read before each write (see _watched)
     for inst in candidates:
-        if inst.service_id in s.registered or inst.service_id in adopted:
+        sid = inst.service_id
+        if sid in s.registered or sid in adopted:
             ours.append(inst)
-            verified.add(inst.service_id)  # registered by us, and the agent watch saw no other UID
+            if _watched(ctx, sid):
+                verified.add(sid)
             continue
         try:
-            seen = yield from call(a.ReadAgentInstance(ctx.request_id(), max(0.1, (deadline - ctx.now) / 4),
-                                                       inst.service_id, False))
+            seen = yield from _read_owner(ctx, sid, ctx.now + (deadline - ctx.now) / 4)
         except Failed as exc:
             if inst.service_id in attempted:
                 ours.append(inst)  # its registration was tried (it may have landed): drain it, as before
@@ -77,11 +79,38 @@ def drain_task(ctx: Context, deadline: float, adopted: frozenset[str] = frozense
         if seen.present and (seen.pod_uid == inst.pod_uid or not inst.pod_uid):
             ctx.info(f"{inst.service_id}: found on the agent with this pod's UID: draining it")
             ours.append(inst)
-            verified.add(inst.service_id)
+            if _watched(ctx, inst.service_id):
+                verified.add(inst.service_id)
     if not ours:
         return Drained(None)
-    result = yield from Drain(ctx, deadline, frozenset(verified)).run(tuple(ours))
+    result = yield from Drain(ctx, deadline, frozenset(verified), s.superseded.get).run(tuple(ours))
     return Drained(result)
+
+
+def _read_owner(ctx: Context, sid: str, until: float) -> Generator[a.Call | Sleep, Answer, object]:
+    """The agent's copy of `sid`, transient failures retried until `until` (a 500 in a read flap
+    left a restarted process's instance passing: simulator seed 204)."""
+    attempt = 0
+    while True:
+        attempt += 1
+        try:
+            return (yield from call(a.ReadAgentInstance(ctx.request_id(), max(0.1, until - ctx.now), sid, False)))
+        except Failed as exc:
+            pause = ctx.rng() * min(1.0, 0.05 * 2 ** attempt)
+            if exc.kind not in RETRYABLE or ctx.now + pause >= until:
+                raise
+            if pause > 0:
+                yield Sleep(ctx.now + pause)
+
+
+def _watched(ctx: Context, sid: str) -> bool:
+    """Whether the drain may write to `sid` without reading its owner first: its agent watch
+    (which goes on during the drain) answers, so a takeover by a same-node successor stops the
+    drain's writes to it, and the process has not stalled since (sidecar.core.stall). Else
+    the drain reads the agent's copy before each write, within that write's share of the budget:
+    a read once at the start goes stale while a slow agent takes seconds a write and the
+    successor registers meanwhile (simulator seeds 133, 816: foreign-write)."""
+    return sid in ctx.watched and not ctx.watched[sid] and sid not in ctx.unverified
 
 
 def report_drain(ctx: Context, reporter: Reporter, result: DrainResult | None) -> int:
@@ -96,6 +125,10 @@ def report_drain(ctx: Context, reporter: Reporter, result: DrainResult | None) -
             reporter.final_status("stopped: nothing was registered")
         return EXIT_OK
     drained = result.removed + result.deregistered + result.left
+    if result.foreign and not drained:
+        ctx.info("every instance now belongs to another pod on this agent: nothing of ours to drain")
+        reporter.final_status("stopped: superseded, nothing of ours to drain")
+        return EXIT_OK
     if result.complete:
         ctx.notify(so.DEREGISTERED, f"drained and deregistered {', '.join(drained)}")
         reporter.final_status("drained and deregistered")

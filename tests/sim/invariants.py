@@ -26,6 +26,7 @@ OPEN_SLACK = 5.0  # one agent call (timeout 5 s): the catalog changed between th
 SIGTERM_BOUND = 6.0  # the agent timeout (5 s) of a call in flight, plus a second
 WINDOW = 60.0
 REAP_RUNNING = 10.0  # a sidecar running this long has had the time to push its liveness
+RESTART_DRAIN = 3.0  # a process restarted during termination drains within this, the agent answering
 SLOW_WRITE = 4.0  # the slow agent's worst write latency (sim.agent_front)
 # <= 0.2 register calls/s while writes fail, once the retry backoff (sidecar.core.state: 0.2 s
 # doubling to 10 s) has reached its cap: a process that starts as writes fail makes its first
@@ -245,6 +246,9 @@ class Invariants:
             return
         if uid in self.w.deleted:
             return
+        killed, sidecar = self.w.killed_at.get(uid), self._live(uid)
+        if killed is not None and killed > at and (sidecar is None or sidecar.started_at > now - RESTART_DRAIN):
+            return  # SIGKILLed during its drain, and no process of the pod has run long enough since (seed 1771)
         left = [sid for sid in self.sids(uid) if self.w.agent.pod_uid_of(sid) == uid]
         if not left:
             return

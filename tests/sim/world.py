@@ -93,6 +93,7 @@ class World:
         self.invariants = Invariants(self)
         self.pending_restart: dict[str, float] = {}
         self.deleted: set[str] = set()
+        self.killed_at: dict[str, float] = {}  # pod UID -> when its sidecar was last SIGKILLed
         self._new_incarnation(ready=True)
         for episode in self.episodes:
             self.clock.at(self.t0 + episode.start, functools.partial(self._begin, episode), f"fault {episode}")
@@ -138,6 +139,7 @@ class World:
     def _kill(self, uid: str) -> None:
         sidecar = self.sidecars.pop(uid, None)
         if sidecar is not None:
+            self.killed_at[uid] = self.clock.now
             sidecar.stop()
             self.trace(f"sidecar {uid} killed")
 
