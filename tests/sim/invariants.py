@@ -43,6 +43,7 @@ CONVERGE_BOUND = 180.0  # TTL 15 s + reaper (60 s + 30 s period) + anti-entropy,
 WRITE_FAULTS = ("agent_down", "writes_fail", "writes_forbidden", "agent_restart")
 ALL_AGENT = WRITE_FAULTS + ("agent_slow", "read_flap")
 API_FAULTS = ("api_down", "api_403")
+EVENT_QUIET = 60.0 + 2.0 + 5.0  # pod_events: REFUSED_HOLD after repeated 403s, the first retry, a margin
 
 
 class Violation(AssertionError):
@@ -319,6 +320,20 @@ class Invariants:
             if readiness and readiness[0] != want:
                 raise Violation("flip-latency", f"app of {uid} turned {'ready' if pod.app_ready else 'not ready'} "
                                 f"{span:.1f}s ago with nothing failing; the catalog still shows {sid} {readiness[0]}")
+
+    # --- Events (sidecar.kube.pod_events) ---
+    def event_outcome(self, sidecar: Sidecar, at: float, reason: str, outcome: str) -> None:
+        """An Event the core notified must reach the API unless the API refused or failed
+        requests recently: a refused Event is tried again after FIRST_REFUSAL_RETRY, and only
+        repeated refusals drop Events for a hold (issue 18 defect 7: one transient 403 turned
+        Events off for the process's life; 6 of 17 drained pods never got `Deregistered`)."""
+        if outcome in ("sent", "rate-limited"):
+            return
+        now = self.w.clock.now
+        if not self._quiet(API_FAULTS, now, now - at + EVENT_QUIET):
+            return
+        raise Violation("event-delivered", f"Event {reason} of {sidecar.uid}, notified {now - at:.1f}s ago: {outcome}, "
+                        f"although the pod API took every request for {now - at + EVENT_QUIET:.0f}s")
 
     # --- convergence ---
     def converge_at(self) -> float:

@@ -6,7 +6,8 @@
 - faults: `down` (connection refused: every request and open watch fails), `status_code`
   401/403 on every request (a watch open at the time is ended), and `expire_history`
   (compaction: every RV older than now is too old);
-- pod/status patches for the condition gate are recorded (`conditions`, `condition_patches`).
+- pod/status patches for the condition gate are recorded (`conditions`, `condition_patches`);
+- core/v1 Events are created and patched (`events`), refused like every other request.
 """
 
 from __future__ import annotations
@@ -16,6 +17,7 @@ from collections.abc import Callable
 from dataclasses import dataclass, field
 from typing import Any
 
+from sidecar.errors import KubernetesError
 from sim.clock import VirtualClock
 
 HISTORY = 300.0  # about 5 min of etcd history
@@ -75,6 +77,7 @@ class PodApi:
         self.down = False
         self.status_code: int | None = None  # 401 or 403 for every request while set
         self.condition_patches = 0
+        self.events: dict[str, dict[str, Any]] = {}  # core/v1 Events by name (sidecar.kube.pod_events writes them)
 
     # --- the world changes pods ---
     def _changed(self, pod: Pod, kind: str = "MODIFIED") -> None:
@@ -174,6 +177,27 @@ class PodApi:
             if rv > resource_version and pod_name == name:
                 on_event(copy.deepcopy(event))
         return watch
+
+    # --- Events: the EventWriter protocol of sidecar.kube.pod_events, answered at once ---
+    def create_event(self, namespace: str, event: dict[str, Any]) -> dict[str, Any]:
+        self._event_request()
+        self.events[event["metadata"]["name"]] = copy.deepcopy(event)
+        return event
+
+    def patch_event(self, namespace: str, name: str, patch: dict[str, Any]) -> dict[str, Any]:
+        self._event_request()
+        if name not in self.events:
+            raise KubernetesError(f'events "{name}" not found', status=404)
+        self.events[name].update(patch)
+        return self.events[name]
+
+    def _event_request(self) -> None:
+        code = self.refused()
+        if code == 0:
+            raise KubernetesError("connection refused", reason="unreachable")
+        if code is not None:
+            raise KubernetesError(f"events is forbidden: User cannot create resource \"events\" (HTTP {code})",
+                                  status=code)
 
     def patch_condition(self, name: str, status: str) -> int:
         code = self.refused()

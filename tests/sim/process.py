@@ -78,6 +78,7 @@ class Sidecar:
         self._busy = False
         self.source = PodSource(self)
         self.condition = ConditionWriter(self) if config.gate == "condition" else None
+        self.events = EventRecorder(self)
         previous = world.status_files.get(uid, {})
         self._post(ev.Start(previous_ever_confirmed=bool(previous.get("ever_confirmed"))
                            and previous.get("uid") == uid))
@@ -172,6 +173,8 @@ class Sidecar:
                 self.world.trace(f"{self.pod_name}/{self.uid} exit {action.code}")
                 self.stop()
                 self.world.sidecar_exited(self)
+            elif isinstance(action, act.Notify):
+                self.events.notify(action.reason, action.message)
             elif isinstance(action, act.Log):
                 self.world.trace(f"{self.pod_name}/{self.uid}: {action.message}", level=action.level)
             elif isinstance(action, act.PhaseChanged):
@@ -282,6 +285,7 @@ class Sidecar:
             watch.stop()
         self.confirmer.stop()
         self.source.stop()
+        self.events.stop()
         if self.condition is not None:
             self.condition.stop()
 
@@ -424,6 +428,125 @@ class PodSource:
             return
         else:
             self._failed(code)
+
+
+class _NoThread:
+    """A Supervisor that starts nothing: the recorder's loop is stepped by EventRecorder."""
+
+    def start(self, name: str, target: Callable[[], None], stop: object) -> None:
+        return None
+
+
+class _VirtualTime:
+    """What sidecar.kube.pod_events reads of the `time` module, on the virtual clock."""
+
+    def __init__(self, clock: VirtualClock) -> None:
+        self.monotonic = self.time = clock
+
+    @staticmethod
+    def sleep(_seconds: float) -> None:
+        pass  # a 5xx retry's pause: the sim's API answers the same at once
+
+
+class EventRecorder:
+    """sidecar.kube.pod_events.PodEventRecorder in virtual time. Its own `event`, `_send` (403s
+    counted, holds set), aggregator and rate limit decide; the loop of its thread (`_run`) is
+    stepped here one queued Event at a time, reading whichever state the code keeps (a refusal
+    hold, a retry after a first refusal; before issue 18's fix of defect 7, a `_disabled` flag), so
+    the recorder's own rules are what the `event-delivered` invariant checks."""
+
+    def __init__(self, sidecar: Sidecar) -> None:
+        from sidecar.kube import pod_events
+
+        self.s = sidecar
+        self.mod = pod_events
+        with self._virtual_time():
+            self.real = pod_events.PodEventRecorder(
+                cast(Any, sidecar.api), sidecar.api.namespace, sidecar.pod_name, sidecar.uid, wall=sidecar.clock,
+                backoff=Backoff(0.5, 5.0, sidecar.rng.random), supervisor=cast(Any, _NoThread()))
+        self.notified: deque[tuple[float, str]] = deque()  # (when, reason) of each queued Event
+        self.busy = False
+        self.active = True
+
+    def _virtual_time(self) -> Any:
+        import contextlib
+
+        @contextlib.contextmanager
+        def patched() -> Any:
+            saved = self.mod.time
+            self.mod.time = cast(Any, _VirtualTime(self.s.clock))
+            try:
+                yield
+            finally:
+                self.mod.time = saved
+        return patched()
+
+    def notify(self, reason: str, message: str) -> None:
+        queued = self.real._queue.qsize()
+        self.real.event(reason, message)
+        if self.real._queue.qsize() == queued:
+            self._outcome(self.s.clock.now, reason, "not queued")
+            return
+        self.notified.append((self.s.clock.now, reason))
+        if not self.busy:
+            self.busy = True
+            self.s.clock.after(0.001, self._step, "event write")
+
+    def stop(self) -> None:
+        self.active = False
+
+    def _dropping(self) -> bool:
+        disabled = getattr(self.real, "_disabled", None)
+        return bool((disabled is not None and disabled.is_set())
+                    or self.s.clock.now < getattr(self.real, "_refused_until", 0.0))
+
+    def _step(self) -> None:
+        if not self.active or self.s.frozen_until is not None:
+            if self.active:
+                self.s.clock.at(self.s.frozen_until or self.s.clock.now, self._step, "event write")
+            return
+        if not self.notified:
+            self.busy = False
+            return
+        item = self.real._queue.get_nowait()
+        assert item is not None
+        at, reason = self.notified.popleft()
+        with self._virtual_time():
+            if self._dropping():
+                self.real._aggregator.dropped += 1
+                self._done(at, reason, "dropped while refused")
+                return
+            write = self.real._aggregator.next_write(*item, self.s.clock.now)
+            if write is None:
+                self._done(at, reason, "rate-limited")
+                return
+            outcome = self.real._send(write)
+        retry = getattr(self.mod, "FIRST_REFUSAL_RETRY", None)
+        if outcome == "refused" and retry is not None and getattr(self.real, "_refusals", 0) == 1:
+            self.s.clock.after(retry, lambda: self._again(at, reason, item, write), "event write retry")
+            return
+        self._expired(at, reason, item, outcome)
+
+    def _again(self, at: float, reason: str, item: tuple[str, str], write: tuple[str, str, dict[str, Any]]) -> None:
+        if not self.active:
+            return
+        with self._virtual_time():
+            outcome = self.real._send(write)  # a transient refusal?
+        self._expired(at, reason, item, outcome)
+
+    def _expired(self, at: float, reason: str, item: tuple[str, str], outcome: str) -> None:
+        if outcome == "expired":
+            with self._virtual_time():
+                retry = self.real._aggregator.next_write(*item, self.s.clock.now)
+                outcome = self.real._send(retry) if retry is not None else "rate-limited"
+        self._done(at, reason, outcome)
+
+    def _done(self, at: float, reason: str, outcome: str) -> None:
+        self._outcome(at, reason, outcome)
+        self.s.clock.after(0.001, self._step, "event write")
+
+    def _outcome(self, at: float, reason: str, outcome: str) -> None:
+        self.s.world.invariants.event_outcome(self.s, at, reason, outcome)
 
 
 class ConditionWriter:

@@ -19,8 +19,9 @@ from sim.world import Settings  # noqa: E402
 
 CI_STEPS = int(os.environ.get("KATALOG_SIM_STEPS", "200000"))
 
-# Seeds that found issue 18's defects on the faithful port (2702f3a on main; 5ab4455 on the core
-# branch), each breaking the invariant named, and passing on main with the fixes:
+# Seeds that found issue 18's defects on the code before each fix (defects 1-5: the faithful port,
+# 2702f3a on main, 5ab4455 on the core branch; 6-7: see below), each breaking the invariant named,
+# and passing on main with the fixes:
 # (defect, seed, gate, gate mode, invariant broken before the fix).
 REGRESSIONS = [
     (1, 5, "exec", "continuous", "request-ceiling"),  # 194 writes in 60 s after a 403: read flaps reset the hold
@@ -29,6 +30,12 @@ REGRESSIONS = [
     (3, 3, "condition", "continuous", "drain"),  # restarted during termination: instance left passing
     (4, 12, "exec", "latch", "foreign-write"),  # the superseded sidecar refreshes its successor's checks
     (5, 36, "exec", "latch", "drain"),  # slow agent: the drain's slices left both instances registered
+    # Defects 6 and 7, found on the code of 92b7a76 with each fix's lines reverted in a scratch branch:
+    (6, 17, "exec", "continuous", "live-instance-reaped"),  # restarted 25 s after the kill in an API outage:
+    # adopted {liveness critical, readiness passing}, refreshed unchanged, reaped 60 s on
+    (7, 8, "exec", "latch", "flip-latency"),  # a flip 1 s after a 2 s pod-API 403: the watch retried after 24-30 s
+    (7, 238, "condition", "latch", "event-delivered"),  # one 403 on an Event write turned Events off: the
+    # drained pod's Deregistered Event was never written
 ]
 
 # Seeds that found defects of main's core or drivers after issue 18's fixes, each passing with its
