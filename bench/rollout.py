@@ -18,6 +18,13 @@ What a sample counts, read from the Consul servers' catalog (`/v1/health/service
 - `nodes_failing`: nodes whose node checks (serfHealth) are not passing at that moment.
 Pods are read from the API server (the same for the pod runner and real kubelets): `created`
 counts new pods, `deleted` old pods whose deletion started (or that are gone).
+
+The gate wait (`gate_wait`): once the rollout is done, each new pod's sidecar is scraped at its
+metrics port for `katalog_gate_wait_seconds` (app seen ready -> gate passes, one observation
+per pod here). p50/p99 are `histogram_quantile` over the buckets summed across the new pods,
+what an operator's `histogram_quantile(q, sum by (le) (increase(...)))` shows on a dashboard
+(so bounded by the buckets); each pod's own wait (`_sum` of its single observation) is kept
+beside them.
 """
 
 from __future__ import annotations
@@ -63,6 +70,7 @@ class RolloutResult:
     new_ids: set[str] = field(default_factory=set)
     kube_version: str = ""
     kubelet: str = ""  # who ran the pods: "kubelet v1.34.4, containerd 1.6.20" or "pod runner"
+    gate_wait: dict[str, Any] = field(default_factory=dict)  # gate_waits(): the new pods' katalog_gate_wait_seconds
 
     @property
     def min_healthy(self) -> int:
@@ -76,7 +84,7 @@ class RolloutResult:
         return {"samples": [asdict(s) for s in self.samples], "events": self.events, "completed": self.completed,
                 "duration": self.duration, "min_healthy": self.min_healthy,
                 "min_service_healthy": self.min_service_healthy, "final_ids": sorted(self.final_ids),
-                "kube_version": self.kube_version, "kubelet": self.kubelet}
+                "kube_version": self.kube_version, "kubelet": self.kubelet, "gate_wait": self.gate_wait}
 
 
 def short_samples(result: RolloutResult) -> tuple[list[Sample], list[Sample]]:
@@ -142,6 +150,74 @@ def _wait_ready_pods(cluster: Any, count: int, timeout: float) -> list[dict[str,
 
 def _sid(pod: dict[str, Any]) -> str:
     return f"{pod['metadata']['namespace']}:{pod['metadata']['name']}:{SERVICE}"
+
+
+GATE_WAIT = "katalog_gate_wait_seconds"
+
+
+def histogram_quantile(q: float, buckets: dict[float, float]) -> float | None:
+    """Prometheus' histogram_quantile over cumulative buckets {le: count} (with +Inf): linear
+    interpolation inside the bucket the rank falls in; the highest finite bound if it falls in
+    +Inf. None without observations."""
+    bounds = sorted(buckets)
+    total = buckets.get(float("inf"), 0.0)
+    if not total:
+        return None
+    rank = q * total
+    lower, below = 0.0, 0.0
+    for le in bounds:
+        count = buckets[le]
+        if count >= rank:
+            if le == float("inf"):
+                return lower
+            if count == below:
+                return le
+            return lower + (le - lower) * (rank - below) / (count - below)
+        lower, below = le, count
+    return lower
+
+
+def _metrics_port(pod: dict[str, Any]) -> int:
+    for container in pod["spec"].get("containers", []) + pod["spec"].get("initContainers", []):
+        for port in container.get("ports") or []:
+            if port.get("name") == "metrics":
+                return int(port["containerPort"])
+    return 9464  # KATALOG_METRICS_ADDR's default
+
+
+def gate_waits(pods: list[dict[str, Any]]) -> dict[str, Any]:
+    """`katalog_gate_wait_seconds` of these pods' sidecars, scraped from their /metrics."""
+    from prometheus_client.parser import text_string_to_metric_families
+
+    summed: dict[float, float] = {}
+    per_pod: dict[str, float | None] = {}
+    errors: dict[str, str] = {}
+    for pod in pods:
+        name = pod["metadata"]["name"]
+        url = f"http://{(pod.get('status') or {}).get('podIP')}:{_metrics_port(pod)}/metrics"
+        try:
+            text = requests.get(url, timeout=3).text
+        except requests.RequestException as exc:
+            errors[name] = str(exc)
+            continue
+        count = total = 0.0
+        for family in text_string_to_metric_families(text):
+            if family.name != GATE_WAIT:
+                continue
+            for s in family.samples:
+                if s.name == f"{GATE_WAIT}_bucket":
+                    le = float(s.labels["le"])
+                    summed[le] = summed.get(le, 0.0) + s.value
+                elif s.name == f"{GATE_WAIT}_count":
+                    count = s.value
+                elif s.name == f"{GATE_WAIT}_sum":
+                    total = s.value
+        per_pod[name] = round(total, 3) if count == 1 else None  # exact only for a single observation
+    observations = summed.get(float("inf"), 0.0)
+    return {"source": f"histogram_quantile over {GATE_WAIT}_bucket summed across the new pods' sidecars",
+            "p50": histogram_quantile(0.5, summed), "p99": histogram_quantile(0.99, summed),
+            "observations": observations, "per_pod": per_pod, "errors": errors,
+            "buckets": {str(k): v for k, v in sorted(summed.items())}}
 
 
 class _Sampler(threading.Thread):
@@ -291,8 +367,10 @@ def run_rollout(cluster: Any, example: str = "deployment-classic-sidecar.yaml", 
             timer.join(timeout=60)
         sampler.stop_event.set()
         sampler.join(timeout=5)
-    result.new_ids = {_sid(p) for p in _pods(cluster) if p["metadata"]["uid"] not in old_uids
-                      and not p["metadata"].get("deletionTimestamp")}
+    new_pods = [p for p in _pods(cluster) if p["metadata"]["uid"] not in old_uids
+                and not p["metadata"].get("deletionTimestamp")]
+    result.new_ids = {_sid(p) for p in new_pods}
+    result.gate_wait = gate_waits(new_pods)
     entries = requests.get(f"{consul.server.http}/v1/health/service/{SERVICE}", timeout=5).json()
     result.final_ids = {e["Service"]["ID"] for e in entries if instance_status(entries, e["Service"]["ID"]) == "passing"}
     return result
@@ -379,9 +457,11 @@ def run_scenarios(binary: str, log: Callable[[str], None] = print, real_node: bo
             with cluster:
                 results[title] = run_rollout(cluster, servers_down_for=down_for)
         r = results[title]
+        gw = r.gate_wait
         log(f"rollout, {title} ({r.kubelet}): completed={r.completed} min passing={r.min_healthy} "
             f"(service checks: {r.min_service_healthy}) duration={r.duration:.2f}s "
-            f"end state = new pods only: {r.final_ids == r.new_ids}")
+            f"end state = new pods only: {r.final_ids == r.new_ids}; gate wait p50={gw.get('p50')} "
+            f"p99={gw.get('p99')} s (histogram_quantile), per pod {gw.get('per_pod')}")
     return results
 
 
@@ -389,7 +469,8 @@ def load(path: Path) -> RolloutResult:
     data = json.loads(path.read_text())
     return RolloutResult(samples=[Sample(**s) for s in data["samples"]], events=[tuple(e) for e in data["events"]],
                          completed=data["completed"], duration=data["duration"], final_ids=set(data["final_ids"]),
-                         kube_version=data.get("kube_version", ""), kubelet=data.get("kubelet", ""))
+                         kube_version=data.get("kube_version", ""), kubelet=data.get("kubelet", ""),
+                         gate_wait=data.get("gate_wait", {}))
 
 
 def main(argv: list[str]) -> int:

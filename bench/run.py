@@ -1107,7 +1107,8 @@ def run(params: Params, out_dir: Path, charts_dir: Path | None, preset: str = "c
         figs["rollout"] = {title: {"completed": r.completed, "min_healthy": r.min_healthy, "duration_s": r.duration,
                                    "deleted_while_servers_down": max((x.deleted for x in r.samples if not x.servers_up),
                                                                      default=0),
-                                   "end_state_new_pods_only": r.final_ids == r.new_ids}
+                                   "end_state_new_pods_only": r.final_ids == r.new_ids,
+                                   "gate_wait_s": r.gate_wait}
                            for title, r in scenarios.items()}
         samples["rollout"] = {title: r.to_json() for title, r in scenarios.items()}
         if charts_dir is not None:
@@ -1242,8 +1243,25 @@ def target_rows(f: dict[str, Any]) -> list[dict[str, Any]]:
             rows.append(_row("8. ... old pods deleted while the server was down", "max",
                              r["deleted_while_servers_down"], "", 0, ""))
         rows.append(_row("8. ... rollout duration", "total", r["duration_s"], "", None, "s"))
+        rows += gate_wait_rows(r.get("gate_wait_s"))
     rows += fault_rows(f.get("faults"))
     return rows
+
+
+def gate_wait_rows(gate_wait: dict[str, Any] | None) -> list[dict[str, Any]]:
+    """The new pods' katalog_gate_wait_seconds (app ready -> gate open) during the rollout, as
+    histogram_quantile over their summed buckets (bench/rollout.py gate_waits); the spread
+    column has each pod's exact wait."""
+    if not gate_wait or gate_wait.get("p50") is None:
+        return []
+    exact = ", ".join(f"{w * 1000:.0f}" for w in sorted(w for w in gate_wait["per_pod"].values() if w is not None))
+    spread = f"per pod (exact): {exact or '-'} ms; n={gate_wait['observations']:g}"
+    if gate_wait.get("errors"):
+        spread += f"; not scraped: {', '.join(sorted(gate_wait['errors']))}"
+    # In ms: a healthy rollout's waits are tens of ms, a held one's tens of seconds.
+    return [_row("8. ... gate wait, app ready -> gate open (katalog_gate_wait_seconds, histogram_quantile)", "p50",
+                 gate_wait["p50"] * 1000, spread, None, "ms"),
+            _row("8. ... gate wait, same", "p99", gate_wait["p99"] * 1000, "", None, "ms")]
 
 
 def _fmt(value: float | None, unit: str) -> str:
