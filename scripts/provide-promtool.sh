@@ -12,11 +12,19 @@
 # Why -tags remove_all_sd: promtool registers every service-discovery plugin (AWS, Azure, GCE,
 # ...) for `check config`; rule checks and rule unit tests need none of them, and leaving them
 # out roughly halves what is compiled.
+# Why -X .../common/version.*: `go install` sets none of the version variables Prometheus' own
+# build (promu) sets, so `promtool --version` said "version  (branch: , revision: unknown)". The
+# binary is stamped with the Go module version it was built from (the tag `go install` used),
+# who built it and when.
 set -euo pipefail
 
 PROMETHEUS_VERSION="${KATALOG_PROMETHEUS_VERSION:-0.316.0}"
+# The recipe's revision, part of the cache key: bumped when a change to how it is built changes
+# the binary, so a cache of the old recipe is rebuilt once (2: stamped with its version). With
+# Go's build cache warm only the link step runs again.
+RECIPE=2
 CACHE_DIR="${KATALOG_CACHE_DIR:-${XDG_CACHE_HOME:-$HOME/.cache}/katalog-sidecar}"
-TARGET="$CACHE_DIR/promtool-$PROMETHEUS_VERSION/promtool"
+TARGET="$CACHE_DIR/promtool-$PROMETHEUS_VERSION-r$RECIPE/promtool"
 GO_JOBS="${KATALOG_GO_JOBS:-2}"
 
 log() { echo "provide-promtool: $*" >&2; }
@@ -44,7 +52,9 @@ trap 'rm -rf "$work"' EXIT
 mkdir -p "$(dirname "$TARGET")"
 # The checksum database is not reachable from these machines (as for Consul and Kubernetes).
 export GOTOOLCHAIN=local CGO_ENABLED=0 GOSUMDB=off GOFLAGS= GOBIN="$work/bin"
-go install -p "$GO_JOBS" -trimpath -tags remove_all_sd -ldflags="-s -w" \
+stamp=github.com/prometheus/common/version
+go install -p "$GO_JOBS" -trimpath -tags remove_all_sd \
+  -ldflags="-s -w -X $stamp.Version=v$PROMETHEUS_VERSION -X $stamp.BuildUser=katalog-sidecar/scripts/provide-promtool.sh -X $stamp.BuildDate=$(date -u +%Y%m%d-%H:%M:%S)" \
   "github.com/prometheus/prometheus/cmd/promtool@v$PROMETHEUS_VERSION" >&2
 mv "$work/bin/promtool" "$TARGET.tmp"
 mv "$TARGET.tmp" "$TARGET"

@@ -30,11 +30,13 @@ CONSUL_ERROR_KINDS = {c.__name__.removeprefix("Consul").lower() for c in vars(er
 
 
 def _cached_promtool() -> Path:
-    version = re.search(r'KATALOG_PROMETHEUS_VERSION:-([0-9.]+)', PROVIDER.read_text())
-    assert version is not None
+    text = PROVIDER.read_text()
+    version = re.search(r'KATALOG_PROMETHEUS_VERSION:-([0-9.]+)', text)
+    recipe = re.search(r'^RECIPE=([0-9]+)$', text, re.MULTILINE)
+    assert version is not None and recipe is not None
     cache = os.environ.get("KATALOG_CACHE_DIR") or str(
         Path(os.environ.get("XDG_CACHE_HOME") or Path.home() / ".cache") / "katalog-sidecar")
-    return Path(cache) / f"promtool-{version.group(1)}" / "promtool"
+    return Path(cache) / f"promtool-{version.group(1)}-r{recipe.group(1)}" / "promtool"
 
 
 @pytest.fixture(scope="module")
