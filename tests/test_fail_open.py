@@ -37,7 +37,8 @@ def test_not_confirming_fails_open_after_the_setting_counted_from_app_ready_and_
     assert run.core.phase is Phase.CONFIRMING and not _gate(run).passes
     run.send(e.PodObserved(observation(ready=True)))
     ready_at = run.now
-    run.send(e.ConfirmResult(2, "pending", "agent accepted web but the catalog cannot be read: No cluster leader",
+    pushed = run.core.ctx.state.generation  # the readiness change's generation (a new one at once since 92b7a76)
+    run.send(e.ConfirmResult(pushed, "pending", "agent accepted web but the catalog cannot be read: No cluster leader",
                               catalog_unreadable=True))
     run.advance(19.9)
     assert run.core.phase is Phase.CONFIRMING and not _gate(run).passes
@@ -52,7 +53,7 @@ def test_not_confirming_fails_open_after_the_setting_counted_from_app_ready_and_
     assert run.last_status()["phase"] == "failed-open"
     assert _notified(run, so.CONSUL_GATE_FAILED_OPEN) == [verdict.line.removeprefix("ok, ")]
     assert any(m.startswith("failed open after 20s") for m in run.logs())
-    run.send(e.ConfirmResult(2, "confirmed"))
+    run.send(e.ConfirmResult(pushed, "confirmed"))
     assert run.core.phase is Phase.CONFIRMED and _gate(run).passes
     assert "the catalog confirms the registration: no longer failed open" in run.logs()
     assert _notified(run, so.CONFIRMED)
