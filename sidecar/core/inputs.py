@@ -21,12 +21,13 @@ def observed(ctx: Context, event: e.PodObserved) -> None:
         s.ready_since = ctx.now
     if previous is None or previous.ready != obs.ready:
         ctx.info(f"app {'ready' if obs.ready else 'not ready'}: {obs.detail}")
-    if previous is not None and previous.ready != obs.ready and s.instances:
+    if previous is not None and previous.ready != obs.ready and s.instances and not s.generation_unpushed:
         # What the catalog confirmed is not what is wanted any more: a new generation at once, not
         # only once the round that pushes it ends. A round still running (a slow agent's TTL
         # refresh) delays that push, and meanwhile the previous generation, confirmed critical,
         # passed the gate of an app just turned ready (simulator seed 183, gate-needs-catalog).
         s.generation += 1
+        s.generation_unpushed = True
     if obs.terminating and not s.draining:
         s.draining = True
         s.drain_reason = "pod deleted" if obs.deleted else "deletionTimestamp set"

@@ -39,12 +39,14 @@ class StallWatch:
                         "(another pod may have taken it over meanwhile)")
         ctx.unverified |= ours
         s = ctx.state
-        if s.registered and not s.draining:
+        if s.registered and not s.draining and not s.generation_unpushed:
             # What was confirmed is as old as the stop: the TTLs may have run out meanwhile (the
             # catalog shows critical while the status file still says confirmed: simulator seed
             # 191, gate-needs-catalog). A new generation at once, every status pushed again and
             # confirmed again before the gate passes on it.
             s.generation += 1
+            s.generation_unpushed = True
+        if s.registered and not s.draining:
             s.pushed.clear()
 
     def expect(self, ctx: Context, waiting: bool, next_deadline: float) -> None:

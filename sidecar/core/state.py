@@ -26,6 +26,9 @@ class SyncState:
     agent_problem: str | None = None
     agent_problem_fatal: bool = False
     generation: int = 0
+    # `generation` was started before its push (a readiness change, a stall): the round that
+    # pushes it takes it, no new one (sidecar.core.inputs, sidecar.core.stall)
+    generation_unpushed: bool = False
     confirmed_generation: int = -1
     confirm_message: str = ""
     catalog_unreadable: bool = False  # confirm_message is "the catalog cannot be read", not a mismatch

@@ -126,8 +126,10 @@ class Sync:
             s.agent_problem = None
             s.agent_problem_fatal = False
             ctx.retry_backoff.reset()
-            if changed:
-                s.generation += 1
+            if changed or s.generation_unpushed:
+                if not s.generation_unpushed:
+                    s.generation += 1
+                s.generation_unpushed = False
                 ctx.timers.pushed_at = now
                 ctx.emit(a.Confirm(self.expectation()))
         if self.reconfirms() and ctx.now >= ctx.timers.next_reconfirm:
