@@ -238,11 +238,13 @@ class CatalogWatch:
         self.index = 0
         self.entries: list[dict[str, Any]] = []
         self.arrived = 0.0
+        self.asked = 0.0  # when the last query was sent (monotonic)
 
     def _get(self, params: dict[str, str], timeout: float) -> None:
         response = self.session.get(f"{self.agent.http}/v1/health/service/{self.service}", params=params,
                                     timeout=timeout)
         arrived = time.monotonic()
+        self.asked = arrived - response.elapsed.total_seconds()  # requests' clock starts as it sends
         response.raise_for_status()
         new_index = int(response.headers.get("X-Consul-Index", "0"))
         # Consul's rule: an index that went backwards means a reset (e.g. the agent restarted).
@@ -471,6 +473,30 @@ def measure_flips(world: World, fleet: Fleet, per_pod: int, params: Params, rng:
 
 
 FLOOR_SERVICE = "floor"
+FLOOR_PUT_DELAY_S = 0.005  # the writer waits this long after being told, so the query is parked first
+
+# The floor's writer: a process of its own, as the sidecar is, with the sidecar's HTTP stack
+# (a requests.Session without proxy lookups). Told "<status>" on stdin, it waits FLOOR_PUT_DELAY_S,
+# then PUTs and answers "<before the PUT> <PUT written> <answer read>" (time.monotonic(), which
+# is CLOCK_MONOTONIC: the benchmark's clock too).
+_FLOOR_WRITER = r"""
+import http.client, sys, time
+import requests
+written = [0.0]
+getresponse = http.client.HTTPConnection.getresponse
+def stamped(conn):
+    written[0] = time.monotonic()
+    return getresponse(conn)
+http.client.HTTPConnection.getresponse = stamped
+session = requests.Session()
+session.trust_env = False
+url, delay = sys.argv[1], float(sys.argv[2])
+for line in sys.stdin:
+    time.sleep(delay)
+    before = time.monotonic()
+    code = session.put(url, json={"Status": line.strip()}, timeout=10).status_code
+    print(before, written[0], time.monotonic(), code, flush=True)
+"""
 
 
 class FloorProbe:
@@ -478,10 +504,16 @@ class FloorProbe:
 
     What no sidecar can beat on this machine: a TTL check's status PUT to the same agent, timed
     from just before the PUT to the arrival of the health query's answer that shows it (the same
-    CatalogWatch as the flips, on a service of its own). `sample()` takes one; the flips take one
-    after each of theirs, so both see the same load (on a shared machine, a floor taken a minute
-    apart differed from the flips by more than the sidecar's share). Flip -> catalog p50 over
-    this p50 is the sidecar's own share of a flip (issue 18: <= 1.5x)."""
+    CatalogWatch as the flips, on a service of its own, already waiting at the agent when the PUT
+    is sent, as it is during a flip). The PUT comes from a small process of its own with the
+    sidecar's HTTP client (requests), as a flip's comes from the sidecar: sent by the benchmark's
+    own process, before its query was even asked (the first version), the floor was two round
+    trips of a busy process and came out slower than the flips it bounds (ratio 0.5-0.9).
+    `sample()` takes one; the flips take one after each of theirs, so both see the same load (on
+    a shared machine, a floor taken a minute apart differed from the flips by more than the
+    sidecar's share). Flip -> catalog p50 over this p50 is the sidecar's own share of a flip
+    (issue 18: <= 1.5x). A sample whose query was not yet asked when the PUT began is taken again
+    (counted in `late`): it would time a fresh query, not a waiting one."""
 
     def __init__(self, world: World) -> None:
         self.world = world
@@ -490,24 +522,44 @@ class FloorProbe:
         world.agent.register_raw({"Name": FLOOR_SERVICE, "ID": self.service_id, "Port": 1,
                                   "Check": {"CheckID": self.check, "TTL": "1h", "Status": "passing"}})
         self.watch = CatalogWatch(world.agent, FLOOR_SERVICE)
-        self.session = requests.Session()
+        self.writer = subprocess.Popen(
+            [sys.executable, "-c", _FLOOR_WRITER, f"{world.agent.http}/v1/agent/check/update/{self.check}",
+             str(FLOOR_PUT_DELAY_S)], stdin=subprocess.PIPE, stdout=subprocess.PIPE, text=True)
         self.passing = True
         self.samples: list[float] = []
+        self.parts: list[tuple[float, float, float]] = []  # (before the PUT, PUT written, answer arrived)
+        self.late = 0  # samples taken again because the query was not yet waiting
+        self.dropped = 0  # ... five times in a row: none kept for that flip
         self.sample(keep=False)  # warms the connection
 
     def sample(self, keep: bool = True) -> None:
-        self.passing = not self.passing
-        want = "passing" if self.passing else "critical"
-        self.watch.sync()
-        sent = time.monotonic()
-        self.session.put(f"{self.world.agent.http}/v1/agent/check/update/{self.check}", json={"Status": want},
-                         timeout=10).raise_for_status()
-        arrived = self.watch.wait(lambda e: instance_status(e, self.service_id) == want)
-        if keep:
-            self.samples.append((arrived - sent) * MS)
+        for _ in range(5):  # a late sample is taken again (a busy machine may delay our query by 5 ms)
+            self.passing = not self.passing
+            want = "passing" if self.passing else "critical"
+            self.watch.sync()
+            assert self.writer.stdin is not None and self.writer.stdout is not None
+            self.writer.stdin.write(want + "\n")
+            self.writer.stdin.flush()
+            arrived = self.watch.wait(lambda e, want=want: instance_status(e, self.service_id) == want)
+            before, written, _answered, code = self.writer.stdout.readline().split()
+            if code != "200":
+                raise RuntimeError(f"floor PUT answered HTTP {code}")
+            if self.watch.asked <= float(before):
+                if keep:
+                    self.samples.append((arrived - float(before)) * MS)
+                    self.parts.append((float(before), float(written), arrived))
+                return
+            self.late += 1
+        self.dropped += 1 if keep else 0
 
     def close(self) -> None:
-        self.session.put(f"{self.world.agent.http}/v1/agent/service/deregister/{self.service_id}", timeout=10)
+        if self.writer.stdin is not None:
+            self.writer.stdin.close()
+        try:
+            self.writer.wait(timeout=10)
+        except subprocess.TimeoutExpired:
+            self.writer.kill()
+        requests.put(f"{self.world.agent.http}/v1/agent/service/deregister/{self.service_id}", timeout=10)
 
 
 def wait_phase(pod: PodSidecar, wanted: str, timeout: float) -> None:
@@ -1061,6 +1113,8 @@ def run(params: Params, out_dir: Path, charts_dir: Path | None, preset: str = "c
                     floor = probe.samples  # one after each flip: the raw floor, under the same load
                     samples["floor"] = floor
                     entry["floor_ms"] = summarize(floor)
+                    entry["floor_late"] = probe.late  # samples taken again: the query was not yet waiting
+                    entry["floor_dropped"] = probe.dropped
                     entry["flip_to_floor_p50"] = entry["flip_ms"]["p50"] / entry["floor_ms"]["p50"]
                     log(f"[1 sidecar] floor p50 {entry['floor_ms']['p50']:.2f} ms; flip -> catalog p50 "
                         f"{entry['flip_ms']['p50']:.2f} ms = {entry['flip_to_floor_p50']:.2f} x the floor")
