@@ -2,6 +2,7 @@
 
     python bench/run.py [--quick] [--out bench/out] [--charts docs/img]
     python bench/run.py --scale [--quick]   # Consul at scale: bench/scale.py
+    python bench/run.py --flip-stages [--quick]   # figure 1's flips only, stage by stage: bench/flip_stages.py
 
 Starts its own Consul dev agent and fake Kubernetes API (loopback only), runs real
 `katalog-sidecar run` processes and the real `readiness-gate`, prints a markdown table, and
@@ -438,9 +439,12 @@ def tail(pod: PodSidecar, lines: int = 15) -> str:
 # --- figures ------------------------------------------------------------------------------
 
 def measure_flips(world: World, fleet: Fleet, per_pod: int, params: Params, rng: random.Random,
-                  between: Callable[[], None] | None = None) -> dict[str, list[float]]:
+                  between: Callable[[], None] | None = None,
+                  on_flip: Callable[[PodSidecar, str, float, float, float], None] | None = None) -> dict[str, list[float]]:
     """Fig 1/7: flip the app container of each pod, round-robin; ms from emit to catalog.
-    `between` runs after each measured flip (the raw floor's sample)."""
+    `between` runs after each measured flip (the raw floor's sample); `on_flip(pod, wanted
+    status, emitted, arrived, asked)` gets each measured flip's monotonic stamps, `asked` when its
+    last catalog query was sent (bench/flip_stages.py)."""
     watch = CatalogWatch(world.agent, SERVICE)
     out: dict[str, list[float]] = {"ready_to_passing_ms": [], "not_ready_to_critical_ms": []}
     ready = {p.name: True for p in fleet.pods}
@@ -457,6 +461,8 @@ def measure_flips(world: World, fleet: Fleet, per_pod: int, params: Params, rng:
         ready[pod.name] = want_ready
         if measured:
             out["ready_to_passing_ms" if want_ready else "not_ready_to_critical_ms"].append((arrived - emitted) * MS)
+            if on_flip is not None:
+                on_flip(pod, want, emitted, arrived, watch.asked)
             if between is not None:
                 between()
         time.sleep(rng.uniform(*params.flip_pause))
@@ -1487,7 +1493,15 @@ def main(argv: Sequence[str] | None = None) -> int:
     parser.add_argument("--scale", action="store_true",
                         help="instead: Consul at scale (bench/scale.py): the servers' cost of confirmation during "
                              "rollouts of N pods, per confirmation design; charts to --charts")
+    parser.add_argument("--flip-stages", action="store_true",
+                        help="only figure 1's flips and floor, and where a flip's milliseconds go, stage by stage "
+                             "(bench/flip_stages.py; the preset sets the number of flips)")
     args = parser.parse_args(argv)
+    if args.flip_stages:
+        from bench import flip_stages
+
+        flips = PRESETS[args.preset or ("quick" if args.quick else "full")].flips_single
+        return flip_stages.main(["--flips", str(flips), "--out", str(args.out)])
     if args.gate_only:
         return gate_only(PRESETS[args.preset or ("quick" if args.quick else "full")].gate_samples)
     preset = args.preset or ("quick" if args.quick else "full")

@@ -98,6 +98,28 @@ def test_bench_smoke(consul_bin: str, tmp_path: Path) -> None:
     assert len(results["targets"]) >= 20
 
 
+def test_flip_stages_smoke(consul_bin: str, tmp_path: Path) -> None:
+    """bench/flip_stages.py (BENCHMARKS.md, where a flip's milliseconds go): every stage stamped
+    in every flip of the traced run, in order, and the plain run's ratio to the floor."""
+    from bench import flip_stages
+
+    assert flip_stages.main(["--flips", "4", "--out", str(tmp_path)]) == 0
+    runs = json.loads((tmp_path / "flip_stages.json").read_text())["runs"]
+    assert set(runs) == {"plain", "traced"}
+    for run in runs.values():
+        assert run["flip_ms"]["n"] == 4 and run["floor_ms"]["n"] + run["floor_dropped"] == 4
+        assert math.isfinite(run["flip_to_floor_p50"]) and run["flip_to_floor_p50"] > 0
+    stages = runs["traced"]["stages"]["ms"]
+    assert stages["API -> line parsed"]["n"] == 4
+    assert stages["loop -> core done (Syncer._handle, Core.handle)"]["n"] == 4
+    for record in runs["traced"]["records"]:
+        stamps = record["stamps"]
+        order = [k for k in ("emitted", "parse-end", "queued", "dequeued", "core-done", "call-begin") if k in stamps]
+        assert order == ["emitted", "parse-end", "queued", "dequeued", "core-done", "call-begin"], stamps
+        assert all(stamps[a] <= stamps[b] for a, b in zip(order, order[1:], strict=False)), stamps
+        assert stamps["call-begin"] <= stamps["arrived"]
+
+
 def test_percentiles() -> None:
     s = bench.summarize([4.0, 1.0, 3.0, 2.0])
     assert (s["min"], s["p50"], s["max"], s["n"]) == (1.0, 2.5, 4.0, 4)
