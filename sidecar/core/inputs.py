@@ -3,10 +3,38 @@ log lines they deserve. Pure."""
 
 from __future__ import annotations
 
+from typing import TYPE_CHECKING
+
 from sidecar import observers as so
 from sidecar.core import actions as a
 from sidecar.core import events as e
+from sidecar.core.reconfig import apply_config, config_invalid
 from sidecar.core.state import Context
+
+if TYPE_CHECKING:
+    from sidecar.core.sync import Sync
+
+
+def apply(ctx: Context, sync: Sync, event: e.Event) -> None:
+    """An event that changes what is wanted, or what is known (the core's dispatch, outside a drain)."""
+    if isinstance(event, e.PodObserved):
+        observed(ctx, event)
+    elif isinstance(event, e.SourceProblem):
+        source_problem(ctx, event)
+    elif isinstance(event, e.ConfirmResult):
+        confirm_result(ctx, event)
+    elif isinstance(event, e.AgentReadFailed):
+        sync.faults.read_failed(event)
+    elif isinstance(event, e.AgentSeen):
+        sync.faults.seen(event)
+    elif isinstance(event, e.ConfigChanged):
+        apply_config(ctx, event.config)
+    elif isinstance(event, e.ConfigInvalid):
+        config_invalid(ctx, "; ".join(event.problems) or None)
+    elif isinstance(event, e.TokenRotated):
+        sync.token_rotated = True
+    elif isinstance(event, e.WorkerDown):
+        worker_down(ctx, event)
 
 
 def observed(ctx: Context, event: e.PodObserved) -> None:

@@ -16,11 +16,10 @@ from sidecar import observers as so
 from sidecar.config import Config
 from sidecar.core import actions as a
 from sidecar.core import events as e
-from sidecar.core import inputs
+from sidecar.core import failopen, inputs
 from sidecar.core.drain import DrainResult
-from sidecar.core.phases import TRANSITIONS, ImpossibleTransition, Phase
-from sidecar.core.reconfig import apply_config, config_invalid
-from sidecar.core.report import Reporter, consul_holds_the_gate, gate_line, gate_state, verdict
+from sidecar.core.phases import TRANSITIONS, ImpossibleTransition, Phase, derive
+from sidecar.core.report import Reporter, gate_state, verdict
 from sidecar.core.stall import StallWatch
 from sidecar.core.state import Answer, Context, Sleep, Task
 from sidecar.core.sync import Sync
@@ -67,7 +66,7 @@ class Core:
         self._stall.check(ctx, {cid.rpartition(":")[0] for cid in self._sync.adoption.found or {}})
         self._dispatch(event)
         if not self._exited and self._drained is None:
-            self._fail_open()
+            failopen.step(ctx)
         if not self._exited and ctx.now >= ctx.timers.next_heartbeat:
             # Also between two calls of a long round or drain (a slow agent): the gate must not
             # take a sidecar waiting on its agent for a hung one.
@@ -85,10 +84,9 @@ class Core:
         if t.resume_at is not None:
             deadlines.append(t.resume_at)
         s = self.ctx.state
-        after = self.ctx.config.fail_open_after
-        held = self._held_since()
-        if after and held is not None and not s.failed_open and held + after > self.ctx.now:
-            deadlines.append(held + after)  # a deadline already past is acted on or moot: no spin
+        fail_open_at = failopen.deadline(self.ctx)
+        if fail_open_at is not None:
+            deadlines.append(fail_open_at)
         if self._task is not None or s.draining or s.superseded:
             # Retries, refreshes and re-checks wait for the task; none while draining; none while
             # another pod holds our ID (no round runs then, so their deadlines would never move:
@@ -134,7 +132,7 @@ class Core:
                     self._resume(None)
             return
         else:
-            self._apply(event)
+            inputs.apply(ctx, self._sync, event)
             if s.draining:
                 self._start_drain(s.drain_reason, since=None)
                 return
@@ -185,28 +183,6 @@ class Core:
         if isinstance(value, Drained):
             self._drain_done(value.result)
 
-    # --- events that change what is wanted ----------------------------------------------------
-    def _apply(self, event: e.Event) -> None:
-        ctx = self.ctx
-        if isinstance(event, e.PodObserved):
-            inputs.observed(ctx, event)
-        elif isinstance(event, e.SourceProblem):
-            inputs.source_problem(ctx, event)
-        elif isinstance(event, e.ConfirmResult):
-            inputs.confirm_result(ctx, event)
-        elif isinstance(event, e.AgentReadFailed):
-            self._sync.faults.read_failed(event)
-        elif isinstance(event, e.AgentSeen):
-            self._sync.faults.seen(event)
-        elif isinstance(event, e.ConfigChanged):
-            apply_config(ctx, event.config)
-        elif isinstance(event, e.ConfigInvalid):
-            config_invalid(ctx, "; ".join(event.problems) or None)
-        elif isinstance(event, e.TokenRotated):
-            self._sync.token_rotated = True
-        elif isinstance(event, e.WorkerDown):
-            inputs.worker_down(ctx, event)
-
     # --- termination ---------------------------------------------------------------------------
     def _start_drain(self, reason: str, since: float | None) -> None:
         """Drop what was under way; a call still in flight is left to finish on its own (its
@@ -256,65 +232,10 @@ class Core:
         self._derive_phase()
         self.ctx.emit(a.Exit(code))
 
-    # --- fail-open (KATALOG_FAIL_OPEN_AFTER) ----------------------------------------------------------
-    def _fail_open(self) -> None:
-        """Open the gate once it has been held `fail_open_after` since the app turned ready, only
-        because Consul cannot confirm; leave that state by itself, and say so, when it confirms
-        (or when a reason of the pod's own closes the gate again)."""
-        ctx, s = self.ctx, self.ctx.state
-        if s.failed_open:
-            if consul_holds_the_gate(ctx):
-                return
-            s.failed_open = False
-            if s.confirmed_generation == s.generation and not s.agent_problem and not s.draining:
-                ctx.info("the catalog confirms the registration: no longer failed open")
-            else:
-                ctx.warning("no longer failed open: the gate is closed for a reason of the pod's own")
-            ctx.timers.next_heartbeat = ctx.now  # news for the gate: write now
-            return
-        if verdict(ctx, *gate_state(ctx)).passes:
-            s.gate_closed_at = None  # open (latched, or confirmed): nothing to count
-            return
-        if s.gate_closed_at is None:
-            s.gate_closed_at = ctx.now
-        after, held = ctx.config.fail_open_after, self._held_since()
-        if not after or held is None or ctx.now < held + after or not consul_holds_the_gate(ctx):
-            return
-        s.failed_open = True
-        _, message = gate_line(ctx)
-        ctx.warning(message)
-        ctx.notify(so.CONSUL_GATE_FAILED_OPEN, message)
-        ctx.timers.next_heartbeat = ctx.now
-
-    def _held_since(self) -> float | None:
-        """Since when the gate has held a ready app: the later of the app turning ready and the
-        gate closing (continuous mode closes a confirmed pod's gate when confirmation is lost)."""
-        s = self.ctx.state
-        if s.ready_since is None:
-            return None
-        return max(s.ready_since, s.gate_closed_at if s.gate_closed_at is not None else s.ready_since)
-
     # --- the phase -------------------------------------------------------------------------------
-    def _derived(self) -> Phase:
-        s = self.ctx.state
-        if self._exited:
-            return Phase.EXITED
-        if self._drained is not None:
-            return Phase.DRAINED
-        if s.draining:
-            return Phase.DRAINING
-        if s.superseded:
-            return Phase.SUPERSEDED
-        if s.failed_open:
-            return Phase.FAILED_OPEN
-        if s.observation is None or not s.instances:
-            return Phase.ADOPTING if self._sync.adoption.found else Phase.STARTING
-        if s.agent_problem or self._sync.writes_pending():
-            return Phase.REGISTERING
-        return Phase.CONFIRMED if s.confirmed_generation == s.generation else Phase.CONFIRMING
-
     def _derive_phase(self) -> None:
-        new = self._derived()
+        new = derive(self.ctx.state, exited=self._exited, drained=self._drained is not None,
+                     adopting=bool(self._sync.adoption.found), writes_pending=self._sync.writes_pending)
         old = self.phase
         if new is old:
             return

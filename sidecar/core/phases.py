@@ -8,9 +8,13 @@ confirmed, draining, stopped, config-error) is derived from these (`STATUS_PHASE
 from __future__ import annotations
 
 import enum
-from collections.abc import Mapping
+from collections.abc import Callable, Mapping
+from typing import TYPE_CHECKING
 
 from readiness_gate import state as status_state
+
+if TYPE_CHECKING:
+    from sidecar.core.state import SyncState
 
 
 class Phase(enum.Enum):
@@ -79,6 +83,25 @@ TRANSITIONS: Mapping[Phase, Mapping[Phase, str]] = {
     },
     S.EXITED: {},
 }
+
+
+def derive(s: SyncState, *, exited: bool, drained: bool, adopting: bool, writes_pending: Callable[[], bool]) -> Phase:
+    """The phase the core's state is in (`Core` checks each change against TRANSITIONS)."""
+    if exited:
+        return Phase.EXITED
+    if drained:
+        return Phase.DRAINED
+    if s.draining:
+        return Phase.DRAINING
+    if s.superseded:
+        return Phase.SUPERSEDED
+    if s.failed_open:
+        return Phase.FAILED_OPEN
+    if s.observation is None or not s.instances:
+        return Phase.ADOPTING if adopting else Phase.STARTING
+    if s.agent_problem or writes_pending():
+        return Phase.REGISTERING
+    return Phase.CONFIRMED if s.confirmed_generation == s.generation else Phase.CONFIRMING
 
 
 class ImpossibleTransition(Exception):

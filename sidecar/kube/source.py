@@ -15,50 +15,32 @@ import random
 import threading
 import time
 from collections.abc import Callable, Collection
-from typing import Any, Protocol
+from typing import Any
 
 from sidecar import annotations as pod_annotations
-from sidecar.backoff import Backoff
 from sidecar.config import Config
 from sidecar.errors import ConfigError, KubernetesError
 from sidecar.kube.client import KubeClient, StreamBrokenError, WatchInactiveError
 from sidecar.kube.pod_readiness import container_ports, grace_seconds, observe_pod
+from sidecar.kube.watch_retry import (
+    BACKOFF_INITIAL,
+    BACKOFF_MAX,
+    FIRST_REFUSAL_RETRY,
+    RECONNECT_MAX,
+    KubeMetrics,
+    NoMetrics,
+    WatchRetry,
+)
 from sidecar.readiness import Observation, ReadinessSink
+
+__all__ = ["BACKOFF_INITIAL", "BACKOFF_MAX", "FIRST_REFUSAL_RETRY", "RECONNECT_MAX", "WATCH_RESTART_REASONS",
+           "KubeMetrics", "KubernetesSource", "NoMetrics", "wait_or_stop"]
 
 log = logging.getLogger("katalog.kube")
 
 WATCH_TIMEOUT = 300.0  # server-side watch length; client-go picks 5-10 min the same way
-BACKOFF_INITIAL = 0.5
-BACKOFF_MAX = 30.0
-# While the API server does not answer at all, retry at least this often: a refused connection
-# costs it nothing, and its return is then noticed within seconds, not after a 30 s backoff
-# chosen during a long outage. Answers it does give (5xx, 429) back off up to BACKOFF_MAX.
-RECONNECT_MAX = 5.0
-# A first 403 (or 400) is retried this soon (half of it fixed), and repeated ones back off
-# exponentially from there (1-2 s, 2-4 s, 4-8 s, ...) to backoff_max: a readiness flip right after
-# a transient refusal must not wait a whole backoff_max to reach Consul, also when the refusal
-# outlasts the first retry (a 2 s RBAC blip met the 1-2 s retry and then waited 48-60 s: issue 18
-# defect 7, simulator seeds 8, 9, 1004), while a lasting refusal still costs one request per
-# backoff_max after a few tries.
-FIRST_REFUSAL_RETRY = 2.0
 # The reasons of katalog_watch_restarts_total (the README lists them).
 WATCH_RESTART_REASONS = ("expired", "inactivity", "broken", "ended")
-
-
-class KubeMetrics(Protocol):
-    def request_error(self, kind: str) -> None: ...
-
-    def watch_restart(self, reason: str) -> None: ...
-
-
-class NoMetrics:
-    """The default when nobody collects metrics."""
-
-    def request_error(self, kind: str) -> None:
-        pass
-
-    def watch_restart(self, reason: str) -> None:
-        pass
 
 
 def wait_or_stop(stop: threading.Event, seconds: float) -> None:
@@ -108,21 +90,16 @@ class KubernetesSource:
         # The client applies the timeout; kept here to describe it in logs.
         self._inactivity = inactivity_timeout
         self._watch_timeout = watch_timeout
-        self._backoff_max = backoff_max
-        self._failure_backoff = Backoff(backoff_initial, backoff_max, rng)
-        self._reconnect_backoff = Backoff(backoff_initial, min(reconnect_max, backoff_max), rng)
-        self._restart_backoff = Backoff(backoff_initial, backoff_max, rng)
-        self._refusal_backoff = Backoff(FIRST_REFUSAL_RETRY, backoff_max, rng)
         self._sleep = sleep
         self._rng = rng
         self._clock = clock
         self._metrics: KubeMetrics = metrics or NoMetrics()
+        # What to report and how long to wait on failures (sidecar.kube.watch_retry).
+        self._retry = WatchRetry(self.pod, backoff_initial=backoff_initial, backoff_max=backoff_max,
+                                 reconnect_max=reconnect_max, rng=rng, metrics=self._metrics)
         self._uid = expected_uid
         self._rv: str | None = None
         self._last: Observation | None = None
-        self._problem: str | None = None
-        self._fruitless = 0  # watch restarts (cut off, 410) in a row without an event between
-        self._state = "starting"  # "connected" or "failing:<kind>": logs only on changes
         self._said: set[str] = set()  # one-time log lines (unknown event types)
         self._closer: threading.Thread | None = None
         # The first observation waits until the watch is open too: with a Role that allows
@@ -198,11 +175,9 @@ class KubernetesSource:
         self._fruitless_restart(stop)
 
     def _fruitless_restart(self, stop: threading.Event) -> None:
-        # Restarting again before a single event (a server that keeps cutting streams or
-        # answering 410): back off so it cannot become a hot loop.
-        if self._fruitless:
-            self._sleep(stop, self._restart_backoff.next_delay())
-        self._fruitless += 1
+        delay = self._retry.restart_delay()
+        if delay is not None:
+            self._sleep(stop, delay)
 
     def _watch(self, stop: threading.Event, sink: ReadinessSink, rv: str) -> None:
         """One watch stream from `rv`. Returns when it ends normally, goes silent or breaks."""
@@ -239,10 +214,7 @@ class KubernetesSource:
     def _stream_ended(self, stop: threading.Event, began: float) -> None:
         """Back off before the next watch unless this one was worth it (as kopf does after
         every end of a stream): a proxy that closes streams at once must not get a hot loop."""
-        if self._clock() - began >= self._backoff_max:
-            # A long stream: restarting at once costs one request per backoff_max at most.
-            self._fruitless = 0
-            self._restart_backoff.reset()
+        self._retry.stream_ended(self._clock() - began)
         self._fruitless_restart(stop)
 
     def _handle(self, event: dict[str, Any], sink: ReadinessSink) -> None:
@@ -257,8 +229,7 @@ class KubernetesSource:
             else:
                 log.debug("bookmark in the watch of pod %s: resourceVersion %.40s", self.pod, _resource_version(obj))
             self._rv = _resource_version(obj) or self._rv
-            self._fruitless = 0  # the stream works: the next restart need not wait
-            self._restart_backoff.reset()
+            self._retry.stream_works()
         elif kind == "DELETED":
             self._deleted(obj, sink)
         elif kind == "ERROR":
@@ -272,19 +243,7 @@ class KubernetesSource:
             log.warning("skipping watch events of unknown type %.40r", kind)
 
     def _is_our_pod(self, obj: dict[str, Any]) -> bool:
-        """Skips junk (logged once per kind): read as a pod, an object without containers would
-        make the app look ready, and one naming another pod would drain this one."""
-        meta, spec = obj.get("metadata"), obj.get("spec")
-        if not isinstance(meta, dict) or meta.get("name") != self._name or meta.get("namespace", self._namespace) != self._namespace:
-            problem = f"is not pod {self.pod}"
-        elif not isinstance(spec, dict) or not isinstance(spec.get("containers"), list) or not spec["containers"]:
-            problem = "has no spec.containers"
-        else:
-            return True
-        if f"junk:{problem}" not in self._said:
-            self._said.add(f"junk:{problem}")
-            log.warning("skipping an object from the Kubernetes API that %s", problem)
-        return False
+        return is_pod(obj, self._name, self._namespace, self._said)
 
     def _pod_changed(self, pod: dict[str, Any], sink: ReadinessSink) -> None:
         meta = pod.get("metadata")
@@ -327,64 +286,15 @@ class KubernetesSource:
     # -- failures -----------------------------------------------------------------
 
     def _connected(self, sink: ReadinessSink) -> None:
-        self._failure_backoff.reset()
-        self._reconnect_backoff.reset()
-        self._refusal_backoff.reset()
-        if self._state != "connected":
-            if self._state == "starting":
-                log.info("watching pod %s through the Kubernetes API", self.pod)
-            else:
-                log.info("Kubernetes API reachable again; watching pod %s", self.pod)
-            self._state = "connected"
-        if self._problem is not None:
-            self._problem = None
-            sink.problem(None)
+        self._retry.connected(sink)
 
     def _on_failure(self, exc: KubernetesError, sink: ReadinessSink) -> float:
         """Report the failure (logging only changes) and return how long to back off."""
-        kind, problem, permanent = _classify(exc)
-        self._metrics.request_error(kind)
-        state = f"failing:{kind}:{problem}" if permanent else f"failing:{kind}"
-        if not permanent:
-            self._refusal_backoff.reset()  # refusals in a row back off; another failure ends the row
-        if state != self._state:
-            if permanent:
-                log.error("%s; retrying within %gs, backing off to every %gs while refused", problem,
-                          FIRST_REFUSAL_RETRY, self._backoff_max)
-            else:
-                log.warning("%s; keeping the last known readiness and retrying with backoff", problem)
-            self._state = state
-        if problem != self._problem:
-            self._problem = problem
-            sink.problem(problem)
-        if permanent:
-            # Permissions or a bad request: a refusal may be transient (an RBAC update rolling
-            # out, an authorizer webhook's hiccup), so the first is retried soon; repeated ones
-            # need a change of configuration: then do not storm (capped exponential backoff).
-            return self._refusal_backoff.next_delay()
-        if exc.reason == "unreachable":
-            return self._reconnect_backoff.next_delay()  # no answer at all: see RECONNECT_MAX
-        # The server answers again (if only with errors): the reconnect delay starts afresh.
-        self._reconnect_backoff.reset()
-        return self._failure_backoff.next_delay()
+        return self._retry.failed(exc, sink)
 
     def _close_on(self, stop: threading.Event) -> None:
         stop.wait()
         self._client.close()
-
-
-def _classify(exc: KubernetesError) -> tuple[str, str, bool]:
-    """(metrics kind, problem text for the sink, whether only a config change can fix it)."""
-    status = exc.status
-    if status is None:
-        return "unreachable", f"Kubernetes API unreachable: {exc}", False
-    if status == 401:
-        return "unauthorized", str(exc), False  # the token may be rotated any moment: keep trying
-    if status == 403:
-        return "forbidden", str(exc), True
-    if status == 429 or status >= 500:
-        return "server_error", f"Kubernetes API unreachable: {exc}", False
-    return "client_error", f"Kubernetes API rejected the request: {exc}", True
 
 
 def _resource_version(obj: dict[str, Any]) -> str | None:
@@ -392,3 +302,19 @@ def _resource_version(obj: dict[str, Any]) -> str | None:
     rv = meta.get("resourceVersion") if isinstance(meta, dict) else None
     # Opaque, compared only for equality; anything but a non-empty string is junk.
     return rv if isinstance(rv, str) and rv else None
+
+
+def is_pod(obj: dict[str, Any], name: str, namespace: str, said: set[str]) -> bool:
+    """Skips junk (logged once per kind, in `said`): read as a pod, an object without containers
+    would make the app look ready, and one naming another pod would drain this one."""
+    meta, spec = obj.get("metadata"), obj.get("spec")
+    if not isinstance(meta, dict) or meta.get("name") != name or meta.get("namespace", namespace) != namespace:
+        problem = f"is not pod {namespace}/{name}"
+    elif not isinstance(spec, dict) or not isinstance(spec.get("containers"), list) or not spec["containers"]:
+        problem = "has no spec.containers"
+    else:
+        return True
+    if f"junk:{problem}" not in said:
+        said.add(f"junk:{problem}")
+        log.warning("skipping an object from the Kubernetes API that %s", problem)
+    return False
