@@ -18,6 +18,7 @@ by what it is built from, and written under a temporary name first.
 
 from __future__ import annotations
 
+import fcntl
 import hashlib
 import io
 import json
@@ -245,6 +246,12 @@ def sidecar_archive(log: bool = False) -> Path:
 
 
 def all_archives(log: bool = False) -> dict[str, Path]:
-    """Image name -> archive; the sidecar's first (it builds the base the app image uses)."""
-    sidecar = sidecar_archive(log)
-    return {SIDECAR_IMAGE: sidecar, APP_IMAGE: app_archive(), PAUSE_IMAGE: pause_archive()}
+    """Image name -> archive; the sidecar's first (it builds the base the app image uses).
+
+    Under a lock: pytest-xdist workers (and concurrent runs) would otherwise build the same
+    image at once with podman and replace each other's archives."""
+    cache_dir().mkdir(parents=True, exist_ok=True)
+    with (cache_dir() / ".build.lock").open("a") as lock:
+        fcntl.flock(lock, fcntl.LOCK_EX)
+        sidecar = sidecar_archive(log)
+        return {SIDECAR_IMAGE: sidecar, APP_IMAGE: app_archive(), PAUSE_IMAGE: pause_archive()}
