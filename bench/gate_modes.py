@@ -246,7 +246,8 @@ def measure_on_nodes(rounds: int, replicas: int, log: Callable[[str], None] = pr
     the classic example (exec gate) and the condition example applied through the machine's
     overlay, `kubectl rollout restart` timed to `kubectl rollout status`; confirmed -> Ready per
     new pod, Ready as the real kubelet reports it (pod condition, sampled every 20 ms), confirmed
-    from the sidecar's status file read in its container (`kubectl exec ... cat`)."""
+    from the sidecar's status file read in its container (`kubectl exec ... cat`).
+    bench/condition_trace.py breaks the condition's figure down stage by stage."""
     sys.path.insert(0, str(REPO / "tests"))
     from katalog_nodes import NodeCluster, pod_ready  # type: ignore[import-not-found]
     from kube_node import find_node_binaries  # type: ignore[import-not-found]
