@@ -1,6 +1,6 @@
 """Defect 2 (issue 18): the condition gate keeps the exec gate's staleness bound. In condition
 mode readiness-gate (the sidecar's readinessProbe) passes only while the live sidecar's last
-write of the pod condition is its verdict now. Pure and in-process; the real kubelet run is
+write of the pod condition is its verdict now (or False with its verdict already True). Pure and in-process; the real kubelet run is
 the `node` helper's, the fault runs `regress`'s."""
 
 from __future__ import annotations
@@ -48,6 +48,19 @@ def test_a_restarted_sidecar_fails_until_it_has_written_the_condition_itself() -
 def test_a_verdict_the_condition_writer_could_not_write_fails() -> None:
     passes, _ = verdict(doc(phase="draining", message="SIGTERM", condition="True"))
     assert not passes
+    passes, _ = verdict(doc(phase="syncing", ever_confirmed=False, message="lost", gate_mode="continuous"))
+    assert not passes
+
+
+def test_a_true_on_its_way_passes_over_a_false_on_the_pod() -> None:
+    """Confirmed, the PATCH with True not back yet: the pod holds this process's False, which can
+    make nothing Ready. Failing here held the sidecar container NotReady whenever the kubelet
+    probed in that window, and the new pod waited for one more kubelet pod sync (~1 s)."""
+    passes, line = verdict(doc(condition="False"))
+    assert passes and line == "pod condition False is current, True on its way: ok (latched): web passing in the catalog"
+    # Only a verdict that passes may run ahead of the pod; nothing written yet still fails.
+    assert not verdict(doc(condition=None))[0]
+    assert not verdict(doc(condition="False", pid=8), now=NOW + 16)[0]
 
 
 def test_exec_mode_is_unchanged() -> None:

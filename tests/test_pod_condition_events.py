@@ -263,7 +263,8 @@ def test_condition_mode_and_events_tell_the_pods_story(dev_agent, kube, run_side
     condition = kube.condition(NS, POD, CONDITION_TYPE)
     assert condition is not None and condition["message"] == "ok (latched): web passing in the catalog"
     # The probe in condition mode: the condition this process set is its verdict (defect 2, issue 18).
-    assert sidecar.wait_gate(passing=True) == "pod condition True is current: ok (latched): web passing in the catalog"
+    assert sidecar.wait_gate(passing=True, contains="True is current") == \
+        "pod condition True is current: ok (latched): web passing in the catalog"
     wait_until(lambda: [r for _, r, _ in story(kube)] == ["Registered", "Confirmed"], what="two events")
 
     # Steady: no patch, no event, however many heartbeats (KATALOG_HEARTBEAT_INTERVAL=1s).
