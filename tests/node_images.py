@@ -219,6 +219,9 @@ def app_archive() -> Path:
     return path
 
 
+KEEP_OTHER_SIDECAR_IMAGES = 3
+
+
 def sidecar_key() -> str:
     digest = hashlib.sha256()
     for name in SIDECAR_SOURCES:
@@ -235,7 +238,10 @@ def sidecar_archive(log: bool = False) -> Path:
     path = cache_dir() / f"sidecar-{sidecar_key()}.tar"
     if path.exists():
         return path
-    for old in cache_dir().glob("sidecar-*.tar"):  # an image of older sources: replaced
+    # Images of other sources: the newest few stay, since another checkout's run (a worktree,
+    # a concurrent CI clone) may be about to import its own; older ones go (~60 MB each).
+    others = sorted(cache_dir().glob("sidecar-*.tar"), key=lambda p: p.stat().st_mtime, reverse=True)
+    for old in others[KEEP_OTHER_SIDECAR_IMAGES:]:
         old.unlink(missing_ok=True)
     result = subprocess.run(["bash", str(REPO / "scripts" / "image-smoke.sh"), "--save", str(path)],
                             capture_output=not log, text=True, timeout=1800, check=False)
