@@ -33,7 +33,7 @@ import tempfile
 import threading
 import time
 from collections.abc import Callable, Iterable, Sequence
-from dataclasses import asdict, dataclass
+from dataclasses import asdict, dataclass, replace
 from pathlib import Path
 from typing import Any
 
@@ -100,6 +100,9 @@ PRESETS: dict[str, Params] = {
                     termination_pods=2, restarts=1, restart_down_s=0.5, gate_samples=10, settle_seconds=0.5,
                     rollouts=False, fault_window_s=0.0),
 }
+# For `bench.sh --all --preset smoke` (bench/all.py): smoke, plus the rollouts (figure 8) and every
+# fault state in 4 s windows (figure 9), so a smoke run of --all shows every part of the group runs.
+PRESETS["smoke-all"] = replace(PRESETS["smoke"], rollouts=True, fault_window_s=4.0, fault_settle_s=1.0)
 
 
 # --- statistics ----------------------------------------------------------------------------
@@ -1485,7 +1488,7 @@ def gate_only(samples: int) -> int:
 def main(argv: Sequence[str] | None = None) -> int:
     parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
     parser.add_argument("--quick", action="store_true", help="smaller samples and shorter windows (~3 min)")
-    parser.add_argument("--preset", choices=sorted(PRESETS), help="full (default), quick, or smoke (tests)")
+    parser.add_argument("--preset", choices=sorted(PRESETS), help="full (default), quick, smoke (tests) or smoke-all (bench/all.py)")
     parser.add_argument("--out", type=Path, default=REPO / "bench" / "out", help="results.json and table.md")
     parser.add_argument("--charts", type=Path, default=REPO / "docs" / "img", help="PNG charts ('-' for none)")
     parser.add_argument("--gate-only", action="store_true",

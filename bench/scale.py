@@ -187,6 +187,10 @@ SCALE_PRESETS: dict[str, ScaleParams] = {
                          max_n=(("cached", 100), ("service", 300))),
     "quick": ScaleParams(sizes=(1, 30, 100, 300), budget_s=120.0, idle_s=3.0, designs=("none", "service", "node", "cached"),
                          pace=10.0),
+    # `bench.sh --all` (bench/all.py): every figure group in one invocation, so this group gets
+    # minutes, not the hour `full` takes. The designs the targets read: `node` (the product) and
+    # `none` (the same writes, no read: what confirmation adds); N up to 500 at `full`'s pace.
+    "all": ScaleParams(sizes=(1, 100, 300, 500), designs=("none", "node"), pace=10.0),
     "smoke": ScaleParams(sizes=(8,), pods_per_node=4, budget_s=60.0, idle_s=0.5, designs=("none", "service", "node"),
                          pace=20.0),
 }
