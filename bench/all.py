@@ -24,7 +24,8 @@ and end. Writes `all.json` (every group's own result embedded; main's raw sample
 `all.md` (the combined tables) into --out, and prints all.md. `python bench/publish.py
 bench/out/all.json` then rewrites the README's performance table and BENCHMARKS.md's "Latest
 run" from that json alone. A group that fails is recorded as failed and the others still run;
-the exit code is then 1.
+the exit code is then 1, and `--retry-failed` runs only those groups again on the same commit
+(marked as re-run in all.json and in what is published).
 """
 
 from __future__ import annotations
@@ -171,6 +172,32 @@ def machine() -> dict[str, Any]:
     return m
 
 
+def retry_failed(out: Path, charts: str | None, log: Callable[[str], None] = print) -> dict[str, Any]:
+    """Runs again only the groups of out/all.json that failed or did not run, on the same commit
+    (refused otherwise), and marks them `retried` (the publisher says so): for a group that a
+    shared machine broke (e.g. another session replacing a cache the real nodes link from)."""
+    results: dict[str, Any] = json.loads((out / "all.json").read_text())
+    meta = results["meta"]
+    now = tree_state()
+    if now["commit"] != meta["code"]["commit"] or now["dirty"] != meta["code"]["dirty"]:
+        raise SystemExit(f"--retry-failed: the run was on {meta['code']['short']}"
+                         f"{' (dirty)' if meta['code']['dirty'] else ''}, the tree is now at {now['short']}"
+                         f"{' (dirty)' if now['dirty'] else ''}: run --all again")
+    todo = [g for g in meta["groups"] if not results["groups"].get(g, {}).get("ok")]
+    log(f"re-running {', '.join(todo) or 'nothing'} of the run started {meta['started_utc']}")
+    charts = charts or (str(REPO / "docs" / "img") if meta["preset"] == "full" else "-")
+    for group in groups(meta["preset"], out, charts, meta["real_node"]):
+        if group.name in todo:
+            entry = run_group(group, out / "logs", log)
+            entry["retried"] = True
+            results["groups"][group.name] = entry
+            (out / "all.json").write_text(json.dumps(results, indent=1) + "\n")
+    order = [g for g in meta["groups"] if g in results["groups"]]
+    results["groups"] = {g: results["groups"][g] for g in order}
+    (out / "all.md").write_text(render_all_md(results))
+    return results
+
+
 def run_all(preset: str, out: Path, charts: str, only: Sequence[str] = GROUPS,
             log: Callable[[str], None] = print) -> dict[str, Any]:
     out.mkdir(parents=True, exist_ok=True)
@@ -213,6 +240,8 @@ def main(argv: Sequence[str] | None = None) -> int:
     parser.add_argument("--out", type=Path, default=REPO / "bench" / "out", help="all.json, all.md, each group's files")
     parser.add_argument("--charts", default=None, help="PNG charts (default docs/img for full, none otherwise; '-': none)")
     parser.add_argument("--only", help=f"comma-separated subset of {','.join(GROUPS)} (a partial run: not for publishing)")
+    parser.add_argument("--retry-failed", action="store_true",
+                        help="run again only the groups that failed in --out's all.json (same commit; marked as re-run)")
     args = parser.parse_args(argv)
     preset = args.preset or ("quick" if args.quick else "full")
     charts = args.charts or (str(REPO / "docs" / "img") if preset == "full" else "-")
@@ -222,7 +251,8 @@ def main(argv: Sequence[str] | None = None) -> int:
         parser.error(f"unknown group(s): {', '.join(sorted(unknown))}")
     if shutil.which("git") is None:
         parser.error("git is needed to record the commit")
-    results = run_all(preset, args.out, charts, only, log=lambda s: print(s, file=sys.stderr, flush=True))
+    log = lambda s: print(s, file=sys.stderr, flush=True)  # noqa: E731
+    results = retry_failed(args.out, args.charts, log) if args.retry_failed else run_all(preset, args.out, charts, only, log)
     print((args.out / "all.md").read_text())
     print(f"written: {args.out / 'all.json'}, {args.out / 'all.md'}")
     return 0 if all(g["ok"] for g in results["groups"].values()) else 1

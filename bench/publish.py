@@ -229,6 +229,8 @@ def groups_table(run: dict[str, Any]) -> str:
     lines = ["| group | command | wall | load average at start -> end | result |", "|---|---|---|---|---|"]
     for name, g in run["groups"].items():
         state = "ok" if g.get("ok") else f"**failed** (exit {g.get('rc')}{'; ' + g['error'] if g.get('error') else ''})"
+        if g.get("retried"):
+            state += f"; re-run separately (`--retry-failed`), started {g['started_utc']}"
         lines.append(f"| {name} | `{g['command']}` | {g['wall_s']:.0f} s | {g['loadavg_start'][0]:.2f} -> "
                      f"{g['loadavg_end'][0]:.2f} | {state} |")
     return "\n".join(lines)
