@@ -8,10 +8,11 @@ sync loop does the rest, so every source plugs into the same place: the Kubernet
 
 from __future__ import annotations
 
+import math
 import socket
 import threading
 from collections.abc import Mapping
-from dataclasses import dataclass, field
+from dataclasses import dataclass, field, replace
 from typing import TYPE_CHECKING, Protocol
 
 import requests
@@ -32,12 +33,32 @@ class Observation:
     terminating: bool = False  # deletionTimestamp is set: drain now
     deleted: bool = False  # the pod object is gone
     grace_period: float | None = None  # deletionGracePeriodSeconds, when known
+    # metadata.deletionTimestamp in seconds since the epoch (the API server's wall clock): the
+    # deletion's time plus its grace period, when the kubelet SIGKILLs at the earliest
+    # (sidecar.kube.pod_readiness.deletion_time). A process restarted during the termination
+    # learns from it how much of the grace period is left.
+    deletion_at: float | None = None
+    # The same moment on the core's own clock (monotonic), set by the driver (`on_clock`): the
+    # core reads no clock. Derived, so not part of what makes two observations differ.
+    deletion_deadline: float | None = field(default=None, compare=False)
     pod_uid: str | None = None
     container_ports: Mapping[str, int] | None = field(default=None, compare=False)
     # The pod's katalog-sidecar.io/ and katalog-sync.wish.com/ annotations (None: not a pod
     # watch), and the first containerPort of its spec: configuration that may change.
     annotations: tuple[tuple[str, str], ...] | None = None
     first_port: int | None = None
+
+
+def on_clock(observation: Observation, now: float, wall_now: float) -> Observation:
+    """`observation` with `deletion_deadline` on the clock that reads `now`, from its wall-clock
+    `deletion_at` and `wall_now` (read at the same moment as `now`). The drain bounds what a
+    skewed node clock can do with it (sidecar.core.terminate.drain_deadline)."""
+    if observation.deletion_at is None:
+        return observation
+    remaining = observation.deletion_at - wall_now
+    if not math.isfinite(remaining):
+        return observation
+    return replace(observation, deletion_deadline=now + remaining)
 
 
 class ReadinessSink(Protocol):

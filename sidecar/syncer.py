@@ -27,7 +27,7 @@ from sidecar.core import events as e
 from sidecar.core.machine import Core
 from sidecar.core.terminate import EXIT_DRAIN_INCOMPLETE, EXIT_OK
 from sidecar.metrics import Metrics
-from sidecar.readiness import Observation
+from sidecar.readiness import Observation, on_clock
 from sidecar.status import StatusWriter
 from sidecar.supervision import Supervisor
 
@@ -44,8 +44,8 @@ READINESS_WORKER = "readiness"  # the supervised readiness source (sidecar.cli)
 
 class Syncer:
     def __init__(self, config: Config, agent: ConsulAgent, status: StatusWriter, *,
-                 clock: Callable[[], float] = time.monotonic, metrics: Metrics | None = None,
-                 supervisor: Supervisor | None = None, previous_ever_confirmed: bool = False,
+                 clock: Callable[[], float] = time.monotonic, wall: Callable[[], float] = time.time,
+                 metrics: Metrics | None = None, supervisor: Supervisor | None = None, previous_ever_confirmed: bool = False,
                  observer: so.SyncObserver | None = None) -> None:
         """`previous_ever_confirmed`: the previous process of this pod had confirmed (sidecar.adoption)."""
         self.core = Core(config, agent_address=agent.address)
@@ -53,6 +53,7 @@ class Syncer:
         self.agent = agent
         self.status = status
         self.clock = clock
+        self.wall = wall
         self.metrics = metrics
         # Told about the gate's verdict and each transition (pod condition, Events); never blocks.
         self.observer: so.SyncObserver = observer or so.NullObserver()
@@ -80,7 +81,8 @@ class Syncer:
         self._events.put(event)
 
     def observe(self, observation: Observation) -> None:
-        self._post(e.PodObserved(observation))
+        # The deletionTimestamp onto the core's clock here, as it arrives: the core reads no clock.
+        self._post(e.PodObserved(on_clock(observation, self.clock(), self.wall())))
 
     def problem(self, message: str | None) -> None:
         self._post(e.SourceProblem(message))

@@ -9,6 +9,7 @@ from __future__ import annotations
 
 import math
 from collections.abc import Collection, Mapping
+from datetime import datetime
 from typing import Any
 
 from sidecar import annotations as pod_annotations
@@ -31,6 +32,7 @@ def observe_pod(pod: Mapping[str, Any], own_container: str, excluded: Collection
             detail="pod is terminating",
             terminating=True,
             grace_period=grace_seconds(grace),
+            deletion_at=deletion_time(metadata.get("deletionTimestamp")),
             pod_uid=uid,
             container_ports=ports,
             annotations=annotations,
@@ -114,3 +116,27 @@ def grace_seconds(value: object) -> float | None:
     except OverflowError:
         return None
     return seconds if math.isfinite(seconds) and seconds >= 0 else None
+
+
+def deletion_time(value: object) -> float | None:
+    """metadata.deletionTimestamp (RFC 3339, as the API serializes a metav1.Time: whole seconds,
+    `Z`) as seconds since the epoch, or None when it is not a timestamp with a zone.
+
+    For a pod it is the deletion's time plus the grace period: k8s.io/apiserver
+    `pkg/registry/rest/delete.go` BeforeDelete sets `now + options.GracePeriodSeconds`, which
+    the pod strategy's CheckGracefulDelete (k8s.io/kubernetes `pkg/registry/core/pod/strategy.go`)
+    set to the request's value, else `spec.terminationGracePeriodSeconds` (0 when the pod is not
+    scheduled or already finished). A second deletion may only shorten it (BeforeDelete moves
+    the timestamp back with the shorter grace). The kubelet counts its own grace period from
+    when it acts, never earlier: this is the earliest SIGKILL. Truncated to the second, which
+    only makes it earlier.
+    """
+    if not isinstance(value, str):
+        return None
+    try:
+        parsed = datetime.fromisoformat(value)
+    except ValueError:
+        return None
+    if parsed.tzinfo is None:
+        return None  # RFC 3339 always has a zone; a local time would be a guess
+    return parsed.timestamp()

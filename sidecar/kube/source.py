@@ -21,7 +21,7 @@ from sidecar import annotations as pod_annotations
 from sidecar.config import Config
 from sidecar.errors import ConfigError, KubernetesError
 from sidecar.kube.client import KubeClient, StreamBrokenError, WatchInactiveError
-from sidecar.kube.pod_readiness import container_ports, grace_seconds, observe_pod
+from sidecar.kube.pod_readiness import container_ports, deletion_time, grace_seconds, observe_pod
 from sidecar.kube.watch_retry import (
     BACKOFF_INITIAL,
     BACKOFF_MAX,
@@ -270,6 +270,7 @@ class KubernetesSource:
                 terminating=True,
                 deleted=True,
                 grace_period=grace_seconds(grace),
+                deletion_at=deletion_time(meta.get("deletionTimestamp")) if isinstance(meta, dict) else None,
                 pod_uid=self._uid,
                 container_ports=container_ports(pod),
             ),
