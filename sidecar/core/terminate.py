@@ -26,14 +26,41 @@ class Drained:
     result: DrainResult | None
 
 
+SIGKILL_RESERVE = 2.0  # the drain ends this long before the kubelet's SIGKILL
+MIN_DRAIN = 1.0  # every drain gets at least this long from its start to try its writes
+
+
 def drain_deadline(ctx: Context, since: float | None) -> float:
-    """The budget counts from `since` (the signal), so time spent finishing an agent call is not
-    added on top; the drain still gets a last second to try its writes."""
+    """When the drain must be done: the earlier of two, each `SIGKILL_RESERVE` before a SIGKILL.
+
+    - SIGTERM-based: the budget `min(KATALOG_DRAIN_TIMEOUT, grace - reserve)` counts from
+      `since` (the signal), so time spent finishing an agent call is not added on top; without a
+      signal (the watch saw the deletionTimestamp first) from now.
+    - Deletion-based: the pod's deletionTimestamp is the deletion plus the grace period, the
+      earliest the kubelet SIGKILLs (sidecar.kube.pod_readiness.deletion_time). A process
+      restarted during the termination (simulator seeds 30, 682, 1203) starts long after the
+      deletion: counted from its own start, the budget ran past the SIGKILL.
+
+    Used only with a grace period above 0, as the budget's grace term (the kubelet gives a 0 s
+    deletion 2 s all the same). The deletion-based deadline comes from the API server's wall
+    clock (on the core's clock through the driver), so it is bounded: one later than the
+    SIGTERM-based deadline (a node clock behind, a far-off timestamp) changes nothing, and one
+    in the past or too near (a node clock ahead, or a restart that came truly late) still
+    leaves the drain `MIN_DRAIN` from now, in which it deregisters first (sidecar.core.drain).
+    """
     obs = ctx.state.observation
     budget = ctx.config.drain_timeout
+    by_deletion: float | None = None
     if obs is not None and obs.grace_period:
-        budget = min(budget, max(1.0, obs.grace_period - 2.0))
-    return max((ctx.now if since is None else since) + budget, ctx.now + min(1.0, budget))
+        budget = min(budget, max(MIN_DRAIN, obs.grace_period - SIGKILL_RESERVE))
+        if obs.deletion_deadline is not None:
+            by_deletion = obs.deletion_deadline - SIGKILL_RESERVE
+    deadline = (ctx.now if since is None else since) + budget
+    if by_deletion is not None and by_deletion < deadline:
+        deadline = max(by_deletion, ctx.now + min(MIN_DRAIN, budget))
+        ctx.info(f"the pod's deletionTimestamp leaves {by_deletion + SIGKILL_RESERVE - ctx.now:.1f}s of its grace "
+                 f"period: the drain ends within {deadline - ctx.now:.1f}s")
+    return max(deadline, ctx.now + min(MIN_DRAIN, budget))
 
 
 def _instances(ctx: Context) -> tuple[Instance, ...]:
