@@ -52,6 +52,11 @@ def _now() -> str:
     return datetime.now(timezone.utc).strftime("%Y-%m-%dT%H:%M:%SZ")
 
 
+def _stamp(wall: float) -> str:
+    """A metav1.Time as the API serializes it: UTC, whole seconds (truncated)."""
+    return datetime.fromtimestamp(int(wall), timezone.utc).strftime("%Y-%m-%dT%H:%M:%SZ")
+
+
 def status_object(code: int, message: str, reason: str | None = None,
                   details: dict[str, Any] | None = None) -> dict[str, Any]:
     """A `Status` as the API returns it for errors (also the object of an ERROR event), keys in
@@ -340,9 +345,15 @@ class FakeKube:
         """A change that does not touch readiness (a new resourceVersion all the same)."""
         return self.update_pod(namespace, name, lambda pod: pod["metadata"].setdefault("annotations", {}).update({key: value}))
 
-    def set_deletion_timestamp(self, namespace: str, name: str, grace_seconds: int = 30) -> dict[str, Any]:
+    def set_deletion_timestamp(self, namespace: str, name: str, grace_seconds: int = 30,
+                               deleted_ago: float = 0.0) -> dict[str, Any]:
+        """A graceful deletion as the API server records it: `deletionTimestamp` is the deletion's
+        time plus the grace period, the earliest the kubelet SIGKILLs, in whole seconds
+        (k8s.io/apiserver pkg/registry/rest/delete.go BeforeDelete), and
+        `deletionGracePeriodSeconds` the grace. `deleted_ago`: the deletion came that many
+        seconds ago (a sidecar restarted during the termination sees less of the grace left)."""
         def mutate(pod: dict[str, Any]) -> None:
-            pod["metadata"]["deletionTimestamp"] = _now()
+            pod["metadata"]["deletionTimestamp"] = _stamp(time.time() - deleted_ago + grace_seconds)
             pod["metadata"]["deletionGracePeriodSeconds"] = grace_seconds
 
         return self.update_pod(namespace, name, mutate)

@@ -13,6 +13,7 @@ from __future__ import annotations
 import json
 import time
 from collections.abc import Iterator
+from datetime import datetime
 from pathlib import Path
 
 import pytest
@@ -140,6 +141,34 @@ def test_defect3_restart_on_a_terminating_pod_drains_what_it_found(dev_agent, ku
     wait_until(lambda: SID not in dev_agent.agent_services(), timeout=15,
                what=f"the adopted instance deregistered (log: {second.log_path})")
     assert "nothing was registered: nothing to drain" not in second.logs()
+
+
+def test_restart_during_termination_deregisters_before_the_deletion_deadline(dev_agent, proxy, kube, run_sidecar,
+                                                                           tmp_path: Path) -> None:
+    """Simulator seeds 30, 682, 1203: a sidecar restarted 23 s into a 30 s grace period (the pod's
+    deletionTimestamp 7 s away, KATALOG_DRAIN_TIMEOUT 10 s) with the servers unreadable, so that
+    confirming critical takes every second it is given. It must deregister before the
+    deletionTimestamp (the kubelet's SIGKILL at the earliest), not 10 s after its own start."""
+    kube.create_pod(make_pod(POD, NS, containers=("app", "katalog-sidecar"), ports={"http": 8080}))
+    env = kube_env(tmp_path, proxy.addr, kube)
+    first = run_sidecar(env, name="first")
+    first.wait_gate(passing=True)
+    first.stop()  # SIGKILL: no drain
+    proxy.refuse(500, when=lambda seen: seen.target == "servers", body="No cluster leader")
+    wall, mono = time.time(), time.monotonic()
+    pod = kube.set_deletion_timestamp(NS, POD, grace_seconds=30, deleted_ago=23.0)
+    deletion_at = datetime.fromisoformat(pod["metadata"]["deletionTimestamp"]).timestamp()
+    assert 5.5 < deletion_at - wall <= 7.0
+    second = run_sidecar(env, name="second")
+    wait_until(lambda: SID not in dev_agent.agent_services(), timeout=20,
+               what=f"the adopted instance deregistered (log: {second.log_path})")
+    deregister = [s for s in proxy.between(mono, time.monotonic())
+                  if s.method == "PUT" and s.path.startswith(f"/v1/agent/service/deregister/{SID}")]
+    assert deregister, "no deregistration went through the proxy"
+    at = wall + (deregister[0].time - mono)  # on the wall clock
+    # 2 s before the deletionTimestamp by the core's deadline; 1 s of slack for this machine.
+    assert at < deletion_at - 1.0, f"deregistered {at - deletion_at:+.1f}s from the deletionTimestamp"
+    assert "the pod's deletionTimestamp leaves" in second.logs()
 
 
 # --- defect 4: a superseded same-node sidecar stops writing ----------------------------------
