@@ -24,6 +24,9 @@ class Timer:
         self.cancelled = True
 
 
+WALL_EPOCH = 1_796_000_000.0  # the wall clock (the API server's, the node's) at virtual time 0: late 2026
+
+
 class VirtualClock:
     def __init__(self, start: float = 1000.0) -> None:
         self.now = start
@@ -32,6 +35,10 @@ class VirtualClock:
 
     def __call__(self) -> float:
         return self.now
+
+    def wall(self) -> float:
+        """Seconds since the epoch now: the API server and the node agree (no skew modelled)."""
+        return WALL_EPOCH + self.now
 
     def at(self, when: float, fn: Callable[[], object], label: str = "") -> Timer:
         timer = Timer(max(when, self.now), next(self._seq), fn, label)

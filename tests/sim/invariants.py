@@ -254,6 +254,10 @@ class Invariants:
         if not left:
             return
         budget = min(self.w.config_for(uid).drain_timeout, max(1.0, grace - 2.0))
+        if sidecar is not None and sidecar.started_at > at:
+            # Restarted during the termination: its budget is what the deletionTimestamp leaves
+            # (sidecar.core.terminate.drain_deadline), not a whole one counted from its start.
+            budget = min(budget, max(1.0, at + grace - 2.0 - sidecar.started_at))
         if not self._quiet(("agent_slow",), now, window) and len(self.sids(uid)) * SLOW_WRITE + 1.0 > budget:
             return  # even deregistrations alone do not fit the budget at the slow agent's latency
         statuses = {c.check_id: c.status for c in self.w.agent.checks.values() if c.service_id in left}

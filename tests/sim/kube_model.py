@@ -13,17 +13,24 @@
 from __future__ import annotations
 
 import copy
+import math
 from collections.abc import Callable
 from dataclasses import dataclass, field
+from datetime import datetime, timezone
 from typing import Any
 
 from sidecar.errors import KubernetesError
-from sim.clock import VirtualClock
+from sim.clock import WALL_EPOCH, VirtualClock
 
 HISTORY = 300.0  # about 5 min of etcd history
 CONDITION = "katalog-sidecar.io/consul-confirmed"
 
 WatchEvent = dict[str, Any]
+
+
+def rfc3339(wall: float) -> str:
+    """A metav1.Time as the API serializes it: UTC, whole seconds (truncated)."""
+    return datetime.fromtimestamp(math.floor(wall), timezone.utc).strftime("%Y-%m-%dT%H:%M:%SZ")
 
 
 @dataclass
@@ -33,7 +40,7 @@ class Pod:
     node: str
     app_ready: bool = False
     annotations: dict[str, str] = field(default_factory=dict)
-    deletion_timestamp: float | None = None
+    deletion_timestamp: float | None = None  # when it was deleted (virtual time; the API shows it plus the grace)
     grace: float = 30.0
     conditions: dict[str, str] = field(default_factory=dict)
     resource_version: int = 0
@@ -43,7 +50,9 @@ class Pod:
                                     "resourceVersion": str(self.resource_version),
                                     "annotations": dict(self.annotations)}
         if self.deletion_timestamp is not None:
-            metadata["deletionTimestamp"] = f"t{self.deletion_timestamp:.3f}"
+            # As the API server sets it: the deletion's time plus the grace period, in whole
+            # seconds (k8s.io/apiserver pkg/registry/rest/delete.go BeforeDelete; metav1.Time).
+            metadata["deletionTimestamp"] = rfc3339(WALL_EPOCH + self.deletion_timestamp + self.grace)
             metadata["deletionGracePeriodSeconds"] = int(self.grace)
         return {
             "metadata": metadata,

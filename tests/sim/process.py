@@ -25,7 +25,7 @@ from sidecar.errors import KubernetesError
 from sidecar.kube.pod_condition import condition_state
 from sidecar.kube.pod_readiness import observe_pod
 from sidecar.kube.source import KubernetesSource
-from sidecar.readiness import Observation
+from sidecar.readiness import Observation, on_clock
 from sidecar.registration import CheckState
 from sim.agent_front import AgentFront, classify
 from sim.clock import Timer, VirtualClock
@@ -295,7 +295,8 @@ class _Sink:
         self.s = sidecar
 
     def observe(self, observation: Observation) -> None:
-        self.s._post(ev.PodObserved(observation))
+        # As sidecar.syncer does: the deletionTimestamp onto the core's clock as it arrives.
+        self.s._post(ev.PodObserved(on_clock(observation, self.s.clock.now, self.s.clock.wall())))
 
     def problem(self, message: str | None) -> None:
         self.s._post(ev.SourceProblem(message))
