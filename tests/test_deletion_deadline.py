@@ -123,3 +123,15 @@ def test_a_restart_during_the_termination_deregisters_before_the_deletion_deadli
     assert run.agent.services == {}
     assert f"the pod's deletionTimestamp leaves {left + SIGKILL_RESERVE:.1f}s of its grace period: the drain ends " \
            f"within {left:.1f}s" in run.logs()
+
+
+def test_a_deletion_seen_at_once_logs_nothing_new() -> None:
+    """A running sidecar that sees the deletion: the timestamp's truncation to the second and the
+    watch's latency make the deletion-based deadline a little earlier; no line for that."""
+    ctx = _ctx(100.0, _terminating(10.0, 109.4))
+    assert drain_deadline(ctx, None) == pytest.approx(107.4)
+    assert not [x for x in ctx.out if isinstance(x, a.Log)]
+    ctx = _ctx(100.0, _terminating(10.0, 105.0))
+    assert drain_deadline(ctx, None) == pytest.approx(103.0)
+    assert [x.message for x in ctx.out if isinstance(x, a.Log)] == [
+        "the pod's deletionTimestamp leaves 5.0s of its grace period: the drain ends within 3.0s"]

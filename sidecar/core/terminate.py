@@ -57,9 +57,11 @@ def drain_deadline(ctx: Context, since: float | None) -> float:
             by_deletion = obs.deletion_deadline - SIGKILL_RESERVE
     deadline = (ctx.now if since is None else since) + budget
     if by_deletion is not None and by_deletion < deadline:
+        cut = deadline - by_deletion
         deadline = max(by_deletion, ctx.now + min(MIN_DRAIN, budget))
-        ctx.info(f"the pod's deletionTimestamp leaves {by_deletion + SIGKILL_RESERVE - ctx.now:.1f}s of its grace "
-                 f"period: the drain ends within {deadline - ctx.now:.1f}s")
+        if cut > 1.0:  # not the second the timestamp's truncation and the watch's latency take anyway
+            ctx.info(f"the pod's deletionTimestamp leaves {by_deletion + SIGKILL_RESERVE - ctx.now:.1f}s of its "
+                     f"grace period: the drain ends within {deadline - ctx.now:.1f}s")
     return max(deadline, ctx.now + min(MIN_DRAIN, budget))
 
 
