@@ -49,7 +49,7 @@ GROUPS = ("main", "flip_stages", "gate_modes", "webhook", "image", "scale")
 
 # The scale group's preset per --all preset. `full` (N up to 2,000, four designs) took 65 min on
 # its own; `all` keeps the designs the targets read (node, the product; none, the writes alone)
-# and N up to 500 (bench/scale.py SCALE_PRESETS).
+# and N = 1, 100, 500 (bench/scale.py SCALE_PRESETS).
 SCALE_PRESET = {"full": "all", "quick": "quick", "smoke": "smoke"}
 
 
