@@ -494,10 +494,26 @@ def prepare_image_store(binaries: Mapping[str, str], archives: Mapping[str, Path
 
     key = "-".join(sorted(p.stem for p in archives.values()))
     store = cache_dir() / "containerd-root" / hashlib.sha256(key.encode()).hexdigest()[:12]
-    if (store / "io.containerd.metadata.v1.bolt" / "meta.db").exists():
-        return store
-    for old in store.parent.glob("*") if store.parent.exists() else []:
-        shutil.rmtree(old, ignore_errors=True)  # stores of older images
+    store.parent.mkdir(parents=True, exist_ok=True)
+    # One builder at a time (xdist workers, concurrent runs); a store in use elsewhere is kept:
+    # only stores beyond the newest few (by last use) of other images are removed.
+    with (store.parent / ".lock").open("a") as lock:
+        fcntl.flock(lock, fcntl.LOCK_EX)
+        if (store / "io.containerd.metadata.v1.bolt" / "meta.db").exists():
+            os.utime(store)
+            return store
+        others = sorted((p for p in store.parent.iterdir() if p.is_dir()), key=lambda p: p.stat().st_mtime,
+                        reverse=True)
+        for old in others[KEEP_OTHER_IMAGE_STORES:]:
+            shutil.rmtree(old, ignore_errors=True)
+        return _build_image_store(binaries, archives, pause_image, store)
+
+
+KEEP_OTHER_IMAGE_STORES = 2
+
+
+def _build_image_store(binaries: Mapping[str, str], archives: Mapping[str, Path], pause_image: str,
+                       store: Path) -> Path:
     [claim] = claim_node_ips(1)
     workdir = Path(tempfile.mkdtemp(prefix="katalog-image-store-"))
     node = Node(binaries, workdir, claim, None, pause_image, kubelet=False)  # type: ignore[arg-type]
@@ -506,7 +522,6 @@ def prepare_image_store(binaries: Mapping[str, str], archives: Mapping[str, Path
         node.import_images(archives)
     finally:
         node.stop(keep=("var-lib",))
-    store.parent.mkdir(parents=True, exist_ok=True)
     os.replace(node.scratch / "var-lib" / "containerd", store)
     shutil.rmtree(workdir, ignore_errors=True)
     return store
