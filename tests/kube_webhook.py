@@ -5,13 +5,14 @@ tests/test_node_webhook.py (real kubelets)."""
 
 from __future__ import annotations
 
+import copy
 import subprocess
 from pathlib import Path
 from typing import Any
 
 import requests
 from consul_agents import free_port
-from katalog_cluster import SIDECAR_IMAGE, sidecar_entrypoint
+from katalog_cluster import SIDECAR_IMAGE, example_docs, sidecar_entrypoint
 from kube_control_plane import ADMIN_TOKEN, ControlPlane
 from waiting import wait_until
 
@@ -96,3 +97,18 @@ def namespace(cp: ControlPlane, name: str, labels: dict[str, str] | None = None)
 
 def has_sidecar(pod: dict[str, Any]) -> bool:
     return any(c["name"] == "katalog-sidecar" for c in pod["spec"].get("containers", []) + pod["spec"].get("initContainers", []))
+
+
+def app_deployment(name: str = "web") -> dict[str, Any]:
+    """The classic example's Deployment as a user writes it before opting in: no sidecar, its
+    volumes and grace period; the services named by the pod template's annotation."""
+    [deployment] = [copy.deepcopy(d) for d in example_docs("deployment-classic-sidecar.yaml") if d["kind"] == "Deployment"]
+    deployment["metadata"]["name"] = name
+    deployment["spec"]["replicas"] = 1
+    spec = deployment["spec"]["template"]["spec"]
+    spec["containers"] = [c for c in spec["containers"] if c["name"] != "katalog-sidecar"]
+    used = {mount["name"] for c in spec["containers"] for mount in c.get("volumeMounts") or []}
+    spec["volumes"] = [v for v in spec.get("volumes") or [] if v["name"] in used]
+    spec.pop("terminationGracePeriodSeconds", None)
+    deployment["spec"]["template"]["metadata"].setdefault("annotations", {})["katalog-sidecar.io/services"] = "web:http"
+    return deployment

@@ -10,7 +10,6 @@ as the chart's Service would be on a cluster), run as the real `katalog-sidecar 
 
 from __future__ import annotations
 
-import copy
 import subprocess
 import time
 from collections.abc import Iterator
@@ -21,6 +20,7 @@ import pytest
 from katalog_cluster import APP_IMAGE, KatalogCluster, example_docs
 from kube_control_plane import ControlPlane
 from kube_webhook import CONFIG, LABEL, OWN, WebhookProcess, has_sidecar, namespace, webhook_configuration
+from kube_webhook import app_deployment as webhook_app_deployment
 from waiting import wait_until
 
 pytest.importorskip("cryptography")
@@ -28,16 +28,8 @@ pytestmark = [pytest.mark.kube, pytest.mark.filterwarnings("ignore::urllib3.exce
 
 def app_deployment(name: str = "web") -> dict[str, Any]:
     """The classic example's Deployment without the sidecar: what a user writes before opting in."""
-    [deployment] = [copy.deepcopy(d) for d in example_docs("deployment-classic-sidecar.yaml") if d["kind"] == "Deployment"]
-    deployment["metadata"]["name"] = name
-    deployment["spec"]["replicas"] = 1
-    spec = deployment["spec"]["template"]["spec"]
-    spec["containers"] = [c for c in spec["containers"] if c["name"] != "katalog-sidecar"]
-    used = {mount["name"] for c in spec["containers"] for mount in c.get("volumeMounts") or []}
-    spec["volumes"] = [v for v in spec.get("volumes") or [] if v["name"] in used]
-    spec.pop("terminationGracePeriodSeconds", None)
-    assert spec["containers"][0]["image"].startswith(APP_IMAGE)
-    deployment["spec"]["template"]["metadata"].setdefault("annotations", {})["katalog-sidecar.io/services"] = "web:http"
+    deployment = webhook_app_deployment(name)
+    assert deployment["spec"]["template"]["spec"]["containers"][0]["image"].startswith(APP_IMAGE)
     return deployment
 
 

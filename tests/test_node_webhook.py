@@ -16,7 +16,6 @@ the rollout takes the other node. Kept to one cluster and one Deployment for wal
 
 from __future__ import annotations
 
-import copy
 import time
 from collections.abc import Iterator
 from pathlib import Path
@@ -24,8 +23,7 @@ from typing import Any
 
 import pytest
 import requests
-from katalog_cluster import example_docs
-from kube_webhook import LABEL, OWN, WebhookProcess, has_sidecar, namespace, webhook_configuration
+from kube_webhook import LABEL, OWN, WebhookProcess, app_deployment, has_sidecar, namespace, webhook_configuration
 from node_images import SIDECAR_IMAGE
 from node_overlay import METRICS_PORT, for_this_machine, webhook_args
 from waiting import wait_until
@@ -56,17 +54,8 @@ def cluster(kube_binaries: dict[str, str], node_binaries: dict[str, str], node_i
 
 
 def app_only(api_url: str) -> dict[str, Any]:
-    """The classic example's Deployment as a user writes it before opting in: no sidecar, its
-    volumes and grace period; the services named by the pod template's annotation."""
-    [deployment] = [copy.deepcopy(d) for d in example_docs("deployment-classic-sidecar.yaml") if d["kind"] == "Deployment"]
-    deployment["spec"]["replicas"] = 1
-    spec = deployment["spec"]["template"]["spec"]
-    spec["containers"] = [c for c in spec["containers"] if c["name"] != "katalog-sidecar"]
-    used = {mount["name"] for c in spec["containers"] for mount in c.get("volumeMounts") or []}
-    spec["volumes"] = [v for v in spec.get("volumes") or [] if v["name"] in used]
-    spec.pop("terminationGracePeriodSeconds", None)
-    deployment["spec"]["template"]["metadata"].setdefault("annotations", {})["katalog-sidecar.io/services"] = "web:http"
-    return for_this_machine(deployment, api_url)
+    """The classic example's app alone (kube_webhook.app_deployment), overlaid for this machine."""
+    return for_this_machine(app_deployment(), api_url)
 
 
 def _live(cluster: Any) -> list[dict[str, Any]]:
